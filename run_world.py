@@ -1,0 +1,52 @@
+"""WorldSim's one entry point: `python run_world.py [mode=play|bench] [world=engine] [key=value ...]`."""
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+def engine_config(cfg: DictConfig):
+    from worldsim.engine.env import EngineConfig
+    return EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))
+
+
+def make_env(cfg: DictConfig):
+    """The environment the `world` config names."""
+    if cfg.world.kind == "engine":
+        from worldsim.engine.env import VoxelEnv
+        return VoxelEnv(engine_config(cfg))
+    raise ValueError(f"unknown world kind {cfg.world.kind!r}; known: engine")
+
+
+def run_play(cfg: DictConfig) -> None:
+    from worldsim.play.game import PlayConfig, check_display, play
+    play_config = PlayConfig(**OmegaConf.to_container(cfg.play, resolve=True))
+    check_display()
+    env = make_env(cfg)
+    ticks = play(env, play_config, seed=cfg.seed)
+    print(f"played {ticks} ticks")
+
+
+def run_bench(cfg: DictConfig) -> None:
+    from worldsim.bench import BenchConfig, bench_engine
+    bench_engine(engine_config(cfg), BenchConfig(**OmegaConf.to_container(cfg.bench, resolve=True)), seed=cfg.seed)
+
+
+MODES = {"play": run_play, "bench": run_bench}
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from worldsim.play.game import NoDisplayError
+    if cfg.mode not in MODES:
+        sys.exit(f"error: unknown mode {cfg.mode!r}; known modes: {', '.join(MODES)}")
+    try:
+        MODES[cfg.mode](cfg)
+    except NoDisplayError as e:
+        sys.exit(f"error: {e}. Run it on a machine with a screen (or set SDL_VIDEODRIVER=dummy for a blind test).")
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

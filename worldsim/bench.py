@@ -1,0 +1,103 @@
+"""Engine benchmarks: frames/s of rendering and of whole env steps; prints a table and saves JSON."""
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from worldsim.engine import actions
+from worldsim.engine.env import EngineConfig, VoxelEnv, VoxelVectorEnv
+
+
+@dataclass
+class BenchConfig:
+    out: str = "bench_results/engine.json"
+    frames: int = 200        # frames timed per case after warm-up
+    warmup: int = 20
+    vector_envs: int = 16
+    gpu_envs: int = 1024
+
+
+def walk_action(t: int) -> dict:
+    """A fixed, deterministic walk: forward, turning slowly, looking around, jumping now and then."""
+    action = actions.noop()
+    action["forward"] = 1
+    action["jump"] = int(t % 40 == 0)
+    action["camera"] = np.array([3.0 * np.sin(t / 15), 2.0], dtype=np.float32)
+    return action
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    info = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "date": datetime.date.today().isoformat()}
+    try:
+        import torch
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return info
+
+
+def time_frames(step, frames: int, warmup: int) -> float:
+    """Seconds per call of step(t), after warm-up calls that absorb JIT compilation."""
+    for t in range(warmup):
+        step(t)
+    start = time.perf_counter()
+    for t in range(warmup, warmup + frames):
+        step(t)
+    return (time.perf_counter() - start) / frames
+
+
+def bench_single(config: EngineConfig, bench: BenchConfig, seed: int) -> list[dict]:
+    env = VoxelEnv(config)
+    env.reset(seed=seed)
+    step_s = time_frames(lambda t: env.step(walk_action(t)), bench.frames, bench.warmup)
+    view = env.current_view()
+    render_s = time_frames(lambda t: env.renderer.render(env.world, view), bench.frames, bench.warmup)
+    size = f"{config.width}x{config.height}"
+    return [
+        {"case": f"render {size}, hud={config.hud}", "envs": 1, "frames_per_s": 1 / render_s, "ms_per_frame": 1e3 * render_s},
+        {"case": f"env.step {size}, hud={config.hud}", "envs": 1, "frames_per_s": 1 / step_s, "ms_per_frame": 1e3 * step_s},
+    ]
+
+
+def bench_vector(config: EngineConfig, bench: BenchConfig, seed: int) -> dict:
+    n = bench.vector_envs
+    env = VoxelVectorEnv(n, config)
+    env.reset(seed=seed)
+
+    def step(t):
+        single = walk_action(t)
+        env.step({k: np.stack([np.asarray(single[k])] * n) for k in single})
+
+    step_s = time_frames(step, max(1, bench.frames // n), max(1, bench.warmup // n))
+    return {"case": f"vector env.step {config.width}x{config.height}", "envs": n, "frames_per_s": n / step_s,
+            "ms_per_frame": 1e3 * step_s / n}
+
+
+def bench_engine(config: EngineConfig, bench: BenchConfig, seed: int = 0) -> list[dict]:
+    """Run every engine case, print the table and save the JSON; returns the rows."""
+    rows = bench_single(config, bench, seed)
+    rows += bench_single(dataclasses.replace(config, width=640, height=360), bench, seed)
+    rows.append(bench_vector(config, bench, seed))
+    table = Table(title="WorldSim engine benchmark")
+    for column in ("case", "envs", "frames/s", "ms/frame"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for row in rows:
+        table.add_row(row["case"], str(row["envs"]), f"{row['frames_per_s']:.1f}", f"{row['ms_per_frame']:.2f}")
+    Console().print(table)
+    out = Path(bench.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "config": dataclasses.asdict(config),
+                               "bench": dataclasses.asdict(bench), "results": rows}, indent=2))
+    print(f"saved {out}")
+    return rows

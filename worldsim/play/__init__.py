@@ -1,0 +1,1 @@
+"""The pygame game: a window onto any WorldSim environment."""
