@@ -56,3 +56,12 @@ def test_storage_covers_the_view_distance():
         world = World(seed=0, view_distance=view)
         assert world.size >= 2 * view + 2 * CHUNK  # a ray of length view never wraps onto stale columns
         assert np.log2(world.size).is_integer()
+
+
+def test_dirty_slots_name_every_change():
+    world = World(seed=0, view_distance=16)
+    world.ensure_loaded(0.5, 0.5)
+    assert len(world.drain_dirty_slots()) == 9
+    assert world.drain_dirty_slots() == []
+    world.set_block(-3, 80, 20, BRICK)
+    assert world.drain_dirty_slots() == [((-1) % world.slots, 1)]

@@ -30,6 +30,7 @@ class World:
         self.voxels = np.zeros((self.size, self.height, self.size), dtype=np.uint8)  # (x, y, z), toroidal in x, z
         self.slot_column = np.full((self.slots, self.slots, 2), _UNLOADED, dtype=np.int64)  # (cx, cz) per slot
         self.edits: dict[tuple[int, int], dict[tuple[int, int, int], int]] = {}  # (cx, cz) -> {(x, y, z): id}
+        self.dirty_slots: set[tuple[int, int]] = set()  # slots changed since a device copy last drained this
 
     # ---------------------------------------------------------------------------------------------- loading
     def ensure_loaded(self, x: float, z: float) -> int:
@@ -65,6 +66,7 @@ class World:
             column[x - cx * CHUNK, y, z - cz * CHUNK] = block
         self.voxels[sx * CHUNK:(sx + 1) * CHUNK, :, sz * CHUNK:(sz + 1) * CHUNK] = column
         self.slot_column[sx, sz] = (cx, cz)
+        self.dirty_slots.add((sx, sz))
 
     # ------------------------------------------------------------------------------------------- blocks
     def get_block(self, x: int, y: int, z: int) -> int:
@@ -86,6 +88,12 @@ class World:
         self.edits.setdefault((cx, cz), {})[(x, y, z)] = int(block)
         if self.is_loaded(cx, cz):
             self.voxels[x & self.mask, y, z & self.mask] = block
+            self.dirty_slots.add((cx % self.slots, cz % self.slots))
+
+    def drain_dirty_slots(self) -> list[tuple[int, int]]:
+        """The slots (sx, sz) whose blocks changed since the last call, for keeping a device copy in sync."""
+        slots, self.dirty_slots = sorted(self.dirty_slots), set()
+        return slots
 
     # -------------------------------------------------------------------------------------------- state
     def get_edits(self) -> list[tuple[int, int, int, int]]:
