@@ -13,8 +13,7 @@ from worldsim.engine.blocks import (
     AIR, BEDROCK, GRASS, GRAVEL, LEAVES, LOG, SAND, SANDSTONE, SNOW, SOLID, STONE, WATER,
 )
 
-
-
+SEEDS = (0, 1, 2, 3)
 _COLUMNS = ((0, 0), (-3, 5), (7, -2), (-40, -41))
 
 
