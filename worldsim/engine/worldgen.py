@@ -38,7 +38,7 @@ _BLEND_WIDTH = 0.06          # softness of biome weights in climate space: large
 # Trees: one candidate per TREE_CELL×TREE_CELL cell, offset inside the cell so that trunks never touch.
 TREE_CELL = 5
 TREE_RADIUS = 2              # canopy reach from the trunk, in blocks
-TREE_TOP = 8                 # highest leaf above the ground block
+TREE_TOP = 9                 # highest leaf above the ground block (a spruce: ground + 2 + 7-block trunk)
 _TREE_CHANCE = (0.03, 0.75, 0.0, 0.12)   # per cell, for plains, forest, desert, snowy (low slopes only)
 
 _CAVE_STEP = 4               # caves are sampled on a coarse lattice and interpolated in between
@@ -163,11 +163,18 @@ def _smoothstep(e0, e1, x):
 # Biome centres in (temperature, moisture) climate space; weights fall off with squared distance.
 _CENTRE_T = np.array([0.05, -0.05, 0.75, -0.75])
 _CENTRE_M = np.array([-0.15, 0.65, -0.55, 0.0])
+_JITTER_SIGN = np.array([1.0, -1.0, 0.5, 0.0])   # which way border jitter pushes each biome's score
+
+
+@njit(cache=True, inline="always")
+def _climate_weight(temp, moist, b):
+    d2 = (temp - _CENTRE_T[b]) ** 2 + (moist - _CENTRE_M[b]) ** 2
+    return math.exp(-d2 / _BLEND_WIDTH)
 
 
 @njit(cache=True)
 def _surface(seed, x, z):
-    """Ground height, dominant land biome and water weight at world block (x, z)."""
+    """Ground height (float) and dominant land biome at world block (x, z)."""
     fx = float(x)
     fz = float(z)
     cont = _fbm2(seed, _S_CONT, fx / _CONT_SCALE, fz / _CONT_SCALE, 4) * 2.6 + 0.4
@@ -176,22 +183,19 @@ def _surface(seed, x, z):
 
     # Soft biome weights in climate space; a little small-scale jitter frays the borders.
     jitter = _noise2(seed, _S_JITTER, fx / 14.0, fz / 14.0) * 0.12
-    weights = np.empty(4)
-    total = 0.0
     best = 0
     best_score = -1e9
     for b in range(4):
-        dt = temp - _CENTRE_T[b]
-        dm = moist - _CENTRE_M[b]
-        d2 = dt * dt + dm * dm
-        weights[b] = math.exp(-d2 / _BLEND_WIDTH)
-        total += weights[b]
-        score = -d2 + jitter * (1.0 if b == 0 else -1.0 if b == 1 else 0.5 if b == 2 else 0.0)
+        d2 = (temp - _CENTRE_T[b]) ** 2 + (moist - _CENTRE_M[b]) ** 2
+        score = -d2 + jitter * _JITTER_SIGN[b]
         if score > best_score:
             best_score = score
             best = b
-    for b in range(4):
-        weights[b] /= max(total, 1e-300)
+    w_plains = _climate_weight(temp, moist, PLAINS)
+    w_forest = _climate_weight(temp, moist, FOREST)
+    w_desert = _climate_weight(temp, moist, DESERT)
+    w_snowy = _climate_weight(temp, moist, SNOWY)
+    total = max(w_plains + w_forest + w_desert + w_snowy, 1e-300)
 
     # Per-biome heights.
     hill = _fbm2(seed, _S_HILL, fx / 90.0, fz / 90.0, 3)
@@ -211,26 +215,25 @@ def _surface(seed, x, z):
         rz = rz * 2.03 - 1.7
         amp *= 0.45
     h_snowy = SEA_LEVEL + 10.0 + ridge * 34.0 + hill * 10.0
-    h_land = (weights[PLAINS] * h_plains + weights[FOREST] * h_forest + weights[DESERT] * h_desert
-              + weights[SNOWY] * h_snowy)
+    h_land = (w_plains * h_plains + w_forest * h_forest + w_desert * h_desert + w_snowy * h_snowy) / total
 
     # Water: seas where continentalness is low, lakes in temperate land.
     sea = _smoothstep(-0.05, -0.3, cont)
     depth = _smoothstep(-0.3, -0.8, cont)
     lake_field = _fbm2(seed, _S_LAKE, fx / _LAKE_SCALE, fz / _LAKE_SCALE, 2)
-    lake = _smoothstep(0.28, 0.42, lake_field) * (1.0 - weights[SNOWY]) * (1.0 - weights[DESERT])
+    lake = _smoothstep(0.28, 0.42, lake_field) * (1.0 - w_snowy / total) * (1.0 - w_desert / total)
     water = max(sea, lake)
     h_water = SEA_LEVEL - 5.0 - depth * 12.0 + detail * 2.0
     h = (1.0 - water) * h_land + water * h_water
     if h > _PEAK_KNEE:   # round the highest peaks off instead of flattening them at MAX_TERRAIN
         h = _PEAK_KNEE + (MAX_TERRAIN - _PEAK_KNEE) * math.tanh((h - _PEAK_KNEE) / (MAX_TERRAIN - _PEAK_KNEE))
-    return h, best, water
+    return h, best
 
 
 @njit(cache=True)
 def _ground(seed, x, z, height):
     """Integer ground height (top solid block) and dominant land biome at (x, z)."""
-    h, biome, _ = _surface(seed, x, z)
+    h, biome = _surface(seed, x, z)
     top = min(int(math.floor(h)), height - TREE_TOP - 2)
     return max(top, 1), biome
 
@@ -271,7 +274,8 @@ def _tree_at(seed, cell_x, cell_z, height):
 def _put_leaf(column, x0, z0, x, y, z):
     lx = x - x0
     lz = z - z0
-    if 0 <= lx < column.shape[0] and 0 <= lz < column.shape[2] and 0 <= y < column.shape[1] and column[lx, y, lz] == AIR:
+    inside = 0 <= lx < column.shape[0] and 0 <= y < column.shape[1] and 0 <= lz < column.shape[2]
+    if inside and column[lx, y, lz] == AIR:
         column[lx, y, lz] = LEAVES
 
 
