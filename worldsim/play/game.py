@@ -194,7 +194,7 @@ class Game:
     def draw(self) -> None:
         h, w = self.obs.shape[:2]
         frame = pygame.image.frombuffer(np.ascontiguousarray(self.obs).tobytes(), (w, h), "RGB")
-        pygame.transform.scale(frame, self.window.get_size(), self.window)
+        pygame.transform.scale(frame.convert(self.window), self.window.get_size(), self.window)
         if self.overlay:
             for i, line in enumerate(self.overlay_lines()):
                 text = self.font.render(line, True, (255, 255, 255), (0, 0, 0))
