@@ -32,15 +32,18 @@ from worldsim.engine.world import World
 # Face brightness as in Minecraft: tops brightest, z-facing sides lighter than x-facing ones, bottoms darkest.
 SHADE_TOP, SHADE_Z, SHADE_X, SHADE_BOTTOM = 1.0, 0.8, 0.6, 0.5
 FOG_START = 0.35            # fog begins at this fraction of the view distance and is total at the view distance
-OUTLINE_WIDTH = 1.0 / 20    # block units: the targeted block's edge band that is drawn dark
+OUTLINE_PIXELS = 1.25       # the targeted block's dark edge band is about this many pixels wide on screen,
+OUTLINE_MIN_WIDTH = 1.0 / 48  # and at least this many blocks wide close up
 OUTLINE_ALPHA = 0.8
 CRACK_DARKEN = 0.3          # cracked texels keep this fraction of their colour
-WATER_ABSORPTION = 0.15     # per block travelled inside water; exp(-0.15 * 16) ≈ 0.09 left after 16 blocks
+WATER_ABSORPTION = 0.1      # per block travelled inside water; exp(-0.1 * 16) ≈ 0.2 left after 16 blocks
 WATER_FOG = (0.08, 0.20, 0.50)
 UNDERWATER_TINT = (0.55, 0.70, 1.0)
 MIN_LIGHT = 0.18            # the darkest midnight keeps this fraction of daylight
 SUN_COS = math.cos(math.radians(4.0))   # angular radius of the sun disc
+MOON_COS = math.cos(math.radians(3.0))
 SUN_TILT = math.radians(25.0)           # the sun's path leans towards +z so it is not straight overhead at noon
+INV_255 = 1.0 / 255.0
 TRANSMITTANCE_EPS = 1.0 / 512           # below this nothing further along the ray can change a pixel
 
 # Colours (0..1) of the sky at full day and at full night, and the orange glow around sunrise and sunset.
@@ -48,6 +51,7 @@ DAY_ZENITH, DAY_HORIZON = (0.36, 0.56, 0.98), (0.70, 0.82, 1.0)
 NIGHT_ZENITH, NIGHT_HORIZON = (0.01, 0.015, 0.05), (0.04, 0.06, 0.14)
 TWILIGHT = (1.0, 0.55, 0.25)
 SUN_COLOUR = (1.0, 0.97, 0.80)
+MOON_COLOUR = (0.82, 0.84, 0.88)
 
 # Per-block flags for the kernel. A block whose neighbour is the same block shows no face between them,
 # except leaves (Minecraft's fancy leaves); glass and water show their back faces when a ray leaves them.
@@ -115,8 +119,12 @@ def sky_colour(dx, dy, dz, light, with_sun):
         r += (light[L_TWILIGHT_RGB] - r) * glow
         g += (light[L_TWILIGHT_RGB + 1] - g) * glow
         b += (light[L_TWILIGHT_RGB + 2] - b) * glow
-    if with_sun and dy > -0.02 and dx * sx + dy * sy + dz * sz > SUN_COS:
-        r, g, b = light[L_SUN_RGB], light[L_SUN_RGB + 1], light[L_SUN_RGB + 2]
+    if with_sun and dy > -0.02:
+        facing = dx * sx + dy * sy + dz * sz
+        if facing > SUN_COS:
+            r, g, b = light[L_SUN_RGB], light[L_SUN_RGB + 1], light[L_SUN_RGB + 2]
+        elif -facing > MOON_COS:      # the moon stands opposite the sun
+            r, g, b = MOON_COLOUR[0], MOON_COLOUR[1], MOON_COLOUR[2]
     return r, g, b
 
 
@@ -132,16 +140,16 @@ def _face_texel(atlas, block, face, u, v):
     """RGBA (0..1) and the texel indices of `block`'s face kind `face` at face coordinates (u, v) in [0, 1)."""
     tu = min(TEX - 1, max(0, int(u * TEX)))
     tv = min(TEX - 1, max(0, int(v * TEX)))
-    r = atlas[block, face, tv, tu, 0] / 255.0
-    g = atlas[block, face, tv, tu, 1] / 255.0
-    b = atlas[block, face, tv, tu, 2] / 255.0
-    a = atlas[block, face, tv, tu, 3] / 255.0
+    r = atlas[block, face, tv, tu, 0] * INV_255
+    g = atlas[block, face, tv, tu, 1] * INV_255
+    b = atlas[block, face, tv, tu, 2] * INV_255
+    a = atlas[block, face, tv, tu, 3] * INV_255
     return r, g, b, a, tu, tv
 
 
 @njit(cache=True)
-def trace_ray(voxels, mask, height, ex, ey, ez, dx, dy, dz, max_t, atlas, opaque, cull_same, back_face,
-              light, tx, ty, tz, crack_stage, cracks):
+def trace_ray(voxels, mask, height, ex, ey, ez, dx, dy, dz, max_t, pixel_angle, atlas, opaque,
+              cull_same, back_face, light, tx, ty, tz, crack_stage, cracks):
     """Colour (r, g, b in 0..1) seen along the unit ray from the eye (ex, ey, ez) in direction (dx, dy, dz)."""
     ix, iy, iz = int(math.floor(ex)), int(math.floor(ey)), int(math.floor(ez))
     inf = math.inf
@@ -171,7 +179,6 @@ def trace_ray(voxels, mask, height, ex, ey, ez, dx, dy, dz, max_t, atlas, opaque
             prev = AIR
     water_t0 = 0.0
     r, g, b, trans = 0.0, 0.0, 0.0, 1.0
-    escaped = False
     t = 0.0
     while True:
         # Step into the next voxel across the nearest boundary; axis 0/1/2 = x/y/z.
@@ -192,7 +199,6 @@ def trace_ray(voxels, mask, height, ex, ey, ez, dx, dy, dz, max_t, atlas, opaque
             break
         if iy >= height or iy < 0:
             if (iy >= height and step_y >= 0) or (iy < 0 and step_y <= 0):
-                escaped = True
                 break
             block = AIR
         else:
@@ -240,7 +246,7 @@ def trace_ray(voxels, mask, height, ex, ey, ez, dx, dy, dz, max_t, atlas, opaque
             if ix == tx and iy == ty and iz == tz:
                 if ca > 0.0 and crack_stage >= 0 and cracks[crack_stage, tv, tu] != 0:
                     cr, cg, cb = cr * CRACK_DARKEN, cg * CRACK_DARKEN, cb * CRACK_DARKEN
-                if min(u, 1.0 - u, v, 1.0 - v) < OUTLINE_WIDTH:
+                if min(u, 1.0 - u, v, 1.0 - v) < max(OUTLINE_MIN_WIDTH, OUTLINE_PIXELS * pixel_angle * t):
                     cr, cg, cb = cr * (1.0 - OUTLINE_ALPHA), cg * (1.0 - OUTLINE_ALPHA), cb * (1.0 - OUTLINE_ALPHA)
                     ca = max(ca, OUTLINE_ALPHA)
             if opaque[block]:
@@ -266,10 +272,7 @@ def trace_ray(voxels, mask, height, ex, ey, ez, dx, dy, dz, max_t, atlas, opaque
             g += w * (light[L_WATER_FOG + 1] * lum * (1.0 - fog) + fog_g * fog)
             b += w * (light[L_WATER_FOG + 2] * lum * (1.0 - fog) + fog_b * fog)
             trans *= 1.0 - absorbed
-        if escaped:
-            sr, sg, sb = sky_colour(dx, dy, dz, light, True)
-        else:
-            sr, sg, sb = fog_r, fog_g, fog_b
+        sr, sg, sb = sky_colour(dx, dy, dz, light, True)   # the sun shows beyond the fogged edge, as in Minecraft
         r += trans * sr
         g += trans * sg
         b += trans * sb
@@ -281,6 +284,7 @@ def render_frame(voxels, mask, height, eye, forward, right, up, tan_half, aspect
                  cull_same, back_face, light, target, crack_stage, cracks, out):
     """Trace one ray per pixel of `out` (H, W, 3) uint8; rows run in parallel and pixels never interact."""
     rows, cols = out.shape[0], out.shape[1]
+    pixel_angle = 2.0 * tan_half / rows     # a pixel's size in blocks per block of distance, at the centre
     for i in prange(rows):
         sy = (1.0 - 2.0 * (i + 0.5) / rows) * tan_half
         for j in range(cols):
@@ -290,7 +294,7 @@ def render_frame(voxels, mask, height, eye, forward, right, up, tan_half, aspect
             dz = forward[2] + sx * right[2] + sy * up[2]
             norm = math.sqrt(dx * dx + dy * dy + dz * dz)
             r, g, b = trace_ray(voxels, mask, height, eye[0], eye[1], eye[2], dx / norm, dy / norm, dz / norm,
-                                max_t, atlas, opaque, cull_same, back_face, light, target[0], target[1],
+                                max_t, pixel_angle, atlas, opaque, cull_same, back_face, light, target[0], target[1],
                                 target[2], crack_stage, cracks)
             out[i, j, 0] = np.uint8(min(255.0, max(0.0, r * 255.0 + 0.5)))
             out[i, j, 1] = np.uint8(min(255.0, max(0.0, g * 255.0 + 0.5)))

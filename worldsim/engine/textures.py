@@ -13,7 +13,7 @@ TEX = 16                                   # texels per block side
 FACE_TOP, FACE_SIDE, FACE_BOTTOM = 0, 1, 2
 NUM_FACE_KINDS = 3
 CRACK_STAGES = 10
-WATER_ALPHA = 150                          # surface opacity of water: the bottom shows through, tinted
+WATER_ALPHA = 120                          # surface opacity of water: the bottom shows through, tinted
 
 
 def _rng(name: str) -> np.random.Generator:
