@@ -18,10 +18,10 @@ from worldsim.engine import actions
 from worldsim.engine.blocks import AIR, BRICK, DEFAULT_HOTBAR, STONE
 from worldsim.engine.env import EngineConfig, VoxelEnv, VoxelVectorEnv
 from worldsim.engine.player import Player
-from worldsim.engine.worldgen import CHUNK
+from worldsim.engine.worldgen import CHUNK, MAX_TERRAIN, TREE_TOP
 
 SMALL = dict(width=32, height=32, view_distance=16)
-FLOOR = 118  # a stage floor in the sky, above every mountain and tree
+FLOOR = MAX_TERRAIN + TREE_TOP + 5  # a stage floor in the sky, above every mountain and tree
 FEET = FLOOR + 1
 
 

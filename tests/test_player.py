@@ -5,7 +5,6 @@ not depend on the terrain generator.
 """
 import math
 
-import numpy as np
 import pytest
 
 from worldsim.engine import actions
@@ -14,8 +13,9 @@ from worldsim.engine.env import EngineConfig, Simulation
 from worldsim.engine.interact import USE_REPEAT_TICKS
 from worldsim.engine.player import EYE_HEIGHT, HALF_WIDTH, Player
 from worldsim.engine.raycast import raycast
+from worldsim.engine.worldgen import MAX_TERRAIN, TREE_TOP
 
-FLOOR = 118         # stage floor blocks; feet stand at FLOOR + 1, above every mountain and tree
+FLOOR = MAX_TERRAIN + TREE_TOP + 5  # stage floor blocks, above every mountain and tree; feet at FLOOR + 1
 FEET = FLOOR + 1
 CONFIG = EngineConfig(width=32, height=32, view_distance=16)
 

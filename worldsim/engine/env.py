@@ -16,7 +16,6 @@ position, columns around the player are loaded, and the frame is rendered. Actio
     edits          [(x, y, z, old, new), ...] the blocks this step changed ([] after reset)
 """
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import gymnasium
