@@ -18,9 +18,10 @@ import triton.language as tl
 
 from kernels.block_causal import INTERPRET, LOG2E, LN2, MASKED_SCORE, _alloc, _last_dim_contiguous, _precision
 
-# Fewest cache keys a split is given: below this a program's fixed cost (loading Q, writing a partial
-# row of D floats) outweighs its share of the cache.
-MIN_KEYS_PER_SPLIT = 256
+# Fewest cache keys a split is given: one or two key tiles. Below this a program's fixed cost (loading
+# Q, writing a D-float partial row per query for the merge to read back) outweighs its share of the cache.
+MIN_KEYS_PER_SPLIT = 128
+MERGE_TILE_FLOATS = 8192
 
 
 @triton.jit
@@ -119,31 +120,30 @@ def _cache_split_kernel(Q, KC, VC, LEN, KN, VN, O, LSE,
 
 @triton.jit
 def _cache_merge_kernel(OP, LSEP, O, LSE, sob, soh, sot, H, Tq, n_splits, n_rows,
-                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
-    """out = sum_s exp(lse_s - lse) o_s over the splits' normalised partials."""
+                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, SPLITS: tl.constexpr):
+    """out = sum_s exp(lse_s - lse) o_s over the splits' normalised partials. All splits are loaded as
+    one (SPLITS, BLOCK_M, D) tile: a loop over splits would wait on one memory round trip per split."""
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_s = tl.arange(0, SPLITS)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < Tq
-    row = bh.to(tl.int64) * Tq + offs_m
-    # The last split holds the chunk's own keys, so m is finite on every real row; rows past Tq read 0s
-    # (never stored) so that no -inf - -inf arises.
-    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for s in range(n_splits):
-        m = tl.maximum(m, tl.load(LSEP + s * n_rows + row, mask=row_ok, other=0.0))
-    l = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for s in range(n_splits):
-        w = tl.math.exp2(tl.load(LSEP + s * n_rows + row, mask=row_ok, other=0.0) - m)
-        o = tl.load(OP + (s * n_rows + row)[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        l += w
-        acc += w[:, None] * o
-    out = acc / l[:, None]
+    part = offs_s[:, None].to(tl.int64) * n_rows + bh.to(tl.int64) * Tq + offs_m[None, :]  # (SPLITS, BLOCK_M)
+    ok = (offs_s[:, None] < n_splits) & row_ok[None, :]
+    lse = tl.load(LSEP + part, mask=ok, other=float("-inf"))
+    o = tl.load(OP + part[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None], other=0.0)
+    # The last split holds the chunk's own keys, so m is finite on every real row; rows past Tq are
+    # never stored, so give them m = 0 to keep -inf - -inf out of the arithmetic.
+    m = tl.max(lse, 0)
+    m = tl.where(row_ok, m, 0.0)
+    w = tl.math.exp2(lse - m[None, :])  # (SPLITS, BLOCK_M)
+    l = tl.where(row_ok, tl.sum(w, 0), 1.0)
+    out = tl.sum(w[:, :, None] * o, 0) / l[:, None]
     tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=row_ok[:, None])
-    tl.store(LSE + row, (m + tl.math.log2(l)) * LN2, mask=row_ok)
+    tl.store(LSE + bh.to(tl.int64) * Tq + offs_m, (m + tl.math.log2(l)) * LN2, mask=row_ok)
 
 
 def _tiles(Tq: int, D: int) -> tuple[int, int, int]:
@@ -162,11 +162,11 @@ def _sm_count(device) -> int:
 
 
 def default_splits(B: int, H: int, Tq: int, S_max: int, D: int, device) -> int:
-    """Enough splits that the grid covers the GPU about twice, no more than the cache length allows."""
+    """As many splits as fit one wave of programs on the GPU (every partial costs a write and a read of
+    B*H*Tq*D floats, so more than one wave buys nothing), within what the cache length allows."""
     block_m = _tiles(Tq, D)[0]
     tiles = B * H * triton.cdiv(Tq, block_m)
-    wanted = triton.cdiv(2 * _sm_count(device), tiles)
-    return max(1, min(wanted, triton.cdiv(S_max, MIN_KEYS_PER_SPLIT)))
+    return max(1, min(_sm_count(device) // tiles, triton.cdiv(S_max, MIN_KEYS_PER_SPLIT)))
 
 
 def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale: float | None = None,
@@ -199,8 +199,10 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale: float |
         HEAD_DIM=D, PRECISION=_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, DIRECT=splits == 1,
         num_warps=num_warps, num_stages=1 if INTERPRET else 3)
     if splits > 1:
-        merge_block = 16
+        splits_p2 = triton.next_power_of_2(splits)
+        # About 8k floats of partials per program: 64 registers a thread at 4 warps.
+        merge_block = max(1, min(16, MERGE_TILE_FLOATS // (splits_p2 * D)))
         _cache_merge_kernel[(triton.cdiv(Tq, merge_block), B * H)](
             part_o, part_lse, out, lse, *out.stride()[:3], H, Tq, splits, B * H * Tq,
-            HEAD_DIM=D, BLOCK_M=merge_block)
+            HEAD_DIM=D, BLOCK_M=merge_block, SPLITS=splits_p2)
     return out, lse
