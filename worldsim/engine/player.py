@@ -221,7 +221,8 @@ def move(world, player: Player, action: dict) -> None:
     dx, dy, dz = player.vx, player.vy, player.vz
     if player.sneaking and player.on_ground and not player.in_water:
         dx, dz = _back_off_edge(world, player, dx, dz)
-    # Axis by axis, y first, so that landing and walking into walls never tunnel and never stick.
+    # One sweep per axis (y, x, z, in Minecraft's order): nothing tunnels, and a wall stops only its own axis,
+    # so the player slides along it.
     lo, hi = player.box()
     moved = []
     for axis, d in ((1, dy), (0, dx), (2, dz)):
