@@ -281,11 +281,12 @@ def trace_ray(voxels, mask, height, ex, ey, ez, dx, dy, dz, max_t, pixel_angle, 
 
 @njit(parallel=True, fastmath=False, cache=True)
 def render_frame(voxels, mask, height, eye, forward, right, up, tan_half, aspect, max_t, atlas, opaque,
-                 cull_same, back_face, light, target, crack_stage, cracks, out):
+                 cull_same, back_face, light, target, crack_stage, cracks, row_order, out):
     """Trace one ray per pixel of `out` (H, W, 3) uint8; rows run in parallel and pixels never interact."""
     rows, cols = out.shape[0], out.shape[1]
     pixel_angle = 2.0 * tan_half / rows     # a pixel's size in blocks per block of distance, at the centre
-    for i in prange(rows):
+    for k in prange(rows):
+        i = row_order[k]
         sy = (1.0 - 2.0 * (i + 0.5) / rows) * tan_half
         for j in range(cols):
             sx = (2.0 * (j + 0.5) / cols - 1.0) * tan_half * aspect
@@ -299,6 +300,14 @@ def render_frame(voxels, mask, height, eye, forward, right, up, tan_half, aspect
             out[i, j, 0] = np.uint8(min(255.0, max(0.0, r * 255.0 + 0.5)))
             out[i, j, 1] = np.uint8(min(255.0, max(0.0, g * 255.0 + 0.5)))
             out[i, j, 2] = np.uint8(min(255.0, max(0.0, b * 255.0 + 0.5)))
+
+
+def row_order(rows: int) -> np.ndarray:
+    """Rows in bit-reversed order. Threads take equal contiguous runs of this order, so each one gets rows from
+    all over the screen: sky rows (long rays) and ground rows (short rays) are shared out evenly."""
+    bits = max(1, (rows - 1).bit_length())
+    keys = [int(format(k, f"0{bits}b")[::-1], 2) for k in range(rows)]
+    return np.argsort(keys, kind="stable").astype(np.int64)
 
 
 def camera_basis(yaw: float, pitch: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -326,6 +335,7 @@ class Renderer:
         self.view_distance = int(view_distance)
         self.hud = bool(hud)
         self._tan_half = math.tan(math.radians(self.fov) / 2.0)
+        self._row_order = row_order(self.height)
 
     def render(self, world: World, view: View) -> np.ndarray:
         """A new C-contiguous uint8 (height, width, 3) frame of `world` seen from `view`."""
@@ -347,7 +357,7 @@ class Renderer:
         frame = np.empty((self.height, self.width, 3), np.uint8)
         render_frame(world.voxels, world.mask, world.height, eye, forward, right, up, self._tan_half,
                      self.width / self.height, max_t, ATLAS, OPAQUE, CULL_SAME, BACK_FACE, light, target,
-                     crack_stage, CRACKS, frame)
+                     crack_stage, CRACKS, self._row_order, frame)
         if self.hud:
             draw_hud(frame, view.hotbar, view.selected_slot)
         return frame
