@@ -1,6 +1,8 @@
 """The raycaster and HUD: frame format, determinism, what pixels show, and bad input."""
+import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,8 +50,8 @@ def test_deterministic_within_and_across_processes():
         "w = flat_world(); w.set_block(0, FLOOR + 2, 4, BRICK)\n"
         "f = Renderer(40, 30).render(w, eye_view(target=(0, FLOOR + 2, 4), crack_stage=3, time_of_day=0.1))\n"
         "print(hashlib.sha256(f.tobytes()).hexdigest())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    import hashlib
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == hashlib.sha256(a.tobytes()).hexdigest()
 
 

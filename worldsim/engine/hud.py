@@ -19,7 +19,7 @@ ICON_SHADE_TOP, ICON_SHADE_LEFT, ICON_SHADE_RIGHT = 1.0, 0.8, 0.6
 
 def _layout(width: int, height: int) -> tuple[int, int, int, int]:
     """(slot size, border, icon size, bottom margin) in pixels for a frame size."""
-    slot = max(7, int(min(width * 0.8 / HOTBAR_SLOTS, height * 0.12)))
+    slot = max(7, int(min(width * 0.9 / HOTBAR_SLOTS, height * 0.12)))
     border = max(1, round(slot / 16))
     icon = slot - 2 * border - 2 * (slot // 12)
     return slot, border, icon, max(1, slot // 10)
