@@ -6,15 +6,19 @@ Each pixel is one ray, traced by `trace_ray` alone, so a GPU port can copy that 
    tan(fov / 2) (and the aspect ratio for sx); the direction forward + sx * right + sy * up is normalised,
    so the ray parameter t is a distance in blocks.
 2. Walk. Amanatides-Woo DDA from the eye's voxel: step across whichever of the x, y, z cell boundaries is
-   nearest. A ray stops when t exceeds the view distance (fog colour), or when it leaves the world's
-   y range moving away from it (sky colour). Above or below the world is air.
+   nearest (ties go to z, then y: x only when strictly nearest). A ray stops when t exceeds the view
+   distance, or when it leaves the world's y range moving away from it. Above or below the world is air.
+   The eye's own voxel is skipped if opaque; if it is water or glass the ray starts inside it.
 3. Surfaces. Every boundary where the block changes is a surface (a block next to itself is culled, except
    leaves). On a surface the texel at the exact hit point (nearest neighbour) is shaded by the face's
    direction and the daylight, fogged by distance, and composited front to back with its alpha:
    opaque blocks end the ray, leaf holes and glass let it go on, water is half see-through and also absorbs
    light along the distance the ray travels inside it. Glass and water also show their back faces.
 4. The targeted block gets a dark outline along its face edges and the crack texels of the current stage.
-5. Whatever transmittance is left takes the sky (with the sun) or the fog colour.
+5. Whatever transmittance is left takes the sky colour (with the sun and moon). The fog colour is the sky
+   colour in the ray's direction without them, so fogged terrain fades seamlessly into the sky.
+
+Colours are floats in 0..1 until the final rounding to uint8; this CPU version computes in float64.
 """
 import math
 import time
@@ -41,7 +45,7 @@ WATER_FOG = (0.08, 0.20, 0.50)
 UNDERWATER_TINT = (0.55, 0.70, 1.0)
 MIN_LIGHT = 0.18            # the darkest midnight keeps this fraction of daylight
 SUN_COS = math.cos(math.radians(4.0))   # angular radius of the sun disc
-MOON_COS = math.cos(math.radians(3.0))
+MOON_COS = math.cos(math.radians(3.0))  # angular radius of the moon disc
 SUN_TILT = math.radians(25.0)           # the sun's path leans towards +z so it is not straight overhead at noon
 INV_255 = 1.0 / 255.0
 TRANSMITTANCE_EPS = 1.0 / 512           # below this nothing further along the ray can change a pixel
@@ -148,6 +152,16 @@ def _face_texel(atlas, block, face, u, v):
 
 
 @njit(cache=True)
+def _composite(r, g, b, trans, cr, cg, cb, alpha, light, fog, fog_r, fog_g, fog_b):
+    """Front-to-back blending: add a layer of colour (cr, cg, cb) lit by `light` and fogged by `fog` with
+    opacity `alpha` behind what the ray has accumulated so far, whose remaining transmittance is `trans`."""
+    w = trans * alpha
+    k = light * (1.0 - fog)
+    return (r + w * (cr * k + fog_r * fog), g + w * (cg * k + fog_g * fog), b + w * (cb * k + fog_b * fog),
+            trans * (1.0 - alpha))
+
+
+@njit(cache=True)
 def trace_ray(voxels, mask, height, ex, ey, ez, dx, dy, dz, max_t, pixel_angle, atlas, opaque,
               cull_same, back_face, light, tx, ty, tz, crack_stage, cracks):
     """Colour (r, g, b in 0..1) seen along the unit ray from the eye (ex, ey, ez) in direction (dx, dy, dz)."""
@@ -224,22 +238,14 @@ def trace_ray(voxels, mask, height, ex, ey, ez, dx, dy, dz, max_t, pixel_angle, 
 
         if prev == WATER:   # light absorbed along the way through the water, as a layer of water fog
             absorbed = 1.0 - math.exp(-WATER_ABSORPTION * (t - water_t0))
-            w = trans * absorbed
-            r += w * (light[L_WATER_FOG] * lum * (1.0 - fog) + fog_r * fog)
-            g += w * (light[L_WATER_FOG + 1] * lum * (1.0 - fog) + fog_g * fog)
-            b += w * (light[L_WATER_FOG + 2] * lum * (1.0 - fog) + fog_b * fog)
-            trans *= 1.0 - absorbed
+            r, g, b, trans = _composite(r, g, b, trans, light[L_WATER_FOG], light[L_WATER_FOG + 1],
+                                        light[L_WATER_FOG + 2], absorbed, lum, fog, fog_r, fog_g, fog_b)
         if back_face[prev]:   # leaving glass or water: its face seen from inside (top and bottom swap)
             back = face
             if axis == 1:
                 back = FACE_BOTTOM if face == FACE_TOP else FACE_TOP
             cr, cg, cb, ca, tu, tv = _face_texel(atlas, prev, back, u, v)
-            w = trans * ca
-            k = shade * lum * (1.0 - fog)
-            r += w * (cr * k + fog_r * fog)
-            g += w * (cg * k + fog_g * fog)
-            b += w * (cb * k + fog_b * fog)
-            trans *= 1.0 - ca
+            r, g, b, trans = _composite(r, g, b, trans, cr, cg, cb, ca, shade * lum, fog, fog_r, fog_g, fog_b)
 
         if block != AIR:
             cr, cg, cb, ca, tu, tv = _face_texel(atlas, block, face, u, v)
@@ -251,12 +257,7 @@ def trace_ray(voxels, mask, height, ex, ey, ez, dx, dy, dz, max_t, pixel_angle, 
                     ca = max(ca, OUTLINE_ALPHA)
             if opaque[block]:
                 ca = 1.0
-            w = trans * ca
-            k = shade * lum * (1.0 - fog)
-            r += w * (cr * k + fog_r * fog)
-            g += w * (cg * k + fog_g * fog)
-            b += w * (cb * k + fog_b * fog)
-            trans *= 1.0 - ca
+            r, g, b, trans = _composite(r, g, b, trans, cr, cg, cb, ca, shade * lum, fog, fog_r, fog_g, fog_b)
         if block == WATER and prev != WATER:
             water_t0 = t
         prev = block
@@ -265,13 +266,10 @@ def trace_ray(voxels, mask, height, ex, ey, ez, dx, dy, dz, max_t, pixel_angle, 
 
     if trans >= TRANSMITTANCE_EPS:
         if prev == WATER:   # the ray ends inside water: absorb up to where it ends
-            absorbed = 1.0 - math.exp(-WATER_ABSORPTION * (t - water_t0))
             fog = fog_amount(t, max_t)
-            w = trans * absorbed
-            r += w * (light[L_WATER_FOG] * lum * (1.0 - fog) + fog_r * fog)
-            g += w * (light[L_WATER_FOG + 1] * lum * (1.0 - fog) + fog_g * fog)
-            b += w * (light[L_WATER_FOG + 2] * lum * (1.0 - fog) + fog_b * fog)
-            trans *= 1.0 - absorbed
+            absorbed = 1.0 - math.exp(-WATER_ABSORPTION * (t - water_t0))
+            r, g, b, trans = _composite(r, g, b, trans, light[L_WATER_FOG], light[L_WATER_FOG + 1],
+                                        light[L_WATER_FOG + 2], absorbed, lum, fog, fog_r, fog_g, fog_b)
         sr, sg, sb = sky_colour(dx, dy, dz, light, True)   # the sun shows beyond the fogged edge, as in Minecraft
         r += trans * sr
         g += trans * sg
