@@ -151,7 +151,6 @@ def _snow():
 
 
 def _glass():
-    rng = _rng("glass")
     out = np.zeros((TEX, TEX, 4), np.uint8)
     out[..., :3] = (205, 232, 240)
     out[0, :, 3] = out[-1, :, 3] = out[:, 0, 3] = out[:, -1, 3] = 255   # frame
@@ -160,7 +159,6 @@ def _glass():
     for k in range(3, 7):                                             # a few glints
         out[k, 9 - k, 3] = out[k + 1, 9 - k, 3] = 200
     out[11, 12, 3] = out[12, 11, 3] = 200
-    del rng
     return out
 
 
