@@ -106,7 +106,9 @@ def run_checks(quick):
     print("correctness on", torch.cuda.get_device_name())
     ok = True
     for dtype in (torch.bfloat16, torch.float16):
-        for T, C, window, D in ([(1000, 100, None, 64), (777, 64, 3, 128)] if quick else
+        # Quick: each dtype once and each of D = 64, 128 once (every new case costs an autotuning run).
+        quick_case = (777, 64, 3, 128) if dtype == torch.bfloat16 else (1000, 100, None, 64)
+        for T, C, window, D in ([quick_case] if quick else
                                 [(1000, 100, None, 64), (777, 64, 3, 128), (259, 7, None, 32), (2048, 256, 2, 64)]):
             ok &= check_training(dtype, T, C, window, D)
         ok &= check_cache_graph(dtype, 64, 2048, 64)
@@ -228,6 +230,38 @@ def bench_inference(B, H, Tq, S, D):
     return rows
 
 
+def sweep_inference(B, H, Tq, S, D):
+    """Time the cache kernel over tile shapes and split counts; returns rows sorted fastest first."""
+    from kernels.cache import CacheTiles, cache_attention, default_splits, default_tiles
+
+    dtype = torch.bfloat16
+    q, k_new, v_new = (torch.randn(B, H, Tq, D, device=DEVICE, dtype=dtype) for _ in range(3))
+    k_cache, v_cache = (torch.randn(B, H, S, D, device=DEVICE, dtype=dtype) for _ in range(2))
+    valid_len = torch.full((B,), S, device=DEVICE, dtype=torch.int32)
+    base = default_tiles(Tq, D)
+    block_ms = sorted({base.block_m, max(16, base.block_m // 2)}) if B == 1 else [base.block_m]
+    results = []
+    for bm in block_ms:
+        for bn in (64, 128):
+            for warps in (4, 8):
+                for stages in (2, 3):
+                    tiles = CacheTiles(bm, bn, warps, stages)
+                    splits = default_splits(B, H, Tq, S, D, q.device, tiles)
+                    for n in sorted({splits, 2 * splits}) if B == 1 else [splits]:
+                        fn = lambda: cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, num_splits=n,
+                                                     tiles=tiles)
+                        try:
+                            with torch.no_grad():
+                                fn()
+                                us = _bench_graph(fn)
+                        except Exception as e:  # e.g. out of shared memory
+                            print(f"  {tiles} splits={n}: {type(e).__name__}")
+                            continue
+                        results.append(dict(shape=f"B={B} H={H} Tq={Tq} S={S} D={D}", us=us, splits=n,
+                                            **asdict(tiles), default=(tiles == base and n == splits)))
+    return sorted(results, key=lambda r: r["us"])
+
+
 def _print_row(row):
     print(f"{row.case:<52} {row.method:<30} {row.us:>10.1f} {row.tflops:>8.1f} {row.gbps:>8.0f} {row.ratio:>6.2f}",
           flush=True)
@@ -246,6 +280,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer checks and shapes (about a minute less)")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compile takes longest)")
+    parser.add_argument("--sweep", action="store_true", help="also sweep the cache kernel's tiles and splits")
     parser.add_argument("--out", default="kernels/bench_results.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -269,6 +304,18 @@ def main(argv=None):
     if not args.quick:
         rows += bench_training(2, 16, 8192, 64, chunk, 8, with_flex=not args.no_flex)  # window of 8 chunks
         _save(args.out, rows, checks_ok, started)
+    if args.sweep:
+        sweep = []
+        for shape in inference:
+            sweep += sweep_inference(*shape)
+            with open(args.out.replace(".json", "_sweep.json"), "w") as f:
+                json.dump(sweep, f, indent=1)
+        print("\ncache kernel sweep, fastest three per shape and the default:")
+        for shape in inference:
+            mine = [r for r in sweep if r["shape"].startswith(f"B={shape[0]} H={shape[1]} Tq={shape[2]}")]
+            for r in mine[:3] + [r for r in mine if r["default"]]:
+                print(f"  {r['shape']:<34} {r['us']:7.1f} us  splits={r['splits']:<3} m={r['block_m']} "
+                      f"n={r['block_n']} warps={r['num_warps']} stages={r['num_stages']}{'  (default)' * r['default']}")
     print(f"\nsaved {args.out} ({time.time() - started:.0f} s)")
 
 

@@ -82,13 +82,14 @@ def _fwd_inner(acc, l_i, m_i, q, q_chunk, k_base, v_base, stride_kt, stride_vt, 
 
 
 @triton.autotune(
-    configs=_configs([(128, 64, 3, 4), (128, 128, 3, 8), (128, 64, 4, 8), (64, 64, 4, 4)], interpret=(32, 16)),
-    key=["HEAD_DIM"],
+    configs=_configs([(128, 64, 3, 4), (128, 128, 3, 8), (128, 64, 4, 8), (128, 128, 2, 8), (64, 64, 4, 4)],
+                     interpret=(32, 16)),
+    key=["HEAD_DIM", "SHAPE_BUCKET"],
 )
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE,
                 sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
-                H, T, C, W, qk_scale,
+                H, T, C, W, qk_scale, SHAPE_BUCKET,
                 HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # Late query tiles see the most keys: launch them first so that the short ones fill the tail.
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
@@ -177,13 +178,14 @@ def _bwd_dkdv_inner(dk, dv, k, v, k_chunk, q_base, do_base, lse_base, delta_base
 
 
 @triton.autotune(
-    configs=_configs([(32, 128, 3, 4), (64, 128, 3, 8), (32, 64, 4, 4)], interpret=(16, 32)),
-    key=["HEAD_DIM"],
+    configs=_configs([(32, 128, 3, 4), (64, 128, 3, 8), (32, 64, 4, 4), (64, 64, 3, 4), (64, 128, 2, 8)],
+                     interpret=(16, 32)),
+    key=["HEAD_DIM", "SHAPE_BUCKET"],
 )
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                      sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
-                     H, T, C, W, qk_scale, sm_scale,
+                     H, T, C, W, qk_scale, sm_scale, SHAPE_BUCKET,
                      HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
@@ -251,13 +253,14 @@ def _bwd_dq_inner(dq, q, do, lse, delta, q_chunk, k_base, v_base, stride_kt, str
 
 
 @triton.autotune(
-    configs=_configs([(128, 32, 3, 4), (128, 64, 3, 8), (64, 64, 4, 4)], interpret=(32, 16)),
-    key=["HEAD_DIM"],
+    configs=_configs([(128, 32, 3, 4), (128, 64, 3, 8), (64, 64, 4, 4), (64, 128, 3, 8), (128, 64, 2, 8)],
+                     interpret=(32, 16)),
+    key=["HEAD_DIM", "SHAPE_BUCKET"],
 )
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
-                   H, T, C, W, qk_scale, sm_scale,
+                   H, T, C, W, qk_scale, sm_scale, SHAPE_BUCKET,
                    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M  # longest tiles first, as in forward
     bh = tl.program_id(1)
@@ -308,6 +311,12 @@ def _window_chunks(T: int, chunk_size: int, window: int | None) -> int:
     return triton.cdiv(T, chunk_size) if window is None else window
 
 
+def _shape_bucket(B: int, H: int, T: int) -> int:
+    """Autotuning key: the best tiles depend on how many programs there are, so tune again when the
+    power-of-two size of B*H or T changes, not for every T."""
+    return triton.next_power_of_2(B * H) * 1_000_000 + triton.next_power_of_2(T)
+
+
 def _forward(q, k, v, chunk_size, window, scale):
     B, H, T, D = q.shape
     o = _alloc((B, H, T, D), q.dtype, q.device)
@@ -315,7 +324,7 @@ def _forward(q, k, v, chunk_size, window, scale):
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)
     _fwd_kernel[grid](q, k, v, o, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
                       H, T, chunk_size, _window_chunks(T, chunk_size, window), scale * LOG2E,
-                      HEAD_DIM=D, PRECISION=_precision(q.dtype))
+                      _shape_bucket(B, H, T), HEAD_DIM=D, PRECISION=_precision(q.dtype))
     return o, lse
 
 
@@ -331,10 +340,11 @@ def _backward(do, q, k, v, o, lse, chunk_size, window, scale):
     dv = _alloc((B, H, T, D), v.dtype, q.device)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3])
     common = dict(HEAD_DIM=D, PRECISION=_precision(q.dtype))
+    bucket = _shape_bucket(B, H, T)
     _bwd_dkdv_kernel[lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H)](
-        q, k, v, do, lse, delta, dk, dv, *strides, H, T, chunk_size, W, scale * LOG2E, scale, **common)
+        q, k, v, do, lse, delta, dk, dv, *strides, H, T, chunk_size, W, scale * LOG2E, scale, bucket, **common)
     _bwd_dq_kernel[lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)](
-        q, k, v, do, lse, delta, dq, *strides, H, T, chunk_size, W, scale * LOG2E, scale, **common)
+        q, k, v, do, lse, delta, dq, *strides, H, T, chunk_size, W, scale * LOG2E, scale, bucket, **common)
     return dq, dk, dv
 
 

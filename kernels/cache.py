@@ -11,6 +11,7 @@ would run benchmarks inside a capture), and the cache is read in place (no copy,
 a set of keys does not depend on their order, so ring order needs no undoing).
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -146,13 +147,22 @@ def _cache_merge_kernel(OP, LSEP, O, LSE, sob, soh, sot, H, Tq, n_splits, n_rows
     tl.store(LSE + bh.to(tl.int64) * Tq + offs_m, (m + tl.math.log2(l)) * LN2, mask=row_ok)
 
 
-def _tiles(Tq: int, D: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps) from shapes alone. BLOCK_M covers the chunk up to 128 rows (16 is
-    the smallest tile tl.dot takes); 64-key tiles keep the K and V tiles of D = 128 in registers."""
+@dataclass(frozen=True)
+class CacheTiles:
+    """Launch shape of the split kernel: query rows and keys per tile, warps, pipeline depth."""
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def default_tiles(Tq: int, D: int) -> CacheTiles:
+    """From shapes alone. BLOCK_M covers the chunk up to 128 rows (16 is the smallest tile tl.dot takes);
+    64-key tiles keep the K and V tiles of D = 128 in registers."""
     block_m = min(128, max(16, triton.next_power_of_2(Tq)))
     block_n = 64 if (D == 128 or INTERPRET) else 128
     num_warps = 8 if block_m * D >= 128 * 128 else 4
-    return block_m, block_n, num_warps
+    return CacheTiles(block_m, block_n, num_warps, 1 if INTERPRET else 3)
 
 
 def _sm_count(device) -> int:
@@ -161,24 +171,26 @@ def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def default_splits(B: int, H: int, Tq: int, S_max: int, D: int, device) -> int:
+def default_splits(B: int, H: int, Tq: int, S_max: int, D: int, device, tiles: CacheTiles | None = None) -> int:
     """As many splits as fit one wave of programs on the GPU (every partial costs a write and a read of
     B*H*Tq*D floats, so more than one wave buys nothing), within what the cache length allows."""
-    block_m = _tiles(Tq, D)[0]
-    tiles = B * H * triton.cdiv(Tq, block_m)
-    return max(1, min(_sm_count(device) // tiles, triton.cdiv(S_max, MIN_KEYS_PER_SPLIT)))
+    block_m = (tiles or default_tiles(Tq, D)).block_m
+    programs = B * H * triton.cdiv(Tq, block_m)
+    return max(1, min(_sm_count(device) // programs, triton.cdiv(S_max, MIN_KEYS_PER_SPLIT)))
 
 
 def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale: float | None = None,
-                    num_splits: int | None = None):
+                    num_splits: int | None = None, tiles: CacheTiles | None = None):
     """Triton chunk-vs-cache attention; returns (out, lse). Inputs are validated by the dispatch in
-    `kernels`; `num_splits` overrides the heuristic (tests use it to cover both paths)."""
+    `kernels`; `num_splits` and `tiles` override the heuristics (tests cover both paths with them, the
+    benchmark's --sweep tunes them)."""
     q, k_cache, v_cache, k_new, v_new = (_last_dim_contiguous(x) for x in (q, k_cache, v_cache, k_new, v_new))
     B, H, Tq, D = q.shape
     S_max = k_cache.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    block_m, block_n, num_warps = _tiles(Tq, D)
-    splits = default_splits(B, H, Tq, S_max, D, q.device) if num_splits is None else num_splits
+    tiles = tiles or default_tiles(Tq, D)
+    block_m, block_n = tiles.block_m, tiles.block_n
+    splits = default_splits(B, H, Tq, S_max, D, q.device, tiles) if num_splits is None else num_splits
     # Split boundaries on whole key tiles; recount so that the last split is not empty by construction.
     split_len = triton.cdiv(triton.cdiv(max(S_max, 1), splits), block_n) * block_n
     splits = triton.cdiv(max(S_max, 1), split_len)
@@ -197,7 +209,7 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale: float |
         *k_new.stride()[:3], *v_new.stride()[:3], *out.stride()[:3],
         H, Tq, S_max, split_len, scale * LOG2E,
         HEAD_DIM=D, PRECISION=_precision(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, DIRECT=splits == 1,
-        num_warps=num_warps, num_stages=1 if INTERPRET else 3)
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     if splits > 1:
         splits_p2 = triton.next_power_of_2(splits)
         # About 8k floats of partials per program: 64 registers a thread at 4 warps.
