@@ -25,12 +25,18 @@ class BenchConfig:
     gpu_envs: int = 1024
 
 
+def walk_pitch(t: int) -> float:
+    """The walk's pitch at tick t: around the horizon, slightly up, where rays are longest and frames cost most."""
+    return -5.0 + 10.0 * np.sin(t / 20)
+
+
 def walk_action(t: int) -> dict:
-    """A fixed, deterministic walk: forward, turning slowly, looking around, jumping now and then."""
+    """A fixed, deterministic walk: forward, turning slowly, looking around the horizon, jumping now and then."""
     action = actions.noop()
     action["forward"] = 1
     action["jump"] = int(t % 40 == 0)
-    action["camera"] = np.array([3.0 * np.sin(t / 15), 2.0], dtype=np.float32)
+    pitch_change = walk_pitch(t + 1) - walk_pitch(t) if t > 0 else walk_pitch(1)
+    action["camera"] = np.array([pitch_change, 2.0], dtype=np.float32)
     return action
 
 
