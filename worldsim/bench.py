@@ -76,9 +76,8 @@ def bench_single(config: EngineConfig, bench: BenchConfig, seed: int) -> list[di
     ]
 
 
-def bench_vector(config: EngineConfig, bench: BenchConfig, seed: int) -> dict:
-    n = bench.vector_envs
-    env = VoxelVectorEnv(n, config)
+def bench_vector(config: EngineConfig, bench: BenchConfig, seed: int, n: int, device: str = "cpu") -> dict:
+    env = VoxelVectorEnv(n, config, render_device=device)
     env.reset(seed=seed)
 
     def step(t):
@@ -86,15 +85,47 @@ def bench_vector(config: EngineConfig, bench: BenchConfig, seed: int) -> dict:
         env.step({k: np.stack([np.asarray(single[k])] * n) for k in single})
 
     step_s = time_frames(step, max(1, bench.frames // n), max(1, bench.warmup // n))
-    return {"case": f"vector env.step {config.width}x{config.height}", "envs": n, "frames_per_s": n / step_s,
+    return {"case": f"vector env.step {config.width}x{config.height} ({device})", "envs": n, "frames_per_s": n / step_s,
             "ms_per_frame": 1e3 * step_s / n}
+
+
+def torch_cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def bench_batch_render(config: EngineConfig, bench: BenchConfig, seed: int) -> list[dict]:
+    """The Triton BatchRenderer alone on CUDA: many worlds, each seen from its own point of the walk."""
+    import torch
+    from worldsim.engine.render_gpu import BatchRenderer
+    rows = []
+    for n in sorted({1, 64, 256, bench.gpu_envs}):
+        env = VoxelVectorEnv(n, config, render_device="cpu")  # worlds and views only; rendering timed below
+        env.reset(seed=seed)
+        worlds, views = [sim.world for sim in env.sims], [sim.view() for sim in env.sims]
+        renderer = BatchRenderer(config.width, config.height, config.fov, config.view_distance, config.hud, "cuda")
+
+        def render(t):
+            renderer.render(worlds, views)
+            torch.cuda.synchronize()
+
+        seconds = time_frames(render, max(10, bench.frames // 4), 5)
+        rows.append({"case": f"BatchRenderer {config.width}x{config.height} (cuda)", "envs": n,
+                     "frames_per_s": n / seconds, "ms_per_frame": 1e3 * seconds / n})
+    return rows
 
 
 def bench_engine(config: EngineConfig, bench: BenchConfig, seed: int = 0) -> list[dict]:
     """Run every engine case, print the table and save the JSON; returns the rows."""
     rows = bench_single(config, bench, seed)
     rows += bench_single(dataclasses.replace(config, width=640, height=360), bench, seed)
-    rows.append(bench_vector(config, bench, seed))
+    rows.append(bench_vector(config, bench, seed, bench.vector_envs))
+    if torch_cuda_available():
+        rows += bench_batch_render(config, bench, seed)
+        rows.append(bench_vector(config, bench, seed, bench.gpu_envs, device="cuda"))
     table = Table(title="WorldSim engine benchmark")
     for column in ("case", "envs", "frames/s", "ms/frame"):
         table.add_column(column, justify="left" if column == "case" else "right")

@@ -205,18 +205,34 @@ class VoxelEnv(gymnasium.Env):
         return self._frame.copy()
 
 
+def _resolve_render_device(device: str) -> str:
+    """'auto' is 'cuda' where torch sees a GPU, else 'cpu'; anything else must name a torch device."""
+    if device == "auto":
+        import importlib.util
+        if importlib.util.find_spec("torch") is None:
+            return "cpu"
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not str(device).startswith("cuda"):
+        raise ValueError(f"render_device must be 'auto', 'cpu' or a CUDA device, got {device!r}")
+    return str(device)
+
+
 class VoxelVectorEnv(gymnasium.vector.VectorEnv):
     """`num_envs` voxel worlds stepped together; sub-env i equals a VoxelEnv reset with seed s + i.
 
     Autoreset is NEXT_STEP: the step after a sub-env truncates ignores its action, resets it (seed drawn
     from its own generator, as a single env's reset() would) and returns the new episode's first frame.
+
+    Frames come from the numba Renderer on the CPU, or with render_device='cuda' from the Triton BatchRenderer,
+    which draws every world in one launch ('auto', the default, picks CUDA where torch sees a GPU).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": TICKS_PER_SECOND,
                 "autoreset_mode": gymnasium.vector.AutoresetMode.NEXT_STEP}
 
     def __init__(self, num_envs: int = 1, config: EngineConfig | None = None, render_mode: str | None = None,
-                 **overrides):
+                 render_device: str = "auto", **overrides):
         if int(num_envs) != num_envs or num_envs < 1:
             raise ValueError(f"num_envs must be a positive whole number, got {num_envs!r}")
         self.num_envs = int(num_envs)
@@ -229,7 +245,13 @@ class VoxelVectorEnv(gymnasium.vector.VectorEnv):
         self.single_action_space = actions.action_space()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.renderer = Renderer(c.width, c.height, fov=c.fov, view_distance=c.view_distance, hud=c.hud)
+        self.render_device = _resolve_render_device(render_device)
+        if self.render_device == "cpu":
+            self.renderer = Renderer(c.width, c.height, fov=c.fov, view_distance=c.view_distance, hud=c.hud)
+        else:  # all worlds at once in one Triton launch; imported here so the CPU path never loads torch
+            from worldsim.engine.render_gpu import BatchRenderer
+            self.renderer = BatchRenderer(c.width, c.height, fov=c.fov, view_distance=c.view_distance, hud=c.hud,
+                                          device=self.render_device)
         self.sims: list[Simulation] = []
         self._rngs: list[np.random.Generator] = []   # per sub-env, like each single env's np_random
         self._needs_reset = np.zeros(self.num_envs, dtype=np.bool_)
@@ -300,6 +322,9 @@ class VoxelVectorEnv(gymnasium.vector.VectorEnv):
     def _render_all(self) -> np.ndarray:
         """Frames of every sub-env, (N, H, W, 3) uint8; the one place a batched renderer plugs in."""
         c = self.config
+        if self.render_device != "cpu":
+            views = [sim.view() for sim in self.sims]
+            return self.renderer.render([sim.world for sim in self.sims], views).cpu().numpy()
         frames = np.empty((self.num_envs, c.height, c.width, 3), dtype=np.uint8)
         for i, sim in enumerate(self.sims):
             frames[i] = self.renderer.render(sim.world, sim.view())
