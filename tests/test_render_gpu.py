@@ -143,14 +143,13 @@ def test_edits_and_new_worlds_reach_the_device_copy():
     world = pool()
     view = View(eye=(0.5, FLOOR + 2.62, 0.5), yaw=0.0, pitch=-70.0)
     renderer = BatchRenderer(16, 16, view_distance=VIEW_DISTANCE, device=DEVICE)
-    before = renderer.render([world], [view])
-    world.set_block(0, FLOOR + 9, 2, BRICK)          # high above everything else, overhead
+    before = renderer.render([world, world], [view, view])    # one World twice: both copies must follow it
+    world.set_block(0, FLOOR + 9, 2, BRICK)                    # high above everything else, overhead
     world.set_block(1, FLOOR + 9, 2, STONE)
-    after = renderer.render([world], [view])
-    want = cpu_frames(16, 16, [(world, view)])
-    mean, close = differences(after, want)
-    assert not torch.equal(before, after)
-    assert mean[0] < MEAN_LEVELS and close[0] >= CLOSE_FRACTION
+    after = renderer.render([world, world], [view, view])
+    mean, close = differences(after, cpu_frames(16, 16, [(world, view)] * 2))
+    assert not torch.equal(before[0], after[0])
+    assert (mean < MEAN_LEVELS).all() and (close >= CLOSE_FRACTION).all()
     other, eye = terrain(1)                            # another World object in the same place of the batch
     view = View(eye=eye, yaw=0.0, pitch=0.0)
     mean, close = differences(renderer.render([other], [view]), cpu_frames(16, 16, [(other, view)]))

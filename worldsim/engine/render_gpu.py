@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from worldsim.engine import render as cpu
-from worldsim.engine.blocks import AIR, NUM_BLOCKS, OPAQUE, WATER
+from worldsim.engine.blocks import AIR, BRICK, NUM_BLOCKS, OPAQUE, WATER
 from worldsim.engine.hud import HOTBAR_SLOTS, _crosshair_mask, _hotbar_box, _hotbar_overlay
 from worldsim.engine.render import View
 from worldsim.engine.textures import ATLAS, CRACKS, FACE_BOTTOM, FACE_SIDE, FACE_TOP, TEX
@@ -435,18 +435,17 @@ class BatchRenderer:
             slots = shape[0] // CHUNK
             self._slot_tops = torch.zeros((len(worlds), slots, slots), dtype=torch.int32, device=self.device)
             self._worlds = [None] * len(worlds)
+        unique = {id(world): world for world in worlds}
+        dirty = {key: world.drain_dirty_slots() for key, world in unique.items()}   # once per World, wherever it sits
         changed = False
         for b, world in enumerate(worlds):
             if self._worlds[b] is not world:
-                world.drain_dirty_slots()
                 self._upload_world(b, world)
                 self._worlds[b] = world
                 changed = True
-            else:
-                slots = world.drain_dirty_slots()
-                if slots:
-                    self._upload_slots(b, world, slots)
-                    changed = True
+            elif dirty[id(world)]:
+                self._upload_slots(b, world, dirty[id(world)])
+                changed = True
         if changed:
             # A ray may stop once it climbs past the first all-air layer above the highest block: it has
             # already met its last surface (into that layer) and ends in the sky as a ray leaving the world.
@@ -560,30 +559,57 @@ class BatchRenderer:
 
 
 # ------------------------------------------------------------------------------------------- benchmark
+def _spawn_world(view_distance: int) -> tuple[World, tuple[float, float, float]]:
+    """The default terrain (seed 0) loaded around the spawn, and the eye of a player standing there."""
+    from worldsim.engine.worldgen import spawn_point
+    world = World(seed=0, view_distance=view_distance)
+    x, y, z = spawn_point(0)
+    world.ensure_loaded(x, z)
+    return world, (x, y + 1.62, z)
+
+
+def check(width: int = 128, height: int = 128, view_distance: int = 48, device: str = "cuda") -> list[dict]:
+    """Per view of the spawn: max and mean |difference| from the numba Renderer, and the fraction within 2 levels."""
+    world, eye = _spawn_world(view_distance)
+    x, y, z = (math.floor(c) for c in eye)
+    world.set_block(x, y, z + 3, BRICK)
+    views = [View(eye=eye, yaw=30.0, pitch=10.0), View(eye=eye, yaw=200.0, pitch=-5.0, time_of_day=0.48),
+             View(eye=eye, yaw=0.0, pitch=0.0, target=(x, y, z + 3), crack_stage=7, selected_slot=5),
+             View(eye=eye, yaw=0.0, pitch=-40.0, time_of_day=0.75), View(eye=eye, yaw=90.0, pitch=60.0)]
+    got = BatchRenderer(width, height, view_distance=view_distance, device=device).render(
+        [world] * len(views), views).cpu().numpy().astype(int)
+    reference = cpu.Renderer(width, height, view_distance=view_distance)
+    stats = []
+    for k, view in enumerate(views):
+        diff = np.abs(got[k] - reference.render(world, view).astype(int))
+        stats.append({"max": int(diff.max()), "mean": float(diff.mean()),
+                      "within_2": float((diff.max(axis=-1) <= 2).mean())})
+        print(f"check view {k}: max |diff| {diff.max():3d}  mean {diff.mean():.4f}  "
+              f"within 2 levels {stats[-1]['within_2']:.2%}", flush=True)
+    return stats
+
+
 def benchmark(batch_sizes=(1, 64, 256, 1024), width: int = 128, height: int = 128, seconds: float = 2.0,
               device: str = "cuda") -> dict:
     """Frames/s of BatchRenderer with HUD at width × height for each batch size, on the default terrain.
 
     The B worlds share one generated world's voxels (each still gets its own device copy); views differ in
-    yaw, pitch and time of day. A figure times whole `render` calls (host-side view packing included),
-    with the device synchronised before and after the timed loop.
+    yaw, pitch, time of day and hotbar selection. A figure times whole `render` calls (host-side view
+    packing included), with the device synchronised before and after the timed loop.
     """
-    from worldsim.engine.worldgen import spawn_point
-    base = World(seed=0, view_distance=48)
-    x, y, z = spawn_point(0)
-    base.ensure_loaded(x, z)
+    base, (x, y, z) = _spawn_world(48)
     base.drain_dirty_slots()
     renderer = BatchRenderer(width, height, device=device)
     results = {"device": torch.cuda.get_device_name() if torch.device(device).type == "cuda" else str(device),
-               "resolution": f"{width}x{height}", "hud": True, "view_distance": 48, "timing": "whole render calls",
-               "frames_per_s": {}}
+               "resolution": f"{width}x{height}", "hud": True, "view_distance": 48,
+               "timing": "whole render calls, synchronised around the loop", "frames_per_s": {}}
     for batch in batch_sizes:
         worlds = []
         for _ in range(batch):
-            world = copy.copy(base)
+            world = copy.copy(base)         # shares the voxel array; the renderer still uploads one copy each
             world.dirty_slots = set()
             worlds.append(world)
-        views = [View(eye=(x, y + 1.62, z), yaw=(360.0 * k / batch + 17.0) % 360.0,
+        views = [View(eye=(x, y, z), yaw=(360.0 * k / batch + 17.0) % 360.0,
                       pitch=-20.0 + 50.0 * ((k * 7) % 11) / 10.0, time_of_day=0.1 + 0.3 * (k % 5) / 4.0,
                       selected_slot=k % HOTBAR_SLOTS) for k in range(batch)]
         renderer.render(worlds, views)        # compile, upload the worlds
@@ -609,9 +635,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench_results/render_gpu.json", help="where to save the JSON results")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64, 256, 1024])
+    parser.add_argument("--size", type=int, default=128, help="frame width and height")
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--no-check", action="store_true", help="skip comparing a few frames with the numba renderer")
     args = parser.parse_args()
-    results = benchmark(tuple(args.batch), seconds=args.seconds)
+    results = {}
+    if not args.no_check:
+        results["check_vs_numba"] = check(args.size, args.size, device=args.device)
+    results.update(benchmark(tuple(args.batch), args.size, args.size, args.seconds, args.device))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"saved {args.out}")
