@@ -1,0 +1,109 @@
+"""Conversion both ways between a directory of interchange trajectories and a training cache.
+
+    python -m worldsim.data.convert SRC DST     (run_world.py exposes it as mode=convert src=... dst=...)
+
+The direction follows SRC: a cache (it has index.json) becomes trajectories, a directory of trajectories
+becomes a cache. An episode that cannot be read is skipped with a warning naming it; the rest convert.
+"""
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from worldsim.data.cache import Cache, CacheWriter, is_cache
+from worldsim.data.interchange import (DEFAULT_FPS, TrajectoryError, TrajectoryNotFoundError, TrajectoryWriter,
+                                       list_trajectories, read_trajectory)
+from worldsim.data.vpt import SOURCES
+
+
+def interchange_to_cache(src_dir, cache_dir, overwrite: bool = False) -> dict:
+    """Read every trajectory in `src_dir` (unfinished recordings give their prefix) into a new cache."""
+    stems = list_trajectories(src_dir, include_unfinished=True)
+    writer, skipped, frames = None, [], 0
+    try:
+        for stem in stems:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # an unfinished recording's prefix is expected here
+                    trajectory = read_trajectory(stem)
+            except (TrajectoryError, FileNotFoundError) as e:
+                warnings.warn(f"skipping trajectory {stem}: {e}", stacklevel=2)
+                skipped.append(str(stem))
+                continue
+            height, width = trajectory.frames.shape[1:3]
+            if writer is None:
+                writer = CacheWriter(cache_dir, width, height, overwrite=overwrite)
+            elif (height, width) != (writer.height, writer.width):
+                warnings.warn(f"skipping trajectory {stem}: {width}×{height} frames, the cache is "
+                              f"{writer.width}×{writer.height}", stacklevel=2)
+                skipped.append(str(stem))
+                continue
+            meta = {"name": trajectory.name, "seed": trajectory.seed, "source": trajectory.source,
+                    "options": trajectory.options}
+            writer.add_episode(trajectory.frames, trajectory.actions, meta, trajectory.infos)
+            frames += len(trajectory)
+        if writer is None:
+            raise TrajectoryError(f"{src_dir}: no readable trajectories to convert")
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    writer.close()
+    return {"direction": "interchange → cache", "src": str(src_dir), "dst": str(cache_dir),
+            "episodes": len(stems) - len(skipped), "frames": frames, "skipped": skipped}
+
+
+def cache_to_interchange(cache_dir, out_dir) -> dict:
+    """Write every episode of a cache as NAME.mp4 + NAME.jsonl + NAME-options.json in `out_dir`."""
+    cache = Cache(cache_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = 0
+    for e, episode in enumerate(cache.episodes):
+        options = dict(episode.get("options") or {})
+        for name in ("resolution", "fps", "source", "seed", "versions", "frames", "complete", "pix_fmt", "crf"):
+            options.pop(name, None)
+        source = episode.get("source") if episode.get("source") in SOURCES else "engine"
+        fps = (episode.get("options") or {}).get("fps", DEFAULT_FPS)
+        name = episode.get("name") or f"episode-{e:05d}"
+        span = cache.episode_slice(e)
+        with TrajectoryWriter(out_dir / name, cache.width, cache.height, fps=fps, source=source,
+                              seed=episode.get("seed"), options=options) as writer:
+            for frame, action, info in zip(cache.frames[span], cache.episode_actions(e), cache.episode_infos(e)):
+                writer.write(np.asarray(frame), action, info)
+        frames += span.stop - span.start
+    return {"direction": "cache → interchange", "src": str(cache_dir), "dst": str(out_dir),
+            "episodes": cache.num_episodes, "frames": frames, "skipped": []}
+
+
+def convert(src, dst, overwrite: bool = False) -> dict:
+    """Convert `src` (a cache or a directory of trajectories) into the other form at `dst`; prints a summary."""
+    src = Path(src)
+    if not src.exists():
+        raise TrajectoryNotFoundError(f"{src}: no such file or directory")
+    if is_cache(src):
+        summary = cache_to_interchange(src, dst)
+    else:
+        summary = interchange_to_cache(src, dst, overwrite=overwrite)
+    skipped = f", skipped {len(summary['skipped'])} unreadable" if summary["skipped"] else ""
+    print(f"converted {summary['src']} ({summary['direction']}) to {summary['dst']}: "
+          f"{summary['episodes']} episodes, {summary['frames']} frames{skipped}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m worldsim.data.convert SRC DST", file=sys.stderr)
+        return 2
+    try:
+        convert(*argv)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
