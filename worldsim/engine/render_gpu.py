@@ -147,18 +147,20 @@ def _sky_colour(dx, dy, dz, row, with_sun: tl.constexpr):
 
 
 @triton.jit
-def _render_kernel(voxels, ceilings, params, atlas, cracks, cross, hud_layers, out,
+def _render_kernel(voxels, ceilings, view_rows, atlas, cracks, cross, hud_layers, out,
                    H, W, tan_half, aspect, max_steps, mask, height, world_stride,
                    opaque_bits, cull_same_bits, back_face_bits,
                    TILE_H: tl.constexpr, TILE_W: tl.constexpr, HUD: tl.constexpr):
-    """One program: a TILE_H × TILE_W tile of view `program_id(1)`; one lane per pixel, one ray per lane."""
+    """One program: a TILE_H × TILE_W tile of view `program_id(1)`; one lane per pixel, one ray per lane.
+
+    (No parameter may be called `params`: triton 3.6's generated argument binder uses that name itself.)"""
     b = tl.program_id(1)
     tiles_x = tl.cdiv(W, TILE_W)
     p = tl.arange(0, TILE_H * TILE_W)
     i = (tl.program_id(0) // tiles_x) * TILE_H + p // TILE_W
     j = (tl.program_id(0) % tiles_x) * TILE_W + p % TILE_W
     in_frame = (i < H) & (j < W)
-    row = params + b * NUM_PARAMS
+    row = view_rows + b * NUM_PARAMS
     world = voxels + b.to(tl.int64) * world_stride
 
     # 1. The ray through the pixel centre.
