@@ -22,7 +22,10 @@ from kernels.block_causal import INTERPRET, LOG2E, LN2, MASKED_SCORE, _alloc, _l
 # Fewest cache keys a split is given: one or two key tiles. Below this a program's fixed cost (loading
 # Q, writing a D-float partial row per query for the merge to read back) outweighs its share of the cache.
 MIN_KEYS_PER_SPLIT = 128
+# Partial-output floats one merge program holds: 8k is 64 registers a thread at 4 warps.
 MERGE_TILE_FLOATS = 8192
+# A split this short runs one or two key tiles, too few for a deep software pipeline to pay off.
+SHORT_SPLIT_KEYS = 256
 
 
 @triton.jit
@@ -156,13 +159,10 @@ class CacheTiles:
     num_stages: int
 
 
-def default_tiles(Tq: int, D: int) -> CacheTiles:
-    """From shapes alone. BLOCK_M covers the chunk up to 128 rows (16 is the smallest tile tl.dot takes);
-    64-key tiles keep the K and V tiles of D = 128 in registers."""
-    block_m = min(128, max(16, triton.next_power_of_2(Tq)))
-    block_n = 64 if (D == 128 or INTERPRET) else 128
-    num_warps = 8 if block_m * D >= 128 * 128 else 4
-    return CacheTiles(block_m, block_n, num_warps, 1 if INTERPRET else 3)
+def _block_m(Tq: int) -> int:
+    """Query rows per tile: the chunk up to 64 rows (16 is the smallest tile tl.dot takes). On an H100,
+    64 beat 128 at Tq = 256 (more programs to spread over the SMs) and beat 32 at Tq = 64."""
+    return min(64, max(16, triton.next_power_of_2(Tq)))
 
 
 def _sm_count(device) -> int:
@@ -171,12 +171,21 @@ def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def default_splits(B: int, H: int, Tq: int, S_max: int, D: int, device, tiles: CacheTiles | None = None) -> int:
+def default_splits(B: int, H: int, Tq: int, S_max: int, device, block_m: int | None = None) -> int:
     """As many splits as fit one wave of programs on the GPU (every partial costs a write and a read of
     B*H*Tq*D floats, so more than one wave buys nothing), within what the cache length allows."""
-    block_m = (tiles or default_tiles(Tq, D)).block_m
-    programs = B * H * triton.cdiv(Tq, block_m)
+    programs = B * H * triton.cdiv(Tq, block_m or _block_m(Tq))
     return max(1, min(_sm_count(device) // programs, triton.cdiv(S_max, MIN_KEYS_PER_SPLIT)))
+
+
+def default_tiles(Tq: int, keys_per_split: int) -> CacheTiles:
+    """Chosen by the benchmark's --sweep on an H100 (bf16, D = 64 and 128): four warps throughout; a short
+    split (one or two key tiles) wants 64-key tiles and a 2-deep pipeline, a long one 128-key tiles and 3."""
+    if INTERPRET:
+        return CacheTiles(_block_m(Tq), 64, 4, 1)
+    if keys_per_split <= SHORT_SPLIT_KEYS:
+        return CacheTiles(_block_m(Tq), 64, 4, 2)
+    return CacheTiles(_block_m(Tq), 128, 4, 3)
 
 
 def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale: float | None = None,
@@ -188,11 +197,12 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale: float |
     B, H, Tq, D = q.shape
     S_max = k_cache.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    tiles = tiles or default_tiles(Tq, D)
+    if num_splits is None:
+        num_splits = default_splits(B, H, Tq, S_max, q.device, tiles and tiles.block_m)
+    tiles = tiles or default_tiles(Tq, triton.cdiv(S_max, num_splits))
     block_m, block_n = tiles.block_m, tiles.block_n
-    splits = default_splits(B, H, Tq, S_max, D, q.device, tiles) if num_splits is None else num_splits
     # Split boundaries on whole key tiles; recount so that the last split is not empty by construction.
-    split_len = triton.cdiv(triton.cdiv(max(S_max, 1), splits), block_n) * block_n
+    split_len = triton.cdiv(triton.cdiv(max(S_max, 1), num_splits), block_n) * block_n
     splits = triton.cdiv(max(S_max, 1), split_len)
 
     out = _alloc((B, H, Tq, D), q.dtype, q.device)
@@ -212,7 +222,6 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale: float |
         num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     if splits > 1:
         splits_p2 = triton.next_power_of_2(splits)
-        # About 8k floats of partials per program: 64 registers a thread at 4 warps.
         merge_block = max(1, min(16, MERGE_TILE_FLOATS // (splits_p2 * D)))
         _cache_merge_kernel[(triton.cdiv(Tq, merge_block), B * H)](
             part_o, part_lse, out, lse, *out.stride()[:3], H, Tq, splits, B * H * Tq,

@@ -246,6 +246,6 @@ def test_triton_cache_attention_is_inference_only():
 
 def test_default_splits_fill_the_device_and_respect_short_caches():
     cpu = torch.device("cpu")
-    assert cache.default_splits(1, 8, 64, 2048, 64, cpu) > 1
-    assert cache.default_splits(1, 8, 64, 100, 64, cpu) == 1
-    assert cache.default_splits(64, 8, 64, 2048, 64, cpu) == 1
+    assert cache.default_splits(1, 8, 64, 2048, cpu) > 1
+    assert cache.default_splits(1, 8, 64, 100, cpu) == 1
+    assert cache.default_splits(64, 8, 64, 2048, cpu) == 1
