@@ -1,4 +1,5 @@
 """The training cache, ClipDataset and conversion between the cache and the interchange form."""
+import pickle
 import warnings
 
 import numpy as np
@@ -85,6 +86,9 @@ def test_workers_give_the_same_items_as_the_main_process(cache_dir):
         loader = DataLoader(dataset, batch_size=4, sampler=dataset.sampler(seed=7), num_workers=workers)
         return [(b["frames"], b["actions"], b["episode"], b["start"]) for b in loader]
 
+    state = pickle.dumps(dataset)
+    assert len(state) < 10_000  # the memory maps stay behind; each worker opens its own
+    assert torch.equal(pickle.loads(state)[5]["frames"], dataset[5]["frames"])
     main, parallel = items(0), items(2)
     assert len(main) == len(parallel) > 0
     for a, b in zip(main, parallel):

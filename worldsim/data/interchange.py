@@ -3,7 +3,7 @@
 - NAME.mp4: H.264 (PyAV/libx264), `fps` frames per second, a keyframe at least every KEYFRAME_INTERVAL
   frames so that seeking is cheap. Pixel format yuv444p by default: the engine's textures carry colour
   detail at single pixels, and 4:2:0 chroma subsampling alone costs them about 29 dB PSNR at 64×64 and
-  33 dB at 128×128 however high the bitrate; 4:4:4 at CRF 8 keeps about 43 dB. Pass pix_fmt="yuv420p" for
+  33 dB at 128×128 however high the bitrate; 4:4:4 at CRF 6 keeps about 43 dB. Pass pix_fmt="yuv420p" for
   players that only take 4:2:0 (browsers). Width and height must be even.
 - NAME.jsonl: one line per frame t with the action a_t taken while seeing frame t and the env info at
   frame t (the layout and the field mapping are in worldsim.data.vpt).
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 KEYFRAME_INTERVAL = 20   # frames; one second at 20 fps
-CRF = 8                  # about 43 dB PSNR on engine frames with yuv444p (see the module docstring)
+CRF = 6                  # about 43 dB PSNR on 128×128 engine frames with yuv444p (see the module docstring)
 PIX_FMT = "yuv444p"
 PRESET = "ultrafast"     # ~3,000 frames/s at 128×128 on one core; slower presets lose PSNR at the same size
 DEFAULT_FPS = 20
@@ -265,9 +265,7 @@ def read_video(path: Path, tolerate_truncation: bool = False) -> np.ndarray:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise TrajectoryError(f"{path}: has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
+            for frame in container.decode(container.streams.video[0]):
                 frames.append(frame.to_ndarray(format="rgb24"))
     except av.FFmpegError as e:
         if not (tolerate_truncation and frames):
