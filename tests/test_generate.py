@@ -65,6 +65,9 @@ def test_rerun_skips_finished_and_extends(reference, tmp_path):
     out, _ = reference
     again = generate(config(out, episodes=3, frames_per_episode=60), TINY, PolicyConfig(), console=quiet())
     assert again["episodes_made"] == 0 and again["episodes"] == 3
+    (out / "episode_000001.mp4").rename(tmp_path / "moved.mp4")  # an episode lost after it finished
+    again = generate(config(out, episodes=3, frames_per_episode=60), TINY, PolicyConfig(), console=quiet())
+    assert again["episodes_made"] == 1 and again["episodes"] == 3 and again["actions"]["frames"] == 180
     with pytest.raises(ValueError, match="frames_per_episode"):
         generate(config(out, episodes=3, frames_per_episode=50), TINY, PolicyConfig(), console=quiet())
 

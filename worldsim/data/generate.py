@@ -248,6 +248,14 @@ class ProgressLog:
 
     def finish(self, index: int, stats: dict) -> None:
         self.finished[index] = stats
+        self._save()
+
+    def keep_only(self, indices: set[int]) -> None:
+        """Forget finished episodes whose files are gone (they will be made again)."""
+        self.finished = {i: v for i, v in self.finished.items() if i in indices}
+        self._save()
+
+    def _save(self) -> None:
         _write_json_atomic(self.path, {"settings": self.settings,
                                        "finished": {str(k): v for k, v in sorted(self.finished.items())}})
 
@@ -265,7 +273,8 @@ def _exclusive(out_dir: Path):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"another generation is writing into {out_dir}") from None
+            raise ValueError(f"another generation is writing into {out_dir}; wait for it or choose another "
+                             f"generate.out_dir") from None
         yield
 
 
@@ -320,6 +329,7 @@ def generate(config: GenerateConfig, engine_config: EngineConfig | None = None,
     with _exclusive(out_dir):
         log = ProgressLog(out_dir, settings)
         finished = {i for i in log.finished if _is_complete(episode_stem(out_dir, i))}
+        log.keep_only(finished)
         _remove_unfinished(out_dir, finished, console)
         tasks = [EpisodeTask(i, str(episode_stem(out_dir, i)), config.seed + i, policy_seed(config.seed + i),
                              config.frames_per_episode, engine_config, policy_config)
@@ -398,3 +408,7 @@ def bench_generation(out_dir: str = "bench_results/generation", width: int = 128
     Path(json_path).parent.mkdir(parents=True, exist_ok=True)
     Path(json_path).write_text(json.dumps(result, indent=1))
     return result
+
+
+if __name__ == "__main__":  # python -m worldsim.data.generate: the generation benchmark
+    bench_generation()
