@@ -1,4 +1,4 @@
-"""WorldSim's one entry point: `python run_world.py [mode=play|bench] [world=engine] [key=value ...]`."""
+"""WorldSim's one entry point: `python run_world.py [mode=play|bench|generate|convert] [world=engine] [key=value ...]`."""
 import sys
 
 import hydra
@@ -32,7 +32,22 @@ def run_bench(cfg: DictConfig) -> None:
     bench_engine(engine_config(cfg), BenchConfig(**OmegaConf.to_container(cfg.bench, resolve=True)), seed=cfg.seed)
 
 
-MODES = {"play": run_play, "bench": run_bench}
+def run_generate(cfg: DictConfig) -> None:
+    from worldsim.data.generate import GenerateConfig, generate
+    from worldsim.data.policies import PolicyConfig
+    generate_config = GenerateConfig(**OmegaConf.to_container(cfg.generate, resolve=True))
+    policy_config = PolicyConfig(**OmegaConf.to_container(cfg.policy, resolve=True))
+    generate(generate_config, engine_config(cfg), policy_config)
+
+
+def run_convert(cfg: DictConfig) -> None:
+    from worldsim.data.convert import convert
+    if not cfg.convert.src or not cfg.convert.dst:
+        raise ValueError("mode=convert needs convert.src=PATH and convert.dst=PATH")
+    convert(cfg.convert.src, cfg.convert.dst, overwrite=cfg.convert.overwrite)
+
+
+MODES = {"play": run_play, "bench": run_bench, "generate": run_generate, "convert": run_convert}
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")

@@ -97,3 +97,28 @@ def test_bad_config_values_are_named():
     result = subprocess.run([sys.executable, "run_world.py", "mode=bench", "engine.width=0"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "width" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_r_records_what_was_played(game, tmp_path):
+    from worldsim.data.interchange import read_trajectory
+    game.config.record_dir = str(tmp_path)
+    game.tick([key(pygame.KEYDOWN, pygame.K_r), key(pygame.KEYDOWN, pygame.K_w)])
+    assert game.recording is not None
+    for _ in range(24):
+        game.tick([])
+    game.tick([key(pygame.KEYDOWN, pygame.K_2), key(pygame.KEYDOWN, pygame.K_r)])  # stops before this tick
+    assert game.recording is None and len(game.saved) == 1
+    trajectory = read_trajectory(game.saved[0])
+    assert len(trajectory.frames) == 25 and trajectory.source == "human"
+    assert all(a["forward"] == 1 for a in trajectory.actions) and trajectory.actions[0]["hotbar.2"] == 0
+    assert trajectory.infos[-1]["tick"] == 24
+    np.testing.assert_array_equal(trajectory.frames.shape[1:], game.obs.shape)
+
+
+def test_closing_mid_recording_keeps_it(tmp_path):
+    from worldsim.data.interchange import list_trajectories
+    env = VoxelEnv(width=32, height=24, view_distance=16)
+    game = Game(env, PlayConfig(scale=1, max_ticks=30, record_dir=str(tmp_path)), seed=1)
+    pygame.event.post(key(pygame.KEYDOWN, pygame.K_r))
+    game.run()  # ends at max_ticks with the recording still on
+    assert [p.name for p in list_trajectories(tmp_path)] == [game.saved[0].stem]

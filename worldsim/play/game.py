@@ -3,11 +3,14 @@
 The game knows only the gymnasium interface (`reset`, `step`, the `info` keys), so it drives the voxel
 engine and the world model alike.
 """
+import dataclasses
+import datetime
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +29,7 @@ class PlayConfig:
     arrow_degrees: float = 5.0      # degrees per tick while an arrow key is held
     overlay: bool = False           # start with the F3 overlay shown
     max_ticks: int | None = None    # stop after this many ticks (None: until the window closes)
+    record_dir: str = "recordings"  # where R saves recordings (interchange format, source=human)
 
     def __post_init__(self):
         if self.scale < 1:
@@ -122,6 +126,28 @@ def facing_name(yaw: float) -> str:
     return _COMPASS[round((yaw % 360) / 45) % 8]
 
 
+class Recording:
+    """A recording started with R: every tick's frame, the exact action sent with it and the env's info."""
+
+    def __init__(self, directory: str, env, obs: np.ndarray, info: dict, fps: int):
+        from worldsim.data.interchange import TrajectoryWriter  # PyAV loads only when someone records
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        config = getattr(env, "config", None)
+        options = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+        h, w = obs.shape[:2]
+        # Not atomic: final names from the first frame, flushed as it goes, so a crash leaves a readable prefix.
+        self.writer = TrajectoryWriter(Path(directory) / f"human-{stamp}", w, h, fps=fps, source="human",
+                                       seed=info.get("seed"), options=options, atomic=False)
+
+    def add(self, obs: np.ndarray, action: dict, info: dict) -> None:
+        self.writer.write(obs, action, info)
+
+    def close(self) -> Path | None:
+        """Finalise the files; returns the mp4's path (None when no frame was recorded)."""
+        files = self.writer.close()
+        return files[0] if files else None
+
+
 class Game:
     """One window showing `env`'s frames and sending it the player's input, one step per tick."""
 
@@ -141,6 +167,8 @@ class Game:
         self.input = InputState(config)
         self.mouse = MouseCapture()
         self.overlay = config.overlay
+        self.recording: Recording | None = None
+        self.saved: list[Path] = []   # recordings finished in this game
         self.ticks = 0
         self.tick_times: list[float] = []  # wall-clock time of recent ticks, for the measured fps
 
@@ -152,7 +180,29 @@ class Game:
             while self.tick(pygame.event.get()):
                 clock.tick(self.config.fps)
         finally:
+            self.stop_recording()  # closing the window mid-recording keeps the recording
             pygame.display.quit()
+
+    def toggle_recording(self) -> None:
+        if self.recording is None:
+            try:
+                self.recording = Recording(self.config.record_dir, self.env, self.obs, self.info, self.config.fps)
+            except (ValueError, OSError) as e:  # e.g. odd frame sizes, an unwritable directory: keep playing
+                print(f"cannot record: {e}")
+                return
+            print(f"recording to {self.recording.writer.final.mp4}")
+        else:
+            self.stop_recording()
+
+    def stop_recording(self) -> None:
+        if self.recording is not None:
+            path = self.recording.close()
+            self.recording = None
+            if path is None:
+                print("the recording had no frames; nothing saved")
+                return
+            self.saved.append(path)
+            print(f"saved recording {path}")
 
     def tick(self, events) -> bool:
         """Handle `events`, step the env once and draw; False when the game should end."""
@@ -160,6 +210,8 @@ class Game:
             if not self.handle(event):
                 return False
         action = self.input.action(self.info.get("selected_slot", 0))
+        if self.recording is not None:  # frame t with the action a_t sent while it was on screen
+            self.recording.add(self.obs, action, self.info)
         self.obs, _, terminated, truncated, self.info = self.env.step(action)
         if terminated or truncated:
             self.obs, self.info = self.env.reset()
@@ -181,6 +233,9 @@ class Game:
         if event.type == pygame.KEYDOWN and event.key == pygame.K_F3:
             self.overlay = not self.overlay
             return True
+        if event.type == pygame.KEYDOWN and event.key == pygame.K_r:
+            self.toggle_recording()
+            return True
         if event.type == pygame.MOUSEBUTTONDOWN and not self.mouse.captured:
             self.mouse.set(True)  # the click that captures the mouse is not an attack
             return True
@@ -199,6 +254,9 @@ class Game:
             for i, line in enumerate(self.overlay_lines()):
                 text = self.font.render(line, True, (255, 255, 255), (0, 0, 0))
                 self.window.blit(text, (4, 4 + i * (self.font.get_linesize() + 2)))
+        if self.recording is not None:  # the red dot: this is being recorded
+            radius = 3 * self.config.scale
+            pygame.draw.circle(self.window, (220, 30, 30), (self.window.get_width() - 2 * radius, 2 * radius), radius)
         pygame.display.flip()
 
     def overlay_lines(self) -> list[str]:
