@@ -47,7 +47,31 @@ def run_convert(cfg: DictConfig) -> None:
     convert(cfg.convert.src, cfg.convert.dst, overwrite=cfg.convert.overwrite)
 
 
-MODES = {"play": run_play, "bench": run_bench, "generate": run_generate, "convert": run_convert}
+def to_dict(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def run_train_autoencoder(cfg: DictConfig) -> None:
+    from worldsim.models.autoencoder import AutoencoderConfig
+    from worldsim.models.train_autoencoder import train_autoencoder
+    from worldsim.training import TrainConfig
+    train_autoencoder(AutoencoderConfig(**to_dict(cfg.autoencoder)), TrainConfig(**to_dict(cfg.train)))
+
+
+def run_encode(cfg: DictConfig) -> None:
+    from worldsim.models.train_autoencoder import encode_cache
+    encode_cache(cfg.encode.checkpoint, cfg.encode.cache, batch_size=cfg.encode.batch_size)
+
+
+def run_train_dynamics(cfg: DictConfig) -> None:
+    from worldsim.models.dynamics import DynamicsConfig
+    from worldsim.models.train_dynamics import train_dynamics
+    from worldsim.training import TrainConfig
+    train_dynamics(DynamicsConfig(**to_dict(cfg.dynamics)), TrainConfig(**to_dict(cfg.train)))
+
+
+MODES = {"play": run_play, "bench": run_bench, "generate": run_generate, "convert": run_convert,
+         "train_autoencoder": run_train_autoencoder, "encode": run_encode, "train_dynamics": run_train_dynamics}
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
