@@ -17,7 +17,7 @@ import torch
 
 from worldsim.engine import render_gpu
 from worldsim.engine.blocks import AIR, BRICK, GLASS, GRASS, LEAVES, STONE, WATER
-from worldsim.engine.render import Renderer, View, camera_basis, light_vector
+from worldsim.engine.render import Renderer, View
 from worldsim.engine.render_gpu import BatchRenderer
 from worldsim.engine.world import World
 from worldsim.engine.worldgen import spawn_point
@@ -156,15 +156,23 @@ def test_edits_and_new_worlds_reach_the_device_copy():
     assert mean[0] < MEAN_LEVELS and close[0] >= CLOSE_FRACTION
 
 
-def test_light_vectors_and_camera_bases_equal_the_scalar_ones():
-    times = np.array([0.0, 0.1, 0.25, 0.4, 0.48, 0.5, 0.6, 0.75, 0.99])
-    for underwater in (False, True):
-        got = render_gpu.light_vectors(times, np.full(len(times), underwater))
-        want = np.stack([light_vector(t, underwater) for t in times])
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+def test_batched_view_constants():
+    """The per-view constants BatchRenderer packs: camera bases follow actions.look_direction and are
+    orthonormal; lighting is full at noon, dimmest at midnight, tinted under water."""
+    from worldsim.engine import actions, render
     yaw, pitch = np.array([0.0, 30.0, -100.0, 271.5]), np.array([0.0, -90.0, 45.0, 89.0])
-    for got, want in zip(render_gpu.camera_bases(yaw, pitch), zip(*(camera_basis(y, p) for y, p in zip(yaw, pitch)))):
-        np.testing.assert_allclose(got, np.stack(want), rtol=0, atol=1e-12)
+    forward, right, up = render.camera_bases(yaw, pitch)
+    for k in range(len(yaw)):
+        np.testing.assert_allclose(forward[k], actions.look_direction(yaw[k], pitch[k]), atol=1e-12)
+        basis = np.stack([forward[k], right[k], up[k]])
+        np.testing.assert_allclose(basis @ basis.T, np.eye(3), atol=1e-12)
+        assert up[k][1] >= -1e-12  # up never points below the horizon for |pitch| <= 90
+    light = render.light_vectors(np.array([0.25, 0.75, 0.25]), np.array([False, False, True]))
+    assert light[0, render.L_LIGHT] == pytest.approx(1.0)
+    assert light[1, render.L_LIGHT] == pytest.approx(render.MIN_LIGHT)
+    np.testing.assert_allclose(light[0, render.L_TINT:render.L_TINT + 3], 1.0)
+    np.testing.assert_allclose(light[2, render.L_TINT:render.L_TINT + 3], render.UNDERWATER_TINT)
+    assert light[0, render.L_SUN_DIR + 1] > 0.9 > -0.9 > light[1, render.L_SUN_DIR + 1]
 
 
 def test_bad_input_is_rejected():

@@ -25,7 +25,7 @@ def _layout(width: int, height: int) -> tuple[int, int, int, int]:
     return slot, border, icon, max(1, slot // 10)
 
 
-def _hotbar_box(width: int, height: int) -> tuple[int, int, int, int]:
+def hotbar_box(width: int, height: int) -> tuple[int, int, int, int]:
     """(top, left, rows, cols) of the hotbar area, the selection frame included, clipped to the frame."""
     slot, border, _, margin = _layout(width, height)
     rows, cols = slot + 2 * border, HOTBAR_SLOTS * (slot - border) + 3 * border
@@ -62,10 +62,10 @@ def block_icon(block: int, size: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _hotbar_overlay(width: int, height: int, hotbar: tuple[int, ...], selected: int) -> np.ndarray:
+def hotbar_overlay(width: int, height: int, hotbar: tuple[int, ...], selected: int) -> np.ndarray:
     """RGBA (rows, cols, 4) of the hotbar box: slot backgrounds, borders, icons and the selection frame."""
     slot, border, icon, _ = _layout(width, height)
-    _, _, rows, cols = _hotbar_box(width, height)
+    _, _, rows, cols = hotbar_box(width, height)
     overlay = np.zeros((rows, cols, 4), np.uint8)
     step = slot - border                                     # neighbouring slots share a border
     for i, block in enumerate(hotbar):
@@ -91,7 +91,7 @@ def _hotbar_overlay(width: int, height: int, hotbar: tuple[int, ...], selected: 
 
 
 @lru_cache(maxsize=16)
-def _crosshair_mask(width: int, height: int) -> np.ndarray:
+def crosshair_mask(width: int, height: int) -> np.ndarray:
     """Bool (height, width): a plus sign at the centre pixel (height // 2, width // 2)."""
     arm = max(3, round(height / 36))
     thick = max(1, round(height / 180))
@@ -105,8 +105,8 @@ def _crosshair_mask(width: int, height: int) -> np.ndarray:
 
 def hud_mask(width: int, height: int) -> np.ndarray:
     """Bool (height, width): every pixel the HUD may change."""
-    mask = _crosshair_mask(width, height).copy()
-    top, left, rows, cols = _hotbar_box(width, height)
+    mask = crosshair_mask(width, height).copy()
+    top, left, rows, cols = hotbar_box(width, height)
     mask[max(0, top):top + rows, max(0, left):left + cols] = True
     return mask
 
@@ -118,10 +118,10 @@ def draw_hud(frame: np.ndarray, hotbar: tuple[int, ...], selected_slot: int) -> 
     if not 0 <= selected_slot < HOTBAR_SLOTS:
         raise ValueError(f"selected_slot must be within 0..{HOTBAR_SLOTS - 1}, got {selected_slot}")
     height, width = frame.shape[:2]
-    cross = _crosshair_mask(width, height)
+    cross = crosshair_mask(width, height)
     frame[cross] = 255 - frame[cross]
-    overlay = _hotbar_overlay(width, height, tuple(int(b) for b in hotbar), int(selected_slot))
-    top, left, rows, cols = _hotbar_box(width, height)
+    overlay = hotbar_overlay(width, height, tuple(int(b) for b in hotbar), int(selected_slot))
+    top, left, rows, cols = hotbar_box(width, height)
     # Clip the box to the frame (tiny frames): the matching part of the overlay is drawn.
     y0, x0 = max(0, top), max(0, left)
     y1, x1 = min(height, top + rows), min(width, left + cols)

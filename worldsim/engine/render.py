@@ -87,25 +87,37 @@ def _mix(a, b, w):
     return tuple(x * (1.0 - w) + y * w for x, y in zip(a, b))
 
 
-def light_vector(time_of_day: float, underwater: bool) -> np.ndarray:
-    """The per-frame lighting constants (sky colours, sun, daylight) for a time of day, as one float64 vector."""
-    angle = 2.0 * math.pi * time_of_day                       # 0 sunrise in +x, pi/2 noon, pi sunset in -x
-    elevation = math.sin(angle)
-    daylight = min(1.0, max(0.0, 0.5 + 2.5 * elevation))
-    twilight = min(1.0, max(0.0, 1.0 - abs(elevation) / 0.35))
-    sun = (math.cos(angle), elevation * math.cos(SUN_TILT), elevation * math.sin(SUN_TILT))
-    out = np.zeros(LIGHT_SIZE, np.float64)
-    out[L_ZENITH:L_ZENITH + 3] = _mix(NIGHT_ZENITH, DAY_ZENITH, daylight)
-    out[L_HORIZON:L_HORIZON + 3] = _mix(NIGHT_HORIZON, DAY_HORIZON, daylight)
-    out[L_TWILIGHT_RGB:L_TWILIGHT_RGB + 3] = TWILIGHT
-    out[L_SUN_DIR:L_SUN_DIR + 3] = sun
-    out[L_SUN_RGB:L_SUN_RGB + 3] = SUN_COLOUR
-    out[L_WATER_FOG:L_WATER_FOG + 3] = WATER_FOG
-    out[L_TINT:L_TINT + 3] = UNDERWATER_TINT if underwater else (1.0, 1.0, 1.0)
-    out[L_TWILIGHT] = twilight
-    out[L_LIGHT] = MIN_LIGHT + (1.0 - MIN_LIGHT) * daylight
-    out[L_UNDERWATER] = float(underwater)
+def light_vectors(time_of_day: np.ndarray, underwater: np.ndarray) -> np.ndarray:
+    """The per-frame lighting constants (sky colours, sun, daylight) for arrays of times of day and underwater
+    flags, one float64 row of LIGHT_SIZE per frame."""
+    time_of_day = np.asarray(time_of_day, np.float64)
+    underwater = np.asarray(underwater, np.bool_)
+    angle = 2.0 * np.pi * time_of_day                          # 0 sunrise in +x, pi/2 noon, pi sunset in -x
+    elevation = np.sin(angle)
+    daylight = np.clip(0.5 + 2.5 * elevation, 0.0, 1.0)[:, None]
+    twilight = np.clip(1.0 - np.abs(elevation) / 0.35, 0.0, 1.0)
+
+    def mix(night, day):
+        return np.asarray(night) * (1.0 - daylight) + np.asarray(day) * daylight
+
+    out = np.zeros((len(time_of_day), LIGHT_SIZE), np.float64)
+    out[:, L_ZENITH:L_ZENITH + 3] = mix(NIGHT_ZENITH, DAY_ZENITH)
+    out[:, L_HORIZON:L_HORIZON + 3] = mix(NIGHT_HORIZON, DAY_HORIZON)
+    out[:, L_TWILIGHT_RGB:L_TWILIGHT_RGB + 3] = TWILIGHT
+    out[:, L_SUN_DIR:L_SUN_DIR + 3] = np.stack(
+        [np.cos(angle), elevation * math.cos(SUN_TILT), elevation * math.sin(SUN_TILT)], -1)
+    out[:, L_SUN_RGB:L_SUN_RGB + 3] = SUN_COLOUR
+    out[:, L_WATER_FOG:L_WATER_FOG + 3] = WATER_FOG
+    out[:, L_TINT:L_TINT + 3] = np.where(underwater[:, None], UNDERWATER_TINT, 1.0)
+    out[:, L_TWILIGHT] = twilight
+    out[:, L_LIGHT] = MIN_LIGHT + (1.0 - MIN_LIGHT) * daylight[:, 0]
+    out[:, L_UNDERWATER] = underwater
     return out
+
+
+def light_vector(time_of_day: float, underwater: bool) -> np.ndarray:
+    """light_vectors for one frame: a float64 vector of LIGHT_SIZE."""
+    return light_vectors(np.array([time_of_day]), np.array([underwater]))[0]
 
 
 @njit(cache=True)
@@ -308,13 +320,19 @@ def row_order(rows: int) -> np.ndarray:
     return np.argsort(keys, kind="stable").astype(np.int64)
 
 
+def camera_bases(yaw: np.ndarray, pitch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit forward, screen-right and screen-up vectors, each (B, 3), for arrays of yaws and pitches in degrees
+    (yaw 0 looks along +z, 90 along -x; positive pitch looks down)."""
+    yaw_r, pitch_r = np.radians(yaw), np.radians(pitch)
+    forward = np.stack([-np.sin(yaw_r) * np.cos(pitch_r), -np.sin(pitch_r), np.cos(yaw_r) * np.cos(pitch_r)], -1)
+    right = np.stack([-np.cos(yaw_r), np.zeros_like(yaw_r), -np.sin(yaw_r)], -1)
+    return forward, right, np.cross(right, forward)
+
+
 def camera_basis(yaw: float, pitch: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unit forward, screen-right and screen-up vectors for a yaw and pitch in degrees (positive pitch looks down)."""
-    yaw_r, pitch_r = math.radians(yaw), math.radians(pitch)
-    forward = np.array([-math.sin(yaw_r) * math.cos(pitch_r), -math.sin(pitch_r), math.cos(yaw_r) * math.cos(pitch_r)])
-    right = np.array([-math.cos(yaw_r), 0.0, -math.sin(yaw_r)])
-    up = np.cross(right, forward)
-    return forward, right, up
+    """camera_bases for one view: forward, right, up, each (3,)."""
+    forward, right, up = camera_bases(np.array([yaw], np.float64), np.array([pitch], np.float64))
+    return forward[0], right[0], up[0]
 
 
 class Renderer:

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from worldsim.engine import render as cpu
 from worldsim.engine.blocks import AIR, BRICK, NUM_BLOCKS, OPAQUE, WATER
-from worldsim.engine.hud import HOTBAR_SLOTS, _crosshair_mask, _hotbar_box, _hotbar_overlay
+from worldsim.engine.hud import HOTBAR_SLOTS, crosshair_mask, hotbar_box, hotbar_overlay
 from worldsim.engine.render import View
 from worldsim.engine.textures import ATLAS, CRACKS, FACE_BOTTOM, FACE_SIDE, FACE_TOP, TEX
 from worldsim.engine.world import World
@@ -340,39 +340,6 @@ def _pack_rgba(rgba: np.ndarray) -> np.ndarray:
     return words.view(np.int32)
 
 
-def camera_bases(yaw: np.ndarray, pitch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """render.camera_basis for arrays of yaws and pitches (degrees): forward, right, up, each (B, 3)."""
-    yaw_r, pitch_r = np.radians(yaw), np.radians(pitch)
-    forward = np.stack([-np.sin(yaw_r) * np.cos(pitch_r), -np.sin(pitch_r), np.cos(yaw_r) * np.cos(pitch_r)], -1)
-    right = np.stack([-np.cos(yaw_r), np.zeros_like(yaw_r), -np.sin(yaw_r)], -1)
-    return forward, right, np.cross(right, forward)
-
-
-def light_vectors(time_of_day: np.ndarray, underwater: np.ndarray) -> np.ndarray:
-    """render.light_vector for arrays of times of day and underwater flags: (B, LIGHT_SIZE) float64."""
-    angle = 2.0 * np.pi * time_of_day
-    elevation = np.sin(angle)
-    daylight = np.clip(0.5 + 2.5 * elevation, 0.0, 1.0)[:, None]
-    twilight = np.clip(1.0 - np.abs(elevation) / 0.35, 0.0, 1.0)
-    out = np.zeros((len(time_of_day), cpu.LIGHT_SIZE), np.float64)
-
-    def mix(a, b):
-        return np.asarray(a) * (1.0 - daylight) + np.asarray(b) * daylight
-
-    out[:, cpu.L_ZENITH:cpu.L_ZENITH + 3] = mix(cpu.NIGHT_ZENITH, cpu.DAY_ZENITH)
-    out[:, cpu.L_HORIZON:cpu.L_HORIZON + 3] = mix(cpu.NIGHT_HORIZON, cpu.DAY_HORIZON)
-    out[:, cpu.L_TWILIGHT_RGB:cpu.L_TWILIGHT_RGB + 3] = cpu.TWILIGHT
-    out[:, cpu.L_SUN_DIR:cpu.L_SUN_DIR + 3] = np.stack(
-        [np.cos(angle), elevation * math.cos(cpu.SUN_TILT), elevation * math.sin(cpu.SUN_TILT)], -1)
-    out[:, cpu.L_SUN_RGB:cpu.L_SUN_RGB + 3] = cpu.SUN_COLOUR
-    out[:, cpu.L_WATER_FOG:cpu.L_WATER_FOG + 3] = cpu.WATER_FOG
-    out[:, cpu.L_TINT:cpu.L_TINT + 3] = np.where(underwater[:, None], cpu.UNDERWATER_TINT, 1.0)
-    out[:, cpu.L_TWILIGHT] = twilight
-    out[:, cpu.L_LIGHT] = cpu.MIN_LIGHT + (1.0 - cpu.MIN_LIGHT) * daylight[:, 0]
-    out[:, cpu.L_UNDERWATER] = underwater
-    return out
-
-
 def _check_view(view: View) -> None:
     """The checks of Renderer.render and draw_hud, so both renderers refuse the same views."""
     eye = np.asarray(view.eye, np.float64)
@@ -415,7 +382,7 @@ class BatchRenderer:
         self._atlas = torch.from_numpy(_pack_rgba(ATLAS).reshape(-1)).to(self.device)
         crack_rows = (CRACKS.astype(np.int32) << np.arange(TEX, dtype=np.int32)).sum(-1, dtype=np.int32)
         self._cracks = torch.from_numpy(crack_rows.reshape(-1)).to(self.device)     # (stage, row) bit masks
-        cross = _crosshair_mask(self.width, self.height).astype(np.uint8)
+        cross = crosshair_mask(self.width, self.height).astype(np.uint8)
         self._cross = torch.from_numpy(cross.reshape(-1)).to(self.device)
         self._hud_index: dict[tuple[tuple[int, ...], int], int] = {}
         self._hud_layers = torch.zeros((1, self.height * self.width), dtype=torch.int32, device=self.device)
@@ -481,8 +448,8 @@ class BatchRenderer:
         key = (tuple(int(block) for block in hotbar), int(selected))
         if key not in self._hud_index:
             layer = np.zeros((self.height, self.width, 4), np.uint8)     # alpha 0 leaves a pixel as it is
-            overlay = _hotbar_overlay(self.width, self.height, key[0], key[1])
-            top, left, rows, cols = _hotbar_box(self.width, self.height)
+            overlay = hotbar_overlay(self.width, self.height, key[0], key[1])
+            top, left, rows, cols = hotbar_box(self.width, self.height)
             y0, x0 = max(0, top), max(0, left)
             y1, x1 = min(self.height, top + rows), min(self.width, left + cols)
             if y1 > y0 and x1 > x0:
@@ -512,14 +479,14 @@ class BatchRenderer:
                 crack[b] = view.crack_stage
             if self.hud:
                 hud[b] = self._hud_layer(view.hotbar, view.selected_slot)
-        forward, right, up = camera_bases(yaw, pitch)
+        forward, right, up = cpu.camera_bases(yaw, pitch)
         floats = np.zeros((len(views), P_ORIGIN), np.float32)
         floats[:, P_EYE:P_EYE + 3] = np.minimum(eye - origin, EYE_FRAC_MAX)
         floats[:, P_FORWARD:P_FORWARD + 3] = forward
         floats[:, P_RIGHT:P_RIGHT + 3] = right
         floats[:, P_UP:P_UP + 3] = up
         floats[:, P_MAX_T] = [min(self.view_distance, world.view_distance) for world in worlds]
-        floats[:, P_LIGHT:P_LIGHT + cpu.LIGHT_SIZE] = light_vectors(times, underwater)
+        floats[:, P_LIGHT:P_LIGHT + cpu.LIGHT_SIZE] = cpu.light_vectors(times, underwater)
         params = np.empty((len(views), NUM_PARAMS), np.int32)
         params[:, :P_ORIGIN] = floats.view(np.int32)
         params[:, P_ORIGIN:P_ORIGIN + 3] = origin
