@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from worldsim.engine.blocks import AIR, DEFAULT_HOTBAR, GLASS, LEAVES, NUM_BLOCKS, OPAQUE, WATER
-from worldsim.engine.hud import draw_hud
+from worldsim.engine.hud import HOTBAR_SLOTS, draw_hud
 from worldsim.engine.textures import ATLAS, CRACKS, FACE_BOTTOM, FACE_SIDE, FACE_TOP, TEX
 from worldsim.engine.world import World
 
@@ -335,6 +335,21 @@ def camera_basis(yaw: float, pitch: float) -> tuple[np.ndarray, np.ndarray, np.n
     return forward[0], right[0], up[0]
 
 
+def check_view(view: View) -> None:
+    """Raise ValueError naming the first field of `view` that no renderer can draw."""
+    eye = np.asarray(view.eye, np.float64)
+    if eye.shape != (3,) or not np.all(np.isfinite(eye)):
+        raise ValueError(f"view.eye must be three finite coordinates, got {view.eye!r}")
+    if not (math.isfinite(view.yaw) and math.isfinite(view.pitch) and math.isfinite(view.time_of_day)):
+        raise ValueError(f"view yaw, pitch and time_of_day must be finite, got {view!r}")
+    if not -1 <= view.crack_stage < len(CRACKS):
+        raise ValueError(f"view.crack_stage must be -1 or 0..{len(CRACKS) - 1}, got {view.crack_stage}")
+    if len(view.hotbar) != HOTBAR_SLOTS:
+        raise ValueError(f"hotbar must list {HOTBAR_SLOTS} block ids, got {len(view.hotbar)}")
+    if not 0 <= view.selected_slot < HOTBAR_SLOTS:
+        raise ValueError(f"selected_slot must be within 0..{HOTBAR_SLOTS - 1}, got {view.selected_slot}")
+
+
 class Renderer:
     """Renders first-person frames of a World: uint8 (height, width, 3), with the HUD unless hud=False."""
 
@@ -355,13 +370,8 @@ class Renderer:
 
     def render(self, world: World, view: View) -> np.ndarray:
         """A new C-contiguous uint8 (height, width, 3) frame of `world` seen from `view`."""
+        check_view(view)
         eye = np.array(view.eye, np.float64)
-        if eye.shape != (3,) or not np.all(np.isfinite(eye)):
-            raise ValueError(f"view.eye must be three finite coordinates, got {view.eye!r}")
-        if not (math.isfinite(view.yaw) and math.isfinite(view.pitch) and math.isfinite(view.time_of_day)):
-            raise ValueError(f"view yaw, pitch and time_of_day must be finite, got {view!r}")
-        if not -1 <= view.crack_stage < len(CRACKS):
-            raise ValueError(f"view.crack_stage must be -1 or 0..{len(CRACKS) - 1}, got {view.crack_stage}")
         forward, right, up = camera_basis(view.yaw, view.pitch)
         max_t = float(min(self.view_distance, world.view_distance))
         eye_y = math.floor(eye[1])

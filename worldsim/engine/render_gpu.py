@@ -340,21 +340,6 @@ def _pack_rgba(rgba: np.ndarray) -> np.ndarray:
     return words.view(np.int32)
 
 
-def _check_view(view: View) -> None:
-    """The checks of Renderer.render and draw_hud, so both renderers refuse the same views."""
-    eye = np.asarray(view.eye, np.float64)
-    if eye.shape != (3,) or not np.all(np.isfinite(eye)):
-        raise ValueError(f"view.eye must be three finite coordinates, got {view.eye!r}")
-    if not (math.isfinite(view.yaw) and math.isfinite(view.pitch) and math.isfinite(view.time_of_day)):
-        raise ValueError(f"view yaw, pitch and time_of_day must be finite, got {view!r}")
-    if not -1 <= view.crack_stage < len(CRACKS):
-        raise ValueError(f"view.crack_stage must be -1 or 0..{len(CRACKS) - 1}, got {view.crack_stage}")
-    if len(view.hotbar) != HOTBAR_SLOTS:
-        raise ValueError(f"hotbar must list {HOTBAR_SLOTS} block ids, got {len(view.hotbar)}")
-    if not 0 <= view.selected_slot < HOTBAR_SLOTS:
-        raise ValueError(f"selected_slot must be within 0..{HOTBAR_SLOTS - 1}, got {view.selected_slot}")
-
-
 class BatchRenderer:
     """Renders B worlds at once on a torch device with a Triton raycaster; frames equal Renderer's up to rounding.
 
@@ -504,7 +489,7 @@ class BatchRenderer:
         if not worlds:
             raise ValueError("render needs at least one world and view")
         for view in views:
-            _check_view(view)
+            cpu.check_view(view)
         params = torch.from_numpy(self._params(worlds, views))
         if self.device.type == "cuda":
             params = params.pin_memory()
