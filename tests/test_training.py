@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from worldsim.training import (
-    CheckpointError, ResumableBatchSampler, TrainConfig, load_config, load_model, load_weights, save_checkpoint,
+    CheckpointError, ResumableBatchSampler, TrainConfig, call_module, load_config, load_model, load_weights, save_checkpoint,
     seed_everything, train, unwrap)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +36,9 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.net(x).squeeze(-1)
+
+    def predict(self, x, scale: float = 1.0):
+        return self(x * scale)
 
 
 class Regression(Dataset):
@@ -63,7 +66,7 @@ class TinyTask:
 
     def loss(self, model, batch):
         x = batch["x"] + 0.01 * torch.randn_like(batch["x"]) * float(np.random.rand() + np.random.rand())
-        error = (model(x) - batch["y"]) ** 2
+        error = (call_module(model, TinyNet.predict, x, scale=1.0) - batch["y"]) ** 2
         loss = error.mean()
         return loss, {"max_error": error.max().detach(), "core": unwrap(model).config.hidden}
 

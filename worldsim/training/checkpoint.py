@@ -20,6 +20,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from worldsim.training.wrap import unwrap
+
 FORMAT = 1
 STATE = "training_state"
 MAX_LISTED = 8  # mismatched tensors named in one error message
@@ -27,17 +29,6 @@ MAX_LISTED = 8  # mismatched tensors named in one error message
 
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model or cannot be read; the message names the file and tensors."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DistributedDataParallel and torch.compile wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _temporary(path: Path) -> Path:
@@ -196,7 +187,7 @@ def capture_rng_state() -> dict:
                                             for k, v in numpy_state["state"].items()}}
     version, internal, gauss = random.getstate()
     return {"torch_cpu": torch.get_rng_state(),
-            "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "torch_cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_initialized() else [],  # current device
             "numpy": numpy_state, "python": [version, list(internal), gauss]}
 
 
@@ -204,8 +195,8 @@ def restore_rng_state(state: dict) -> None:
     """Restore what capture_rng_state returned."""
     torch.set_rng_state(state["torch_cpu"])
     cuda = state.get("torch_cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda[0])
     numpy_state = dict(state["numpy"])
     numpy_state["state"] = {k: (np.array(v, dtype=np.uint32) if k == "key" else v)
                             for k, v in numpy_state["state"].items()}

@@ -28,11 +28,12 @@ from tqdm import tqdm
 
 from worldsim.training.checkpoint import (
     capture_rng_state, load_training_state, load_weights, restore_rng_state, save_checkpoint, save_training_state,
-    seed_everything, unwrap)
+    seed_everything)
 from worldsim.training.config import TrainConfig
 from worldsim.training.curves import CurveLog
 from worldsim.training.distributed import Distributed, setup_distributed
 from worldsim.training.sampler import ResumableBatchSampler
+from worldsim.training.wrap import ForwardHost
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,10 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for ema, p in zip(self.module.parameters(), model.parameters()):
-            ema.lerp_(p.detach().float(), 1.0 - self.decay)
-        for ema, b in zip(self.module.buffers(), model.buffers()):
-            ema.copy_(b)
+        ema, params = list(self.module.parameters()), [p.detach().float() for p in model.parameters()]
+        torch._foreach_lerp_(ema, params, 1.0 - self.decay)
+        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
 
 
 @contextmanager
@@ -149,6 +150,7 @@ class _Run:
         self.window_start, self.window_steps, self.last_row = time.perf_counter(), 0, {}
 
     def _wrap(self, model: nn.Module) -> nn.Module:
+        model = ForwardHost(model)
         if self.config.compile:
             model = torch.compile(model)
         if self.dist.enabled:
@@ -298,7 +300,9 @@ class _Run:
 
     def summary(self, stopped: bool) -> dict:
         self.bar.close()
+        latest = latest_checkpoint(self.out_dir)
         return {"step": self.step, "stopped": stopped, "out_dir": str(self.out_dir),
+                "checkpoint": None if latest is None else str(latest),
                 "loss": self.last_row.get("loss"), "metrics": dict(self.last_row)}
 
 
