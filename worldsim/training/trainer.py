@@ -15,6 +15,7 @@ import copy
 import logging
 import math
 import shutil
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
@@ -41,6 +42,7 @@ MIN_LR_FRACTION = 0.1      # the cosine schedule ends at this fraction of lr
 KEEP_CHECKPOINTS = 2       # step directories kept: the latest, and one before it in case the disk lies
 SAMPLE_BATCH_ITEMS = 8     # dataset items in the default sample batch
 CHECKPOINTS = "checkpoints"
+RESUME_FREE = {"out_dir", "resume", "num_workers", "log_every", "sample_every", "ckpt_every"}  # no effect on the weights
 
 
 class TrainTask(Protocol):
@@ -180,7 +182,7 @@ class _Run:
             ema_path = found / "ema.safetensors"
             load_weights(self.ema.module, ema_path if ema_path.exists() else found / "model.safetensors")
         state = load_training_state(found, self.optimizer)
-        self._check_data_position(state.data)
+        self._warn_changes(state)
         if len(state.rng) == self.dist.world_size:
             restore_rng_state(state.rng[self.dist.rank])
         else:
@@ -188,14 +190,20 @@ class _Run:
                         "not repeat an uninterrupted one exactly", found, len(state.rng), self.dist.world_size)
             seed_everything(self.config.seed * 1000 + self.dist.rank + state.step)
         if self.dist.is_main:
-            log.info("resuming from %s (step %d)", found, state.step)
+            tqdm.write(f"resuming from {found} (step {state.step})", file=sys.stderr)
         return state.step
 
-    def _check_data_position(self, saved: dict) -> None:
+    def _warn_changes(self, state) -> None:
+        """Say which settings differ from the checkpoint's run: the result then differs from an uninterrupted one."""
+        if not self.dist.is_main:
+            return
         now = {"batch_size": self.config.batch_size, "world_size": self.dist.world_size, "seed": self.config.seed}
-        changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
-        if changed and self.dist.is_main:
-            log.warning("resuming with a different data geometry %s (saved, now): the data order changes", changed)
+        changed = {k: (state.data.get(k), v) for k, v in now.items() if state.data.get(k) != v}
+        saved_config = state.extra.get("train_config", {})
+        changed.update({k: (saved_config[k], v) for k, v in asdict(self.config).items()
+                        if k in saved_config and saved_config[k] != v and k not in RESUME_FREE})
+        if changed:
+            log.warning("resuming with settings changed since the checkpoint (saved, now): %s", changed)
 
     def train_step(self, batch: dict) -> None:
         self.model.train()
