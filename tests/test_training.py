@@ -251,16 +251,23 @@ def test_trains_on_a_clip_dataset(tmp_path):
 # ---------------------------------------------------------------------------------------------- DDP
 
 def run_ddp_worker(out_dir: str) -> None:
-    """Body of the torchrun script: train on 2 gloo processes, then each rank saves what it ended with."""
+    """Body of the torchrun script: 2 gloo processes train, are killed and resume; each rank saves what it ends with."""
+    import os
+
     import torch.distributed as dist
-    rank = int(__import__("os").environ["RANK"])
-    task = TinyTask(seed=rank)  # different initial weights: DDP must broadcast rank 0's
+    rank = int(os.environ["RANK"])
     config = TrainConfig(out_dir=out_dir, steps=8, batch_size=4, lr=1e-2, warmup_steps=2, ckpt_every=4,
                          log_every=2, sample_every=4, seed=5, ema=0.5)
+    task = TinyTask(seed=rank)  # different initial weights: DDP must broadcast rank 0's
     train(task, Regression(), config, progress=False)
     assert not dist.is_initialized()
     from safetensors.torch import save_file
     save_file(task.model.state_dict(), str(Path(out_dir) / f"rank{rank}.safetensors"))
+    cut = TrainConfig(**{**config.__dict__, "out_dir": out_dir + "-cut"})
+    assert train(TinyTask(seed=rank), Regression(), cut, progress=False, stop_after=6)["stopped"]
+    task = TinyTask(seed=rank + 7)
+    train(task, Regression(), cut, progress=False)
+    save_file(task.model.state_dict(), str(Path(cut.out_dir) / f"rank{rank}.safetensors"))
 
 
 def free_port() -> int:
@@ -269,7 +276,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_ddp_ends_with_identical_weights(tmp_path):
+def test_two_process_gloo_ddp_ends_with_identical_weights_and_resumes_exactly(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\nsys.path.insert(0, {str(REPO)!r})\n"
                       "from test_training import run_ddp_worker\nrun_ddp_worker(sys.argv[1])\n")
@@ -284,3 +291,7 @@ def test_two_process_gloo_ddp_ends_with_identical_weights(tmp_path):
     state = json.loads((out / "checkpoints" / "step_00000008" / "training_state.json").read_text())
     assert len(state["rng"]) == 2 and state["data"]["world_size"] == 2
     assert (out / "curves.csv").exists() and (out / "samples" / "step_000008.png").exists()
+    resumed = tmp_path / "run-cut"  # killed after step 6, resumed from step 4
+    for rank in range(2):
+        assert_same_weights(weights(out / "rank0.safetensors"), weights(resumed / f"rank{rank}.safetensors"))
+    assert_same_weights(weights(out / "ema.safetensors"), weights(resumed / "ema.safetensors"))
