@@ -1,0 +1,197 @@
+"""The dynamics transformer: configs, AdaLN-zero init, attention through kernels against a hand-built mask,
+rotary positions, the flow-matching objective, and bad input."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import kernels
+from kernels import reference
+from worldsim.models import dynamics
+from worldsim.models.dynamics import (ACTION_DIM, DynamicsConfig, DynamicsModel, flow_matching_loss,
+                                      load_dynamics, sample_noise_levels, shift_actions)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "dynamics"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small ops on a shared 2-core machine: one thread avoids OpenMP spinning against other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(**changes) -> DynamicsConfig:
+    return dataclasses.replace(DynamicsConfig(**yaml.safe_load((CONFIGS / "tiny.yaml").read_text())), **changes)
+
+
+def randomized(model: DynamicsModel, seed: int = 0) -> DynamicsModel:
+    """Perturb every parameter: AdaLN-zero makes a fresh model output 0, which would pass any comparison."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def inputs(config, B=2, T=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(B, T, config.latent_channels, config.latent_height, config.latent_width, generator=g)
+    return latents, torch.rand(B, T, ACTION_DIM, generator=g), torch.rand(B, T, generator=g)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_config_files_are_exactly_the_dataclass_fields(path):
+    values = yaml.safe_load(path.read_text())
+    assert set(values) == {f.name for f in dataclasses.fields(DynamicsConfig)}
+    config = DynamicsConfig(**values)
+    assert config.n_embd // config.n_head in kernels.HEAD_DIMS
+
+
+def test_adaln_zero_blocks_are_identity_at_init():
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = DynamicsModel(config)
+    latents, actions, t = inputs(config)
+    x = model.patch_embed(model.patchify(latents))  # (B, F, N, C)
+    cond = torch.nn.functional.silu(model.time_embed(t) + model.action_embed(actions))
+    rope = model.rotary(torch.arange(latents.shape[1]))
+    for block in model.blocks:
+        assert torch.equal(block(x, cond, rope), x)
+    assert torch.equal(model(latents, actions, t), torch.zeros_like(latents))
+
+
+def hand_mask(frames, tokens_per_frame, chunk_frames, context_frames):
+    """Token i of frame f sees token j of frame g iff g's chunk is f's or one of the W/K - 1 chunks before it."""
+    T = frames * tokens_per_frame
+    mask = torch.zeros(T, T, dtype=torch.bool)
+    for i in range(T):
+        for j in range(T):
+            ci, cj = i // tokens_per_frame // chunk_frames, j // tokens_per_frame // chunk_frames
+            mask[i, j] = ci - context_frames // chunk_frames < cj <= ci
+    return mask
+
+
+@pytest.mark.parametrize("chunk_frames,context_frames", [(1, 3), (2, 4)])
+def test_training_forward_equals_plain_attention_with_explicit_mask(monkeypatch, chunk_frames, context_frames):
+    torch.manual_seed(0)
+    config = tiny_config(chunk_frames=chunk_frames, context_frames=context_frames, latent_height=8, latent_width=8)
+    model = randomized(DynamicsModel(config))
+    latents, actions, t = inputs(config, T=6)
+    monkeypatch.setenv(kernels.BACKEND_ENV, "torch")
+    out = model(latents, actions, t)
+    out.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    mask = hand_mask(6, config.tokens_per_frame, chunk_frames, context_frames)
+    calls = []
+
+    def plain(q, k, v, chunk_size, window=None):
+        calls.append((chunk_size, window))
+        scores = (q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5  # (B, nh, T, T)
+        return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+
+    monkeypatch.setattr(dynamics.kernels, "attention", plain)
+    expected = model(latents, actions, t)
+    expected.square().sum().backward()
+    assert calls == [(chunk_frames * config.tokens_per_frame, context_frames // chunk_frames)] * config.n_layer
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        assert float((grads[name] - p.grad).norm()) <= 1e-5 * float(p.grad.norm()) + 1e-6, name
+
+
+def test_rotary_depends_on_frame_difference_only_at_any_play_length():
+    torch.manual_seed(0)
+    config = tiny_config(latent_height=8, latent_width=8, context_frames=4)
+    model = randomized(DynamicsModel(config))
+    latents, actions, t = inputs(config, T=6)
+    near = model(latents, actions, t, frame_pos=torch.arange(6))
+    far = model(latents, actions, t, frame_pos=torch.arange(6) + 10_000_000)
+    torch.testing.assert_close(far, near, rtol=1e-5, atol=1e-5)
+
+
+def test_rotary_splits_head_dim_into_time_row_and_column():
+    rotary = dynamics.Rotary3D(head_dim=32, grid_h=2, grid_w=3)
+    assert (rotary.n_time, rotary.n_row, rotary.n_col) == (8, 4, 4)
+    cos, sin = rotary(torch.tensor([0, 5]))
+    assert cos.shape == (2 * 6, 1, 1, 16)
+    cos = cos[:, 0, 0].reshape(2, 2, 3, 16)  # (frame, row, col, pair)
+    assert torch.equal(cos[0, :, :, :8], torch.ones(2, 3, 8))  # frame 0: no time rotation
+    assert not torch.equal(cos[1, 0, 0, :8], cos[0, 0, 0, :8])
+    assert torch.equal(cos[:, :, 0, 8:12], cos[:, :, 2, 8:12])  # row part ignores the column
+    assert torch.equal(cos[:, 0, :, 12:], cos[:, 1, :, 12:])  # column part ignores the row
+
+
+def test_shift_actions_conditions_each_frame_on_the_action_that_produced_it():
+    a = torch.arange(2 * 3 * ACTION_DIM, dtype=torch.float32).reshape(2, 3, ACTION_DIM)
+    shifted = shift_actions(a)
+    assert torch.equal(shifted[:, 0], torch.zeros(2, ACTION_DIM))
+    assert torch.equal(shifted[:, 1:], a[:, :-1])
+
+
+def test_noise_levels_and_context_prefix():
+    config = tiny_config(context_prob=1.0, context_noise_max=0.1)
+    t = sample_noise_levels(config, 64, 8, torch.Generator().manual_seed(0))
+    assert t.shape == (64, 8) and bool(((t >= 0) & (t <= 1)).all())
+    assert bool((t[:, 0] <= 0.1).all())  # every clip has a context prefix of at least one frame
+    assert float(t[:, -1].mean()) > 0.3  # the last frame is never context
+    uniform = sample_noise_levels(dataclasses.replace(config, noise_schedule="uniform", context_prob=0.0), 4096, 1)
+    assert abs(float(uniform.mean()) - 0.5) < 0.03
+
+
+def test_flow_matching_loss_trains():
+    torch.manual_seed(0)
+    config = tiny_config(latent_height=8, latent_width=8, n_layer=2)
+    model = DynamicsModel(config)
+    latents, actions, _ = inputs(config, B=4, T=4)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(30):
+        loss, metrics = flow_matching_loss(model, latents, actions, torch.Generator().manual_seed(step % 3))
+        assert set(metrics) == {"loss", "loss_noisy", "loss_clean"}
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_bad_input_names_the_problem():
+    config = tiny_config(latent_height=8, latent_width=8)
+    model = DynamicsModel(config)
+    latents, actions, t = inputs(config)
+    with pytest.raises(ValueError, match=r"actions must be \(B, F, 25\)"):
+        model(latents, actions[..., :24], t)
+    bad = actions.clone()
+    bad[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="actions contain NaN"):
+        model(latents, bad, t)
+    with pytest.raises(ValueError, match="latents must be"):
+        model(latents[..., :4, :4], actions, t)
+    with pytest.raises(ValueError, match="noise_levels"):
+        model(latents, actions, t[:, :2])
+    with pytest.raises(ValueError, match="head dim"):
+        DynamicsConfig(n_embd=96, n_head=4)
+    with pytest.raises(ValueError, match="context_frames"):
+        DynamicsConfig(chunk_frames=2, context_frames=5)
+
+
+def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):
+    from worldsim.training.checkpoint import CheckpointError, save_checkpoint
+    config = tiny_config(latent_height=8, latent_width=8, n_layer=2)
+    model = randomized(DynamicsModel(config))
+    save_checkpoint(tmp_path, model, config)
+    loaded = load_dynamics(tmp_path)
+    latents, actions, t = inputs(config)
+    torch.testing.assert_close(loaded(latents, actions, t), model(latents, actions, t))
+    with pytest.raises(CheckpointError, match="n_layer"):
+        load_dynamics(tmp_path, expect=dataclasses.replace(config, n_layer=3))
+    other = tiny_config(latent_height=8, latent_width=8, n_layer=2, n_embd=256)
+    save_checkpoint(tmp_path / "other", DynamicsModel(other), config)  # weights of another size, config lies
+    with pytest.raises(CheckpointError, match=r"tensor 'action_embed.0.bias': checkpoint has shape \(256,\), model has \(128,\)"):
+        load_dynamics(tmp_path / "other")

@@ -1,0 +1,203 @@
+"""The sampler: cached sampling equals recomputing everything, before and after the ring wraps; the ring
+buffer's slots; batch rows; snapshot/restore; 2,000 frames in flat memory; bad input."""
+import dataclasses
+import tracemalloc
+
+import pytest
+import torch
+
+from worldsim.models.dynamics import ACTION_DIM, DynamicsModel
+from worldsim.sampling import KVCache, Sampler, commit_chunk, denoise_chunk, make_caches, prefill
+
+from test_dynamics import one_thread, randomized, tiny_config  # noqa: F401  (one_thread: autouse fixture)
+
+
+def small_model(**changes):
+    torch.manual_seed(0)
+    config = tiny_config(latent_height=8, latent_width=8, **changes)
+    return randomized(DynamicsModel(config)).eval()
+
+
+def latent_shape(config, B, F):
+    return (B, F, config.latent_channels, config.latent_height, config.latent_width)
+
+
+def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed):
+    """The reference: every Euler step runs the whole sequence so far through the training-mode forward
+    (block-causal with the window), drawing the same noise in the same order as `Sampler`."""
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    B, P = prompt.shape[:2]
+    s = c.context_noise
+    context = (1 - s) * prompt + s * torch.randn(prompt.shape, generator=g)
+    actions = torch.cat([torch.zeros(B, 1, ACTION_DIM), prompt_actions], dim=1)  # model order
+    levels = torch.full((B, P), s)
+    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    out = []
+    with torch.no_grad():
+        for a in step_actions:  # (B, K, 25)
+            K = a.shape[1]
+            x = torch.randn(latent_shape(c, B, K), generator=g)
+            for t, t_next in zip(ts[:-1], ts[1:]):
+                v = model(torch.cat([context, x], 1), torch.cat([actions, a], 1),
+                          torch.cat([levels, torch.full((B, K), t)], 1))[:, -K:]
+                x = x + (t_next - t) * v
+            out.append(x)
+            context = torch.cat([context, (1 - s) * x + s * torch.randn(x.shape, generator=g)], 1)
+            actions, levels = torch.cat([actions, a], 1), torch.cat([levels, torch.full((B, K), s)], 1)
+    return torch.cat(out, 1)
+
+
+@pytest.mark.parametrize("chunk_frames,context_frames,prompt_frames,chunks",
+                         [(1, 4, 2, 8), (2, 6, 4, 5), (1, 3, 5, 4)],
+                         ids=["K1-wraps", "K2-wraps", "prompt-longer-than-cache"])
+def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_frames, prompt_frames, chunks):
+    model = small_model(chunk_frames=chunk_frames, context_frames=context_frames)
+    c = model.config
+    g = torch.Generator().manual_seed(1)
+    B = 2
+    prompt = torch.randn(latent_shape(c, B, prompt_frames), generator=g)
+    prompt_actions = torch.rand(B, prompt_frames - 1, ACTION_DIM, generator=g)
+    step_actions = [torch.rand(B, chunk_frames, ACTION_DIM, generator=g) for _ in range(chunks)]
+    # The ring must wrap during the rollout for this test to cover it.
+    assert prompt_frames + chunks * chunk_frames > 2 * c.cache_frames
+
+    sampler = Sampler(model, batch_size=B, steps=3, seed=7)
+    sampler.reset(prompt, prompt_actions)
+    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
+    expected = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
+    assert float(expected.std()) > 0.1  # a model that does something
+    torch.testing.assert_close(cached, expected, rtol=1e-4, atol=1e-4)
+    assert sampler.frame == prompt_frames + chunks * chunk_frames
+
+
+def test_kv_cache_is_a_ring_buffer():
+    cache = KVCache(batch=1, n_head=1, max_tokens=4, head_dim=1)
+    tokens = torch.arange(1.0, 11.0).view(1, 1, 10, 1)
+    cache.update(tokens[:, :, :3], -tokens[:, :, :3])
+    assert cache.valid_len.tolist() == [3] and cache.k[0, 0, :3, 0].tolist() == [1, 2, 3]
+    cache.update(tokens[:, :, 3:6], -tokens[:, :, 3:6])  # positions 3, 4, 5 -> slots 3, 0, 1
+    assert cache.valid_len.tolist() == [4] and cache.k[0, 0, :, 0].tolist() == [5, 6, 3, 4]
+    cache.update(tokens[:, :, 4:10], -tokens[:, :, 4:10])  # longer than the ring: the last 4 survive
+    assert int(cache.pos) == 12  # positions 6..11; the last four, 8..11, land in slots 0..3
+    assert cache.k[0, 0, :, 0].tolist() == [7, 8, 9, 10] and cache.v[0, 0, :, 0].tolist() == [-7, -8, -9, -10]
+    cache.reset()
+    assert cache.valid_len.tolist() == [0] and int(cache.pos) == 0
+
+
+def test_batch_rows_are_independent():
+    model = small_model(context_frames=4)
+    c = model.config
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randn(latent_shape(c, 3, 2), generator=g)
+    actions = torch.cat([torch.zeros(3, 1, ACTION_DIM), torch.rand(3, 1, ACTION_DIM, generator=g)], 1)
+    noises = [torch.randn(latent_shape(c, 3, 1), generator=g) for _ in range(7)]
+    step_actions = [torch.rand(3, 1, ACTION_DIM, generator=g) for _ in range(3)]
+
+    def run(rows):
+        caches = make_caches(model, len(rows))
+        prefill(model, caches, prompt[rows], actions[rows], torch.cat([noises[0], noises[0]], 1)[rows])
+        out = []
+        for i, a in enumerate(step_actions):
+            x = denoise_chunk(model, caches, a[rows], 2 + i, noises[1 + 2 * i][rows], steps=2)
+            commit_chunk(model, caches, x, a[rows], 2 + i, noises[2 + 2 * i][rows])
+            out.append(x)
+        return torch.cat(out, 1)
+
+    together = run([0, 1, 2])
+    for row in range(3):
+        torch.testing.assert_close(run([row]), together[row:row + 1], rtol=1e-5, atol=1e-5)
+
+
+def test_action_conditions_the_next_frame():
+    model = small_model(context_frames=4)
+    c = model.config
+    prompt = torch.randn(latent_shape(c, 1, 2))
+    sampler = Sampler(model, steps=2)
+    sampler.reset(prompt, torch.zeros(1, 1, ACTION_DIM))
+    state = sampler.snapshot()
+    still = sampler.step(torch.zeros(1, ACTION_DIM))
+    sampler.restore(state)
+    turning = torch.zeros(1, ACTION_DIM)
+    turning[0, 15] = 1.0  # camera_yaw
+    assert not torch.allclose(sampler.step(turning), still)
+
+
+def test_snapshot_restore_replays_identically_and_branches():
+    model = small_model(context_frames=4)
+    c = model.config
+    g = torch.Generator().manual_seed(5)
+    actions = [torch.rand(2, ACTION_DIM, generator=g) for _ in range(6)]
+    sampler = Sampler(model, batch_size=2, steps=2, seed=11)
+    sampler.reset(torch.randn(latent_shape(c, 2, 3), generator=g), torch.rand(2, 2, ACTION_DIM, generator=g))
+    for a in actions[:2]:
+        sampler.step(a)
+    state = sampler.snapshot()
+    first = [sampler.step(a) for a in actions[2:]]  # runs far enough for the ring to wrap after the snapshot
+    sampler.steps = 1
+    branch = sampler.step(actions[0])  # a different branch, with another step count
+    sampler.restore(state)
+    assert sampler.steps == 2 and sampler.frame == 5
+    replay = [sampler.step(a) for a in actions[2:]]
+    for x, y in zip(first, replay):
+        assert torch.equal(x, y)
+    assert not torch.equal(branch, first[0])
+
+
+def test_steps_change_between_chunks():
+    model = small_model(context_frames=4)
+    sampler = Sampler(model, steps=4)
+    sampler.reset(torch.randn(latent_shape(model.config, 1, 1)), torch.zeros(1, 0, ACTION_DIM))
+    state = sampler.snapshot()
+    four = sampler.step(torch.zeros(1, ACTION_DIM))
+    sampler.restore(state)
+    one = sampler.step(torch.zeros(1, ACTION_DIM), steps=1)
+    assert one.shape == four.shape and not torch.equal(one, four)
+
+
+def test_two_thousand_frames_keep_memory_flat():
+    model = small_model(n_layer=2)  # tiny's width and 16-frame window; two layers keep the test short
+    c = model.config
+    sampler = Sampler(model, steps=1)
+    sampler.reset(torch.randn(latent_shape(c, 1, 2)), torch.zeros(1, 1, ACTION_DIM))
+    buffers = [(name, buf.data_ptr(), buf.shape) for cache in sampler.caches for name, buf in cache.named_buffers()]
+    action = torch.zeros(1, ACTION_DIM)
+    for _ in range(200):  # warm-up: the ring wraps after 15 frames
+        sampler.step(action)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(1800):
+        x = sampler.step(action)
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert sampler.frame == 2002
+    assert [(name, buf.data_ptr(), buf.shape) for cache in sampler.caches
+            for name, buf in cache.named_buffers()] == buffers  # updated in place, never re-allocated
+    assert all(int(cache.valid_len[0]) == c.cache_frames * c.tokens_per_frame for cache in sampler.caches)
+    assert grown < 256 * 1024, f"python heap grew by {grown} bytes over 1,800 frames"
+    assert bool(torch.isfinite(x).all())
+
+
+def test_bad_input_names_the_problem():
+    model = small_model(context_frames=4, chunk_frames=2)
+    c = model.config
+    sampler = Sampler(model, batch_size=2)
+    prompt = torch.randn(latent_shape(c, 2, 2))
+    with pytest.raises(RuntimeError, match="before reset"):
+        sampler.step(torch.zeros(2, 2, ACTION_DIM))
+    with pytest.raises(ValueError, match="latents must be"):
+        sampler.reset(torch.randn(2, 2, c.latent_channels, 16, 16), torch.zeros(2, 1, ACTION_DIM))
+    with pytest.raises(ValueError, match="P - 1 = 1"):
+        sampler.reset(prompt, torch.zeros(2, 2, ACTION_DIM))
+    with pytest.raises(ValueError, match="multiple of chunk_frames"):
+        sampler.reset(prompt[:, :1], torch.zeros(2, 0, ACTION_DIM))
+    with pytest.raises(ValueError, match="batch_size 2"):
+        sampler.reset(prompt[:1], torch.zeros(1, 1, ACTION_DIM))
+    sampler.reset(prompt, torch.zeros(2, 1, ACTION_DIM))
+    with pytest.raises(ValueError, match=r"actions must be \(B, F, 25\)"):
+        sampler.step(torch.zeros(2, 2, 24))
+    with pytest.raises(ValueError, match="NaN"):
+        sampler.step(torch.full((2, 2, ACTION_DIM), float("nan")))
+    with pytest.raises(ValueError, match=r"\(B, F\) = \(2, 1\)"):
+        sampler.step(torch.zeros(2, 1, ACTION_DIM))
+    assert sampler.step(torch.zeros(2, 2, ACTION_DIM)).shape == latent_shape(c, 2, 2)

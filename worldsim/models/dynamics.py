@@ -1,0 +1,375 @@
+"""The dynamics transformer: past latent frames + actions + per-frame noise levels -> velocity of each frame.
+
+Tokens are latent frames cut into patches (64 per frame for 16x16 latents and 2x2 patches). Attention is
+block-causal over chunks of `chunk_frames` frames with a window of `context_frames` frames (its own chunk
+included), always through `kernels`: `kernels.attention` over a whole clip (training, prefill) and
+`kernels.cache_attention` for one chunk against the ring-buffer KV cache (sampling, see worldsim/sampling.py).
+
+Conventions, shared by the objective and the sampler:
+- Action timing: `a_i` is what the player does while seeing frame i; it produces frame i + 1. The model
+  therefore conditions frame i on a_{i-1}: `forward` takes `actions[:, i]` = the action that *produced*
+  frame i. `shift_actions` turns the data's a_i order into that order; a clip's first frame, whose producing
+  action lies outside the clip, gets the zero vector (the no-op), in training and in the sampler's prompt.
+- Flow matching (rectified flow): noise level t in [0, 1], t = 0 clean, t = 1 pure noise;
+  x_t = (1 - t) x0 + t eps, and the model predicts the velocity v = eps - x0 (so dx_t/dt = v). Sampling
+  integrates from t = 1 down to t = 0: x <- x + (t_next - t) v.
+- Positions: 3-D rotary (time, row, column). Time positions are absolute frame indices (int64, growing
+  without bound); the angles are computed in float64 and then cast, so rotated q.k depends on the frame
+  difference alone to fp32 rounding at any play length, and cached keys never need rewriting.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+
+ACTION_DIM = 25  # worldsim.engine.actions.ACTION_DIM (not imported: the engine pulls in gymnasium)
+# Rotary bases: time differences reach context_frames (tens), row/column ones latent_size / patch (about 8).
+ROPE_BASE_TIME = 10_000.0
+ROPE_BASE_SPACE = 100.0
+# Noise levels are embedded as t * 1000, the scale sinusoidal timestep embeddings were designed for.
+TIMESTEP_SCALE = 1000.0
+TIMESTEP_FREQ_DIM = 256
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm without affine parameters: AdaLN supplies the per-frame scale and shift."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return F.layer_norm(x, (self.dim,), eps=1e-6)
+
+
+class QKNorm(nn.Module):
+    """RMSNorm of queries and keys together, each with its own gain: keeps attention logits bounded in bf16."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(2, 1, head_dim))  # (q/k, head, hs), broadcast over heads
+
+    def forward(self, qk):
+        return F.rms_norm(qk, (qk.shape[-1],), eps=1e-6) * self.weight
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class Rotary3D(nn.Module):
+    """cos/sin tables of the 3-D rotary embedding: half the rotated pairs for time, a quarter each for row, column."""
+
+    def __init__(self, head_dim: int, grid_h: int, grid_w: int):
+        super().__init__()
+        pairs = head_dim // 2
+        self.n_time, n_space = pairs // 2, pairs // 4
+        self.n_row, self.n_col = n_space, pairs - self.n_time - n_space
+        inv_time = ROPE_BASE_TIME ** (-torch.arange(self.n_time, dtype=torch.float64) / self.n_time)
+        self.register_buffer("inv_time", inv_time, persistent=False)  # float64; re-cast in forward
+        rows = torch.arange(grid_h, dtype=torch.float64).repeat_interleave(grid_w)  # (N,) row of each token
+        cols = torch.arange(grid_w, dtype=torch.float64).repeat(grid_h)
+        angle_row = rows[:, None] * ROPE_BASE_SPACE ** (-torch.arange(self.n_row) / self.n_row)[None]
+        angle_col = cols[:, None] * ROPE_BASE_SPACE ** (-torch.arange(self.n_col) / self.n_col)[None]
+        space = torch.cat([angle_row, angle_col], dim=-1)  # (N, n_row + n_col)
+        self.register_buffer("cos_space", space.cos().float(), persistent=False)
+        self.register_buffer("sin_space", space.sin().float(), persistent=False)
+
+    def forward(self, frame_pos):
+        """frame_pos (F,) int64 absolute frame indices -> cos, sin of shape (F * N, 1, 1, head_dim / 2)."""
+        angle = frame_pos.to(torch.float64)[:, None] * self.inv_time.to(torch.float64)[None]  # (F, n_time)
+        N = self.cos_space.shape[0]
+        space_shape = (len(frame_pos), N, self.cos_space.shape[-1])
+        tables = []
+        for time_part, space_part in ((angle.cos(), self.cos_space), (angle.sin(), self.sin_space)):
+            time_part = time_part.to(space_part.dtype)[:, None].expand(-1, N, -1)  # (F, N, n_time)
+            table = torch.cat([time_part, space_part.expand(space_shape)], dim=-1)  # (F, N, hs/2)
+            tables.append(table.flatten(0, 1)[:, None, None])  # (F*N, 1, 1, hs/2)
+        return tables
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate x (..., T, 2, nh, hs) by (T, 1, 1, hs/2) tables, pairing dimension i with i + hs/2."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with QK-norm and 3-D rotary; block-causal over chunks, or one chunk vs a KV cache."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.n_embd // config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # fused q, k, v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.qk_norm = QKNorm(self.head_dim)
+        self.chunk_tokens = config.chunk_frames * config.tokens_per_frame
+        self.window_chunks = config.context_frames // config.chunk_frames
+
+    def forward(self, x, rope, cache=None, mode="train"):
+        """x (B, F, N, C). mode: train (no cache) | read (chunk vs cache) | write (read, then store the chunk's
+        keys) | prefill (block-causal over x, then store its keys)."""
+        B, Fr, N, C = x.shape
+        qkv = self.c_attn(x).view(B, Fr * N, 3, self.n_head, self.head_dim)
+        qk = apply_rotary(self.qk_norm(qkv[:, :, :2]), *rope)  # (B, T, 2, nh, hs)
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
+        v = qkv[:, :, 2].transpose(1, 2)  # (B, nh, T, hs)
+        if mode in ("train", "prefill"):
+            y = kernels.attention(q, k, v, self.chunk_tokens, self.window_chunks)
+        else:
+            y = kernels.cache_attention(q, cache.k, cache.v, cache.valid_len, k, v)
+        if mode in ("write", "prefill"):
+            cache.update(k, v)
+        y = y.transpose(1, 2).reshape(B, Fr, N, C)  # (B, F, N, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        hidden = int(config.mlp_ratio * config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, hidden)
+        self.c_proj = nn.Linear(hidden, config.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with AdaLN-zero: per-frame shift/scale/gate, gates zero at init (identity)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1, self.ln_2 = LayerNorm(config.n_embd), LayerNorm(config.n_embd)
+        self.attn = Attention(config)
+        self.mlp = MLP(config)
+        self.adaln = nn.Linear(config.n_embd, 6 * config.n_embd)
+        nn.init.zeros_(self.adaln.weight)
+        nn.init.zeros_(self.adaln.bias)
+
+    def forward(self, x, cond, rope, cache=None, mode="train"):
+        """x (B, F, N, C); cond (B, F, C) after SiLU, one vector per frame, broadcast over its tokens."""
+        mod = self.adaln(cond)[:, :, None]  # (B, F, 1, 6C)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+        x = x + gate1 * self.attn(modulate(self.ln_1(x), shift1, scale1), rope, cache, mode)
+        x = x + gate2 * self.mlp(modulate(self.ln_2(x), shift2, scale2))
+        return x
+
+
+class TimestepEmbedding(nn.Module):
+    """Noise level t in [0, 1] -> sinusoidal features of t * 1000 -> MLP."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        half = TIMESTEP_FREQ_DIM // 2
+        self.register_buffer("freqs", torch.exp(-math.log(10_000.0) * torch.arange(half) / half), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(TIMESTEP_FREQ_DIM, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t):
+        args = (t.float() * TIMESTEP_SCALE)[..., None] * self.freqs  # (B, F, half)
+        return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1).to(self.mlp[0].weight.dtype))
+
+
+@dataclass
+class DynamicsConfig:
+    latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
+    latent_height: int = 16
+    latent_width: int = 16
+    patch_size: int = 2         # patches of the latent grid -> (16 / 2)^2 = 64 tokens per frame
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128           # head dim n_embd / n_head must be one the kernels take: 32, 64, 128
+    mlp_ratio: float = 4.0
+    chunk_frames: int = 1       # K: frames denoised together, full attention inside a chunk
+    context_frames: int = 16    # W: frames a token sees, its own chunk included; a multiple of K, > K
+    # objective (training)
+    noise_schedule: str = "logit_normal"  # logit_normal | uniform: per-frame noise level t
+    context_prob: float = 0.5   # chance a clip gets a clean prefix (context) instead of independent levels
+    context_noise_max: float = 0.1  # that prefix's levels are drawn from U[0, context_noise_max]
+    # sampling
+    context_noise: float = 0.05     # level at which finished frames are written into the cache
+    sample_steps: int = 4           # Euler steps per chunk (the sampler may change it between chunks)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.latent_height // self.patch_size, self.latent_width // self.patch_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def patch_dim(self) -> int:
+        return self.latent_channels * self.patch_size ** 2
+
+    @property
+    def cache_frames(self) -> int:
+        """Frames the KV cache holds: the window minus the chunk being denoised."""
+        return self.context_frames - self.chunk_frames
+
+    def __post_init__(self):
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(f"DynamicsConfig: {msg}")
+        need(self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        need(self.n_embd // self.n_head in kernels.HEAD_DIMS,
+             f"head dim n_embd/n_head={self.n_embd // self.n_head} must be one of {kernels.HEAD_DIMS}")
+        need(self.latent_height % self.patch_size == 0 and self.latent_width % self.patch_size == 0,
+             f"latent {self.latent_height}x{self.latent_width} must be a multiple of patch_size={self.patch_size}")
+        need(self.chunk_frames >= 1, f"chunk_frames must be >= 1, got {self.chunk_frames}")
+        need(self.context_frames > self.chunk_frames and self.context_frames % self.chunk_frames == 0,
+             f"context_frames={self.context_frames} must be a multiple of chunk_frames={self.chunk_frames} "
+             "and larger than it")
+        need(self.noise_schedule in ("logit_normal", "uniform"),
+             f"noise_schedule must be logit_normal or uniform, got {self.noise_schedule!r}")
+        need(0.0 <= self.context_noise < 1.0, f"context_noise must lie in [0, 1), got {self.context_noise}")
+        need(self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}")
+
+
+class DynamicsModel(nn.Module):
+    """Velocity prediction for every frame of a clip, or for one chunk against per-layer KV caches."""
+
+    def __init__(self, config: DynamicsConfig):
+        super().__init__()
+        self.config = config
+        d = config.n_embd
+        self.patch_embed = nn.Linear(config.patch_dim, d)
+        self.time_embed = TimestepEmbedding(d)
+        self.action_embed = nn.Sequential(nn.Linear(ACTION_DIM, d), nn.SiLU(), nn.Linear(d, d))
+        self.rotary = Rotary3D(d // config.n_head, *config.grid)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = LayerNorm(d)
+        self.adaln_f = nn.Linear(d, 2 * d)
+        self.head = nn.Linear(d, config.patch_dim)
+        self.apply(self._init_weights)
+        for module in (self.adaln_f, self.head, *(b.adaln for b in self.blocks)):
+            nn.init.zeros_(module.weight)  # AdaLN-zero: blocks are identities and the output is 0 at init
+            nn.init.zeros_(module.bias)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def patchify(self, latents):
+        """(B, F, C, h, w) -> (B, F, N, C*p*p), tokens in row-major order of the patch grid."""
+        B, Fr, C, h, w = latents.shape
+        p, (gh, gw) = self.config.patch_size, self.config.grid
+        x = latents.reshape(B, Fr, C, gh, p, gw, p).permute(0, 1, 3, 5, 2, 4, 6)  # (B, F, gh, gw, C, p, p)
+        return x.reshape(B, Fr, gh * gw, C * p * p)
+
+    def unpatchify(self, x):
+        """(B, F, N, C*p*p) -> (B, F, C, h, w)."""
+        B, Fr = x.shape[:2]
+        c, p, (gh, gw) = self.config.latent_channels, self.config.patch_size, self.config.grid
+        x = x.reshape(B, Fr, gh, gw, c, p, p).permute(0, 1, 4, 2, 5, 3, 6)  # (B, F, C, gh, p, gw, p)
+        return x.reshape(B, Fr, c, gh * p, gw * p)
+
+    def forward(self, latents, actions, noise_levels, frame_pos=None, caches=None, mode="train"):
+        """latents (B, F, C, h, w) at their noise levels (B, F); actions (B, F, 25), row i = the action that
+        produced frame i; frame_pos (F,) absolute frame indices (default 0..F-1). Returns velocity (B, F, C, h, w).
+
+        mode: train (whole clip, block-causal) | prefill (whole prompt, writes `caches`) | read (one chunk
+        against `caches`) | write (one chunk against `caches`, then stores its keys and values); prefill and write
+        return None."""
+        self.check_inputs(latents, actions, noise_levels)
+        B, Fr = latents.shape[:2]
+        if frame_pos is None:
+            frame_pos = torch.arange(Fr, device=latents.device)
+        rope = self.rotary(frame_pos)
+        cond = F.silu(self.time_embed(noise_levels) + self.action_embed(actions.to(self.head.weight.dtype)))  # (B, F, C)
+        x = self.patch_embed(self.patchify(latents).to(self.head.weight.dtype))  # (B, F, N, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cond, rope, None if caches is None else caches[i], mode)
+        if mode in ("prefill", "write"):
+            return None  # the pass only fills the caches
+        shift, scale = self.adaln_f(cond)[:, :, None].chunk(2, dim=-1)  # (B, F, 1, C) each
+        return self.unpatchify(self.head(modulate(self.ln_f(x), shift, scale)))
+
+    def check_inputs(self, latents, actions, noise_levels):
+        """Raise ValueError naming the input whose shape or values do not fit this model."""
+        check_latents(latents, self.config)
+        check_actions(actions, latents.shape[:2])
+        if tuple(noise_levels.shape) != tuple(latents.shape[:2]):
+            raise ValueError(f"noise_levels must be (B, F) = {tuple(latents.shape[:2])}, got {tuple(noise_levels.shape)}")
+
+
+def check_latents(latents, config: DynamicsConfig):
+    """Raise ValueError unless `latents` is (B, F, C, h, w) with this config's C, h, w."""
+    want = (config.latent_channels, config.latent_height, config.latent_width)
+    if not torch.is_tensor(latents) or latents.dim() != 5 or tuple(latents.shape[2:]) != want:
+        shape = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
+        raise ValueError(f"latents must be (B, F, {', '.join(map(str, want))}) for this model, got {shape} "
+                         "(a prompt of another resolution, or from another autoencoder?)")
+
+
+def check_actions(actions, batch_frames):
+    """Raise ValueError when `actions` is not a finite (B, F, 25) tensor for (B, F) = batch_frames."""
+    if not torch.is_tensor(actions) or actions.dim() != 3 or actions.shape[-1] != ACTION_DIM:
+        shape = tuple(actions.shape) if torch.is_tensor(actions) else type(actions).__name__
+        raise ValueError(f"actions must be (B, F, {ACTION_DIM}) action vectors, got {shape}")
+    if tuple(actions.shape[:2]) != tuple(batch_frames):
+        raise ValueError(f"actions have (B, F) = {tuple(actions.shape[:2])} but the latents {tuple(batch_frames)}")
+    if not bool(torch.isfinite(actions).all()):
+        raise ValueError("actions contain NaN or infinite values")
+
+
+def shift_actions(actions):
+    """Data order (row i = a_i, taken at frame i) -> model order (row i = a_{i-1}, which produced frame i).
+
+    The first frame's producing action lies before the clip; it gets the zero vector (the no-op)."""
+    return torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], dim=1)
+
+
+def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generator=None, device=None):
+    """Diffusion forcing: an independent noise level per frame (B, F); with probability `context_prob` a clip
+    instead gets a random-length prefix at small levels U[0, context_noise_max] (context noise
+    augmentation), the situation the sampler meets: nearly clean context, then a noisy chunk."""
+    kw = dict(generator=generator, device=device)
+    if config.noise_schedule == "logit_normal":
+        t = torch.sigmoid(torch.randn(batch, frames, **kw))
+    else:
+        t = torch.rand(batch, frames, **kw)
+    if frames > 1:
+        has_context = torch.rand(batch, 1, **kw) < config.context_prob
+        n_context = torch.randint(1, frames, (batch, 1), **kw)
+        in_prefix = has_context & (torch.arange(frames, device=device)[None] < n_context)
+        t = torch.where(in_prefix, torch.rand(batch, frames, **kw) * config.context_noise_max, t)
+    return t
+
+
+def flow_matching_loss(model: DynamicsModel, latents, actions, generator=None):
+    """Rectified-flow loss on a clip: latents (B, T, C, h, w) clean, actions (B, T, 25) in the data's order
+    (row i taken at frame i). Returns (loss, metrics)."""
+    B, T = latents.shape[:2]
+    t = sample_noise_levels(model.config, B, T, generator, latents.device)  # (B, T)
+    eps = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    tb = t[:, :, None, None, None].to(latents.dtype)
+    x_t = (1 - tb) * latents + tb * eps
+    v = model(x_t, shift_actions(actions), t)
+    err = (v.float() - (eps - latents).float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
+    loss = err.mean()
+    noisy = t > 0.5
+    metrics = {"loss": loss.detach(),
+               "loss_noisy": (err * noisy).sum().detach() / noisy.sum().clamp(min=1),
+               "loss_clean": (err * ~noisy).sum().detach() / (~noisy).sum().clamp(min=1)}
+    return loss, metrics
+
+
+def load_dynamics(directory, expect: DynamicsConfig | None = None, *, name: str = "model", device="cpu"):
+    """The model saved in DIRECTORY (`name`: model | ema), weights loaded strictly. With `expect`, a checkpoint
+    of another config is a CheckpointError naming each differing field."""
+    from worldsim.training.checkpoint import CheckpointError, load_config, load_weights
+    config = load_config(directory, name, DynamicsConfig)
+    if expect is not None and expect != config:
+        diff = [f"{k}: checkpoint {v!r}, expected {getattr(expect, k)!r}"
+                for k, v in vars(config).items() if getattr(expect, k) != v]
+        raise CheckpointError(f"{directory}/{name}.json is a dynamics model of another config ({'; '.join(diff)})")
+    model = DynamicsModel(config)
+    load_weights(model, f"{directory}/{name}.safetensors")
+    return model.to(device)

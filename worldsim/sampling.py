@@ -1,0 +1,181 @@
+"""The dynamics sampler: a ring-buffer KV cache per layer, prefill, per-chunk Euler denoising, commit.
+
+Plain functions over (model, caches), gpt-fast style, and a small `Sampler` that holds the state of one
+play or one batch of rollouts:
+
+    prefill(model, caches, latents, actions, noise)          # prompt frames, once
+    x = denoise_chunk(model, caches, actions, frame, noise, steps)   # S Euler steps; writes nothing
+    commit_chunk(model, caches, x, actions, frame, noise)    # one pass of the finished chunk; writes K/V
+
+Actions in these functions are in the model's order: row i is the action that produced frame i (see
+worldsim/models/dynamics.py). `Sampler.reset` takes the prompt's actions in the data's order, and
+`Sampler.step(a)` takes the action the player takes while seeing the latest frame, which produces the next.
+
+Finished frames enter the cache at the noise level `config.context_noise`: the clean latent is mixed with
+fresh noise, x = (1 - s) x0 + s eps, and the pass is conditioned on s, as context frames are in training.
+Each cache holds the last `context_frames - chunk_frames` frames; time positions keep growing (the rotary
+angles are computed in float64), so nothing is rewritten when the ring wraps.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from worldsim.models.dynamics import DynamicsModel, check_actions, check_latents
+
+
+class KVCache(nn.Module):
+    """Keys and values of the last `max_tokens` tokens of one layer; token p lives in slot p % max_tokens."""
+
+    def __init__(self, batch: int, n_head: int, max_tokens: int, head_dim: int, dtype=torch.float32, device=None):
+        super().__init__()
+        shape = (batch, n_head, max_tokens, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # valid_len[b] = min(tokens written, max_tokens), the kernels' ring-buffer contract.
+        self.register_buffer("valid_len", torch.zeros(batch, dtype=torch.int64, device=device), persistent=False)
+        self.register_buffer("pos", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self.register_buffer("_arange", torch.arange(max_tokens, device=device), persistent=False)
+
+    def update(self, k, v):
+        """Write the keys/values (B, nh, T, hs) of the next T token positions, in place."""
+        S, T = self.k.shape[2], k.shape[2]
+        if T > S:  # only the last S tokens survive a write longer than the ring
+            k, v = k[:, :, T - S:], v[:, :, T - S:]
+        slots = (self.pos + (T - k.shape[2]) + self._arange[:k.shape[2]]) % S
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        self.pos += T
+        self.valid_len.copy_(torch.clamp(self.pos, max=S).expand_as(self.valid_len))
+
+    def reset(self):
+        self.pos.zero_()
+        self.valid_len.zero_()
+
+
+def make_caches(model: DynamicsModel, batch: int, device=None, dtype=None) -> nn.ModuleList:
+    """One KVCache per layer holding `config.cache_frames` frames."""
+    c = model.config
+    param = model.head.weight
+    return nn.ModuleList([KVCache(batch, c.n_head, c.cache_frames * c.tokens_per_frame, c.n_embd // c.n_head,
+                                  dtype or param.dtype, device or param.device) for _ in range(c.n_layer)])
+
+
+def _positions(first: int, frames: int, device):
+    return torch.arange(first, first + frames, device=device)
+
+
+def context_noised(model, latents, noise):
+    """Latents moved to the context noise level, and that level per frame (B, F)."""
+    s = model.config.context_noise
+    levels = torch.full(latents.shape[:2], s, device=latents.device)
+    return (1 - s) * latents + s * noise, levels
+
+
+@torch.inference_mode()
+def prefill(model, caches, latents, actions, noise):
+    """Write the prompt (B, P, C, h, w), P a multiple of chunk_frames, into empty caches; actions (B, P, 25)
+    in model order. One block-causal pass over the prompt."""
+    x, levels = context_noised(model, latents, noise)
+    model(x, actions, levels, _positions(0, latents.shape[1], latents.device), caches, mode="prefill")
+
+
+@torch.inference_mode()
+def denoise_chunk(model, caches, actions, frame: int, noise, steps: int):
+    """Euler-integrate the chunk (B, K, ...) starting at `frame` from noise (t = 1) to t = 0 against the
+    caches, which are read only. actions (B, K, 25) in model order. Returns the clean latents."""
+    B, K = noise.shape[:2]
+    pos = _positions(frame, K, noise.device)
+    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    x = noise
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        v = model(x, actions, torch.full((B, K), t, device=x.device), pos, caches, mode="read")
+        x = x + (t_next - t) * v
+    return x
+
+
+@torch.inference_mode()
+def commit_chunk(model, caches, latents, actions, frame: int, noise):
+    """One pass of the finished chunk at the context noise level that writes its keys and values."""
+    x, levels = context_noised(model, latents, noise)
+    model(x, actions, levels, _positions(frame, latents.shape[1], latents.device), caches, mode="write")
+
+
+@dataclass
+class SamplerState:
+    """Everything a sampler needs to continue exactly: cache contents, frame counter, RNG, steps."""
+    caches: list
+    frame: int
+    rng: torch.Tensor
+    steps: int
+
+
+class Sampler:
+    """One play or a batch of rollouts: `reset(prompt)`, then `step(actions)` -> the next chunk's latents."""
+
+    def __init__(self, model: DynamicsModel, batch_size: int = 1, steps: int | None = None, seed: int = 0):
+        self.model = model.eval()
+        self.config = model.config
+        self.batch_size = batch_size
+        self.device = model.head.weight.device
+        self.caches = make_caches(model, batch_size)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.steps = steps or self.config.sample_steps
+        self.frame = 0
+
+    def _noise(self, frames: int):
+        c = self.config
+        shape = (self.batch_size, frames, c.latent_channels, c.latent_height, c.latent_width)
+        return torch.randn(shape, generator=self.generator, device=self.device, dtype=self.model.head.weight.dtype)
+
+    def reset(self, prompt_latents, prompt_actions):
+        """Start from prompt latents (B, P, C, h, w) and the P - 1 actions between them (B, P - 1, 25), in the
+        data's order: prompt_actions[:, i] was taken at frame i and produced frame i + 1."""
+        check_latents(prompt_latents, self.config)
+        B, P = prompt_latents.shape[:2]
+        if P == 0:
+            raise ValueError("the prompt needs at least one frame")
+        if B != self.batch_size:
+            raise ValueError(f"prompt batch {B} does not match the sampler's batch_size {self.batch_size}")
+        if P % self.config.chunk_frames:
+            raise ValueError(f"prompt of {P} frames must be a multiple of chunk_frames={self.config.chunk_frames}")
+        if not torch.is_tensor(prompt_actions) or prompt_actions.dim() != 3 or prompt_actions.shape[1] != P - 1:
+            shape = tuple(prompt_actions.shape) if torch.is_tensor(prompt_actions) else type(prompt_actions).__name__
+            raise ValueError(f"prompt_actions must be (B, P - 1 = {P - 1}, 25), the actions between the prompt "
+                             f"frames; the action taken at the last prompt frame goes to step(); got {shape}")
+        check_actions(prompt_actions, (B, P - 1))
+        actions = torch.cat([prompt_actions.new_zeros(B, 1, prompt_actions.shape[2]), prompt_actions], dim=1)
+        actions = actions.to(self.device)
+        for cache in self.caches:
+            cache.reset()
+        prefill(self.model, self.caches, prompt_latents.to(self.device), actions, self._noise(P))
+        self.frame = P
+
+    def step(self, actions, steps: int | None = None):
+        """actions (B, K, 25), or (B, 25) when chunk_frames is 1: row j is the action taken while seeing the
+        frame before new frame j. Returns the new chunk's latents (B, K, C, h, w)."""
+        if self.frame == 0:
+            raise RuntimeError("Sampler.step before reset: give it a prompt first")
+        K = self.config.chunk_frames
+        if torch.is_tensor(actions) and actions.dim() == 2 and K == 1:
+            actions = actions[:, None]
+        check_actions(actions, (self.batch_size, K))
+        actions = actions.to(self.device)
+        x = denoise_chunk(self.model, self.caches, actions, self.frame, self._noise(K), steps or self.steps)
+        commit_chunk(self.model, self.caches, x, actions, self.frame, self._noise(K))
+        self.frame += K
+        return x
+
+    def snapshot(self) -> SamplerState:
+        """A copy of the whole state, for rewind and branching (cheap: the cache is W frames)."""
+        caches = [{name: buf.clone() for name, buf in cache.named_buffers()} for cache in self.caches]
+        return SamplerState(caches, self.frame, self.generator.get_state(), self.steps)
+
+    def restore(self, state: SamplerState) -> None:
+        """Continue from `state`: what follows replays exactly what followed the snapshot."""
+        with torch.inference_mode():
+            for cache, saved in zip(self.caches, state.caches, strict=True):
+                for name, buf in cache.named_buffers():
+                    buf.copy_(saved[name])
+        self.frame, self.steps = state.frame, state.steps
+        self.generator.set_state(state.rng)
