@@ -1,0 +1,201 @@
+"""The evaluation harness: the engine scores perfectly, copy-last scores the floor, the IDM beats chance,
+the report has every field and is deterministic."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.data.policies import PolicyConfig
+from worldsim.engine.env import EngineConfig
+from worldsim.eval import CopyLastFrame, EnginePredictor, EvalConfig, evaluate
+from worldsim.eval.harness import WORLDS, record_episode
+from worldsim.eval.idm import (GROUPS, HEADS, IDMConfig, IDMTrainConfig, action_labels, load_idm, print_idm_table,
+                               train_idm)
+from worldsim.eval.metrics import PSNR_CAP_DB, STAT_NAMES, frame_stats, psnr, ssim
+from worldsim.eval.report import print_report, write_report, write_sheet
+
+SIZE = 32
+ENGINE = EngineConfig(width=SIZE, height=SIZE, view_distance=16)
+POLICY = PolicyConfig()
+
+
+def tiny_config(tmp_path, world="engine", **overrides) -> EvalConfig:
+    settings = dict(world=world, out_dir=str(tmp_path), episodes=2, warmup_frames=10, prompt_frames=4,
+                    horizons=(1, 4, 16), turn_ticks=36, walk_ticks=6, look_away_ticks=6, break_max_ticks=40,
+                    stability_frames=40, progress=False)
+    return EvalConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def idm(tmp_path_factory):
+    """A tiny IDM trained for a few seconds on tiny engine episodes (seeds 0..), scored on held-out seeds."""
+    config = IDMConfig(height=SIZE, width=SIZE, input_size=SIZE, channels=(16, 32, 32), hidden=64)
+    train = IDMTrainConfig(out_dir=str(tmp_path_factory.mktemp("idm")), episodes=8, frames_per_episode=100,
+                           warmup_frames=10, holdout_episodes=2, steps=600, batch_size=32, lr=3e-3)
+    # walking and looking around, turning faster than the default: more of each class in a few hundred frames
+    policy = PolicyConfig(weights={"walk": 0.4, "look_around": 0.3, "idle": 0.1, "mine": 0.2}, yaw_speed=4.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network: one thread is faster than two fighting the renderer's
+    try:
+        model, report = train_idm(config, train, ENGINE, policy, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return model, report, train.out_dir
+
+
+@pytest.fixture(scope="module")
+def engine_report(tmp_path_factory, idm):
+    config = tiny_config(tmp_path_factory.mktemp("engine_eval"))
+    return evaluate(config, ENGINE, POLICY, idm=idm[0])
+
+
+@pytest.fixture(scope="module")
+def copy_report(tmp_path_factory, idm):
+    config = tiny_config(tmp_path_factory.mktemp("copy_eval"), world="copy_last")
+    return evaluate(config, ENGINE, POLICY, idm=idm[0])
+
+
+def test_metrics_identical_and_hand_computed():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    assert np.all(psnr(a, a) == PSNR_CAP_DB) and np.allclose(ssim(a, a), 1.0)
+    mse = ((a.astype(np.float64) - b) ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(psnr(a, b), 10 * np.log10(255.0 ** 2 / mse), rtol=1e-5)
+    assert np.all(ssim(a, b) < 1.0)
+    stats = frame_stats(a, previous=b[0])
+    assert stats.shape == (2, len(STAT_NAMES)) and stats[0, -1] > 0
+
+
+def test_action_labels():
+    assert action_labels({"forward": 1, "camera": [0.0, 5.0]})["forward_back"] == 1
+    labels = action_labels({"back": 1, "left": 1, "camera": [-1.0, 0.0], "hotbar.3": 1, "attack": 1})
+    assert labels == {"forward_back": 2, "left_right": 1, "pitch": 1, "yaw": 2, "jump": 0, "attack": 1, "use": 0,
+                      "hotbar": 3}
+
+
+def test_engine_scores_perfectly(engine_report):
+    report, _ = engine_report
+    for metric, perfect in (("psnr", PSNR_CAP_DB), ("ssim", 1.0)):
+        for h, cell in report["fidelity"]["worlds"]["candidate"][metric].items():
+            assert cell["mean"] == pytest.approx(perfect) and cell["min"] == pytest.approx(perfect), (metric, h)
+    for name, test in report["consistency"].items():
+        assert test["candidate_vs_engine"]["psnr"] == PSNR_CAP_DB, name
+        assert test["candidate_vs_engine_every_tick"]["ssim"] == pytest.approx(1.0), name
+    assert report["consistency"]["turn_around"]["engine_end_vs_start"]["psnr"] == PSNR_CAP_DB
+    assert report["stability"]["fraction_out_of_range"] == 0.0 and report["stability"]["first_out_of_range"] is None
+    for group, ratio in report["action_following"]["relative"].items():
+        assert ratio["accuracy"] == pytest.approx(1.0), group
+
+
+def test_copy_last_scores_the_floor(engine_report, copy_report, tmp_path):
+    engine, copy = engine_report[0]["fidelity"]["worlds"], copy_report[0]["fidelity"]["worlds"]
+    assert engine["copy_last"] == copy["candidate"]  # the reference and the candidate agree
+    for h in ("1", "4", "16"):
+        assert copy["candidate"]["psnr"][h]["mean"] < engine["candidate"]["psnr"][h]["mean"]
+        assert copy["candidate"]["ssim"][h]["mean"] < 1.0
+    # one episode by hand: the last prompt frame against the true frame 4 ticks later
+    config = tiny_config(tmp_path, world="copy_last")
+    episode = record_episode(ENGINE, POLICY, config.seed, config.warmup_frames, config.prompt_frames, 16)
+    last, truth = episode.frames[config.prompt_frames - 1], episode.frames[config.prompt_frames - 1 + 4]
+    mse = ((last.astype(np.float64) - truth) ** 2).mean()
+    hand = 10 * np.log10(255.0 ** 2 / mse)
+    cell = copy["candidate"]["psnr"]["4"]  # two episodes: the first is the min or the max
+    assert hand == pytest.approx(cell["min"], rel=1e-6) or hand == pytest.approx(cell["max"], rel=1e-6)
+    # a frozen world is caught by the stability statistics' motion, and fails the walk's every-tick comparison
+    assert copy_report[0]["stability"]["stats"]["motion"]["candidate_max"] == 0.0
+    walk = copy_report[0]["consistency"]["walk_there_and_back"]
+    assert walk["candidate_vs_engine_every_tick"]["psnr"] < PSNR_CAP_DB
+
+
+def test_episode_prompt_state_reproduces_the_continuation():
+    episode = record_episode(ENGINE, POLICY, 10_000, 5, 3, 5)
+    engine = EnginePredictor(ENGINE)
+    engine.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
+    frames = np.stack([engine.step(a) for a in episode.continuation])
+    np.testing.assert_array_equal(frames, episode.frames[3:])
+    floor = CopyLastFrame()
+    floor.reset(episode.prompt_frames, episode.prompt_actions, None)
+    np.testing.assert_array_equal(floor.step(episode.continuation[0]), episode.frames[2])
+
+
+def test_idm_beats_chance_on_held_out_worlds(idm):
+    model, report, out_dir = idm
+    heads = report["holdout"]["heads"]
+    print_idm_table(report["holdout"], title="tiny IDM on held-out worlds")
+    # forward/back: three classes (chance 1/3 balanced); camera yaw: five bins (chance 1/5 balanced)
+    assert heads["forward_back"]["balanced_accuracy"] > 0.5, heads["forward_back"]
+    assert heads["yaw"]["direction_accuracy"] > 0.65, heads["yaw"]
+    loaded = load_idm(out_dir)
+    frames = torch.zeros(2, SIZE, SIZE, 3, dtype=torch.uint8)
+    for name, logits in model.eval()(frames, frames).items():
+        torch.testing.assert_close(loaded(frames, frames)[name], logits)
+    assert set(model(frames, frames)) == set(HEADS)
+
+
+def _keys(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix}
+    return {prefix} | {k for key, value in tree.items() for k in _keys(value, f"{prefix}/{key}")}
+
+
+def test_report_has_every_field(engine_report, tmp_path):
+    report, arrays = engine_report
+    for key in ("format", "world", "candidate", "config", "engine", "policy", "fidelity", "action_following",
+                "consistency", "stability", "timing", "notes"):
+        assert key in report, key
+    assert set(report["fidelity"]["worlds"]) == {"candidate", "copy_last", "autoencoder"}
+    assert report["fidelity"]["worlds"]["autoencoder"] is None  # no checkpoint: null, and a note says so
+    assert any("autoencoder" in note for note in report["notes"])
+    assert set(report["action_following"]["relative"]) == set(GROUPS)
+    assert set(report["consistency"]) == {"turn_around", "walk_there_and_back", "break_block"}
+    assert set(report["stability"]["stats"]) == set(STAT_NAMES)
+    assert set(report["timing"]["fps"]) == {"candidate", "copy_last", "autoencoder", "engine"}
+    without_idm, _ = evaluate(tiny_config(tmp_path, stability_frames=4, episodes=1), ENGINE, POLICY)
+    assert _keys(without_idm) - _keys(report) == set()  # the same fields, nulls where nothing was measured
+    assert without_idm["action_following"]["real"] is None
+    write_report(report, tmp_path / "report.json")
+    assert json.loads((tmp_path / "report.json").read_text())["candidate"] == "engine"
+    write_sheet(report, arrays, tmp_path / "sheet.png")
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+    print_report(report)
+
+
+def test_deterministic_for_a_seed(engine_report, tmp_path, idm):
+    again, _ = evaluate(tiny_config(tmp_path), ENGINE, POLICY, idm=idm[0])
+    def comparable(report):
+        report = {k: v for k, v in report.items() if k != "timing"}
+        report["config"] = {k: v for k, v in report["config"].items() if k != "out_dir"}
+        return json.dumps(report, sort_keys=True)
+    assert comparable(engine_report[0]) == comparable(again)
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="eval.world"):
+        EvalConfig(world="dream")
+    with pytest.raises(ValueError, match="eval.autoencoder"):
+        evaluate(EvalConfig(world="autoencoder", progress=False), ENGINE, POLICY)
+    assert set(WORLDS) == {"engine", "copy_last", "autoencoder", "model"}
+
+
+def test_world_model_predictor_runs_the_sampler():
+    """An untrained tiny model through the harness's adapter: frames of the right shape, the same for a rerun."""
+    pytest.importorskip("worldsim.sampling")
+    from worldsim.eval import WorldModelPredictor
+    from worldsim.eval.harness import Timed
+    from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig
+    from worldsim.models.dynamics import DynamicsConfig, DynamicsModel
+    torch.manual_seed(0)
+    autoencoder = Autoencoder(AutoencoderConfig(height=SIZE, width=SIZE, latent_channels=8, enc_channels=(16, 32, 32),
+                                                dec_channels=(32, 32, 16)))
+    dynamics = DynamicsModel(DynamicsConfig(latent_channels=8, latent_height=4, latent_width=4, patch_size=2,
+                                            n_layer=1, n_head=1, n_embd=32, chunk_frames=2, context_frames=8))
+    world = Timed(WorldModelPredictor(dynamics, autoencoder, sample_steps=1))
+    episode = record_episode(ENGINE, POLICY, 10_000, 0, 4, 3)
+    runs = []
+    for _ in range(2):
+        world.reset(episode.prompt_frames, episode.prompt_actions, None)
+        runs.append(world.run(episode.continuation))  # 3 frames from chunks of 2: the last chunk padded and cut
+    assert runs[0].shape == (3, SIZE, SIZE, 3) and runs[0].dtype == np.uint8
+    np.testing.assert_array_equal(runs[0], runs[1])

@@ -1,0 +1,507 @@
+"""The evaluation harness: any world that continues a prompt under given actions, scored against the engine.
+
+A world under test is a `Predictor`: `reset(prompt_frames, prompt_actions, engine_state)` then one
+`step(action) -> frame` per tick (or `step_chunk(actions) -> frames` when it makes `chunk_frames` > 1 frames at
+once). Prompt timing follows the data: prompt_actions[i] was taken at prompt frame i and produced frame i + 1,
+so there are P - 1 of them; the first step's action is the one taken at the last prompt frame.
+
+Worlds: `EnginePredictor` (the engine re-run from the prompt's end state: scores perfectly, a test of the
+harness), `CopyLastFrame` (the floor), `AutoencoderReconstruction` (the ceiling: the engine's true frames
+through the autoencoder) and `WorldModelPredictor` (the dynamics model through the sampler).
+
+`evaluate` measures, on held-out world seeds driven by the exploration policy: fidelity per horizon, action
+following (an inverse-dynamics model on generated vs real frame pairs), consistency (turn around, walk there and
+back, break a block and look away and back), stability over a long rollout, and speed. Every field of the report
+is always present; what does not apply is null.
+"""
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from rich.progress import Progress
+
+from worldsim.data.policies import PolicyConfig, make_policy
+from worldsim.engine import actions as action_schema
+from worldsim.engine.env import EngineConfig, VoxelEnv
+from worldsim.eval import metrics
+from worldsim.eval.idm import GROUPS, InverseDynamics, PairScorer, load_idm
+
+WORLDS = ("engine", "copy_last", "autoencoder", "model")
+REPORT_FORMAT = 1
+SERIES_POINTS = 256  # stability series are averaged down to at most this many points in the JSON
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how (the `eval:` section of configs/config.yaml)."""
+    world: str = "model"              # engine | copy_last | autoencoder | model: the candidate
+    checkpoint: str | None = None     # dynamics run directory (world=model)
+    autoencoder: str | None = None    # autoencoder run directory: the ceiling, and the model's decoder
+    idm: str | None = None            # IDM directory (python -m worldsim.eval.idm); None: no action-following scores
+    out_dir: str = "eval"             # report.json, sheet.png
+    seed: int = 10_000                # first held-out world seed; training worlds lie below it
+    episodes: int = 8                 # fidelity episodes (world seeds seed .. seed + episodes - 1)
+    warmup_frames: int = 40           # policy ticks before the prompt, so episodes do not start at spawn
+    prompt_frames: int = 8
+    horizons: tuple = (1, 4, 16, 64)  # frames after the last prompt frame
+    turn_degrees: float = 10.0        # consistency: the turn is turn_ticks × turn_degrees of yaw
+    turn_ticks: int = 36
+    walk_ticks: int = 20              # consistency: walk forward this many ticks, then back as many
+    look_away_ticks: int = 18         # consistency: after breaking, turn away this many ticks of turn_degrees
+    break_max_ticks: int = 60         # consistency: give up holding attack after this many ticks
+    crosshair_fraction: float = 0.25  # side of the region around the crosshair compared, as a fraction of the frame
+    stability_frames: int = 6000      # long rollout (5 minutes at 20 fps)
+    sample_steps: int | None = None   # Euler steps per chunk for world=model (None: the model's default)
+    device: str = "auto"              # auto | cpu | cuda
+    sheet: bool = True                # write sheet.png
+    progress: bool = True
+
+    def __post_init__(self):
+        self.horizons = tuple(int(h) for h in self.horizons)
+        if self.world not in WORLDS:
+            raise ValueError(f"eval.world must be one of {', '.join(WORLDS)}, got {self.world!r}")
+        if not self.horizons or min(self.horizons) < 1:
+            raise ValueError(f"eval.horizons must be positive frame counts, got {self.horizons}")
+        for name in ("episodes", "prompt_frames", "turn_ticks", "walk_ticks", "look_away_ticks", "break_max_ticks",
+                     "stability_frames"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"eval.{name} must be ≥ 1, got {getattr(self, name)!r}")
+        if not 0 < self.crosshair_fraction <= 1:
+            raise ValueError(f"eval.crosshair_fraction must be in (0, 1], got {self.crosshair_fraction!r}")
+
+    @property
+    def max_horizon(self) -> int:
+        return max(self.horizons)
+
+
+# ---------------------------------------------------------------------------------------------- worlds
+class Predictor(Protocol):
+    """A world under test: continues a prompt under given actions."""
+    name: str
+    chunk_frames: int  # frames made per step; when > 1, step_chunk(list of chunk_frames actions) -> (K, H, W, 3)
+
+    def reset(self, prompt_frames: np.ndarray, prompt_actions: list[dict], engine_state: dict | None) -> None: ...
+
+    def step(self, action: dict) -> np.ndarray: ...
+
+
+class EnginePredictor:
+    """The engine itself, restored to the prompt's last state: the same actions give the true frames."""
+    name, chunk_frames = "engine", 1
+
+    def __init__(self, engine_config: EngineConfig):
+        self.env = VoxelEnv(engine_config)
+
+    def reset(self, prompt_frames, prompt_actions, engine_state):
+        if engine_state is None:
+            raise ValueError("the engine predictor needs the engine state at the end of the prompt")
+        self.env.set_state(engine_state)
+
+    def step(self, action):
+        return self.env.step(action)[0]
+
+
+class CopyLastFrame:
+    """The floor: the last prompt frame, forever."""
+    name, chunk_frames = "copy_last", 1
+
+    def reset(self, prompt_frames, prompt_actions, engine_state):
+        self.frame = np.array(prompt_frames[-1])
+
+    def step(self, action):
+        return self.frame.copy()
+
+
+class AutoencoderReconstruction:
+    """The ceiling: the engine's true frames encoded and decoded, what a perfect dynamics model would show."""
+    name, chunk_frames = "autoencoder", 1
+
+    def __init__(self, autoencoder, engine_config: EngineConfig):
+        self.autoencoder, self.engine = autoencoder.eval(), EnginePredictor(engine_config)
+
+    @classmethod
+    def from_checkpoint(cls, directory, engine_config: EngineConfig, device="cpu") -> "AutoencoderReconstruction":
+        from worldsim.models.train_autoencoder import load_autoencoder
+        return cls(load_autoencoder(directory, device=device), engine_config)
+
+    def reset(self, prompt_frames, prompt_actions, engine_state):
+        self.engine.reset(prompt_frames, prompt_actions, engine_state)
+
+    def step(self, action):
+        import torch
+        from worldsim.models.autoencoder import to_uint8
+        frame = torch.from_numpy(self.engine.step(action))[None]
+        with torch.no_grad():
+            return to_uint8(self.autoencoder.decode(self.autoencoder.encode(frame)))[0].cpu().numpy()
+
+
+class WorldModelPredictor:
+    """The world model: prompt frames encoded and prefilled, then the sampler's chunks decoded to frames."""
+    name = "model"
+
+    def __init__(self, dynamics, autoencoder, sample_steps: int | None = None, seed: int = 0):
+        from worldsim.sampling import Sampler
+        self.autoencoder = autoencoder.eval()
+        self.sampler = Sampler(dynamics, batch_size=1, steps=sample_steps, seed=seed)
+        self.chunk_frames = dynamics.config.chunk_frames
+        self.seed = seed
+        # the prompt must fit the cache beside one chunk, and be whole chunks
+        self.max_prompt = dynamics.config.context_frames - self.chunk_frames
+
+    @classmethod
+    def from_checkpoints(cls, dynamics_dir, autoencoder_dir, device="cpu", sample_steps=None, seed=0):
+        from worldsim.models.dynamics import DynamicsConfig, DynamicsModel
+        from worldsim.models.train_autoencoder import load_autoencoder
+        from worldsim.training.checkpoint import load_model
+        if dynamics_dir is None or autoencoder_dir is None:
+            raise ValueError("world=model needs eval.checkpoint=DYNAMICS_RUN_DIR and eval.autoencoder=AUTOENCODER_RUN_DIR")
+        name = "ema" if (Path(dynamics_dir) / "ema.safetensors").exists() else "model"
+        dynamics = load_model(dynamics_dir, DynamicsModel, DynamicsConfig, name=name, device=device).eval()
+        return cls(dynamics, load_autoencoder(autoencoder_dir, device=device), sample_steps, seed)
+
+    def _vectors(self, taken: list[dict]):
+        import torch
+        rows = [action_schema.to_vector(a) for a in taken]
+        return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, action_schema.ACTION_DIM), np.float32))[None]
+
+    def reset(self, prompt_frames, prompt_actions, engine_state):
+        import torch
+        keep = min(len(prompt_frames), self.max_prompt) // self.chunk_frames * self.chunk_frames
+        if keep < 1:
+            raise ValueError(f"a prompt of {len(prompt_frames)} frames holds no whole chunk of {self.chunk_frames}")
+        frames, taken = prompt_frames[-keep:], list(prompt_actions)[len(prompt_actions) - (keep - 1):] if keep > 1 else []
+        self.sampler.generator.manual_seed(self.seed)  # the same prompt gives the same continuation
+        with torch.no_grad():
+            latents = self.autoencoder.encode(torch.from_numpy(np.ascontiguousarray(frames)))  # (P, C, h, w)
+            self.sampler.reset(latents[None], self._vectors(taken))
+
+    def step_chunk(self, taken: list[dict]) -> np.ndarray:
+        import torch
+        from worldsim.models.autoencoder import to_uint8
+        with torch.no_grad():
+            latents = self.sampler.step(self._vectors(taken))[0]  # (K, C, h, w)
+            return to_uint8(self.autoencoder.decode(latents)).cpu().numpy()
+
+    def step(self, action):
+        if self.chunk_frames != 1:
+            raise RuntimeError(f"this model makes {self.chunk_frames} frames per step: call step_chunk")
+        return self.step_chunk([action])[0]
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_world(kind: str, config: EvalConfig, engine_config: EngineConfig) -> Predictor:
+    """The predictor `kind` names, loaded from the checkpoints in `config`."""
+    if kind == "engine":
+        return EnginePredictor(engine_config)
+    if kind == "copy_last":
+        return CopyLastFrame()
+    if kind == "autoencoder":
+        if config.autoencoder is None:
+            raise ValueError("world=autoencoder needs eval.autoencoder=AUTOENCODER_RUN_DIR")
+        return AutoencoderReconstruction.from_checkpoint(config.autoencoder, engine_config, _device(config.device))
+    if kind == "model":
+        return WorldModelPredictor.from_checkpoints(config.checkpoint, config.autoencoder, _device(config.device),
+                                                    config.sample_steps, config.seed)
+    raise ValueError(f"unknown world {kind!r}; known: {', '.join(WORLDS)}")
+
+
+class Timed:
+    """A predictor wrapped to count the frames it makes and the seconds it spends making them."""
+
+    def __init__(self, world: Predictor):
+        self.world, self.name, self.chunk_frames = world, world.name, getattr(world, "chunk_frames", 1)
+        self.frames, self.seconds = 0, 0.0
+
+    def reset(self, prompt_frames, prompt_actions, engine_state):
+        self.world.reset(prompt_frames, list(prompt_actions), engine_state)
+
+    def run(self, taken: list[dict]) -> np.ndarray:
+        """Frames (len(taken), H, W, 3) for the actions; the last chunk is padded with no-ops and cut."""
+        K, out = self.chunk_frames, []
+        padded = list(taken) + [action_schema.noop()] * (-len(taken) % K)
+        start = time.perf_counter()
+        for i in range(0, len(padded), K):
+            out.extend(self.world.step_chunk(padded[i:i + K]) if K > 1 else [self.world.step(padded[i])])
+        self.seconds += time.perf_counter() - start
+        self.frames += len(padded)
+        return np.stack(out[:len(taken)]) if taken else np.zeros((0,), np.uint8)
+
+    @property
+    def fps(self) -> float | None:
+        return self.frames / self.seconds if self.seconds > 0 else None
+
+
+# ---------------------------------------------------------------------------------------------- episodes
+@dataclass
+class Episode:
+    """Real frames and the actions between them; `state` is the engine state at the last prompt frame."""
+    seed: int
+    frames: np.ndarray        # (prompt + continuation, H, W, 3): frames[i + 1] follows actions[i]
+    actions: list[dict]
+    state: dict
+    prompt: int
+    env: VoxelEnv = field(repr=False, default=None)  # left at the episode's last frame
+    policy: object = field(repr=False, default=None)
+    info: dict = field(repr=False, default=None)
+
+    @property
+    def prompt_frames(self) -> np.ndarray:
+        return self.frames[:self.prompt]
+
+    @property
+    def prompt_actions(self) -> list[dict]:
+        return self.actions[:self.prompt - 1]
+
+    @property
+    def continuation(self) -> list[dict]:
+        return self.actions[self.prompt - 1:]
+
+
+def record_episode(engine_config: EngineConfig, policy_config: PolicyConfig, seed: int, warmup: int, prompt: int,
+                   continuation: int = 0) -> Episode:
+    """The policy drives the engine in world `seed`: warm-up ticks, then prompt frames, then more frames."""
+    env = VoxelEnv(engine_config)
+    policy = make_policy(policy_config.name, policy_config, seed=seed)
+    obs, info = env.reset(seed=seed)
+    for _ in range(warmup):
+        obs, _, _, _, info = env.step(policy.act(obs, info))
+    frames, taken, state = [obs], [], None
+    for i in range(prompt - 1 + continuation):
+        if i == prompt - 1:
+            state = env.get_state()
+        action = policy.act(obs, info)
+        obs, _, _, _, info = env.step(action)
+        frames.append(obs)
+        taken.append(action)
+    state = state if state is not None else env.get_state()
+    return Episode(seed, np.stack(frames), taken, state, prompt, env, policy, info)
+
+
+# ---------------------------------------------------------------------------------------------- measures
+def measure_fidelity(config: EvalConfig, episodes: list[Episode], worlds: dict[str, Timed | None],
+                     scorers: dict[str, PairScorer] | None) -> tuple[dict, dict]:
+    """PSNR/SSIM spread per horizon per world; the first episode's frames at the horizons for the sheet."""
+    per = {name: {"psnr": {h: [] for h in config.horizons}, "ssim": {h: [] for h in config.horizons}}
+           for name, world in worlds.items() if world is not None}
+    strip = {"real": [], **{name: [] for name in per}}
+    for index, episode in enumerate(episodes):
+        truth = episode.frames[episode.prompt - 1:]  # the last prompt frame, then one frame per action
+        at = [truth[h] for h in config.horizons]
+        if index == 0:
+            strip["real"] = at
+        for name in per:
+            world = worlds[name]
+            world.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
+            generated = np.concatenate([truth[:1], world.run(episode.continuation)])
+            for h in config.horizons:
+                per[name]["psnr"][h].append(float(metrics.psnr(generated[h], truth[h])[0]))
+                per[name]["ssim"][h].append(float(metrics.ssim(generated[h], truth[h])[0]))
+            if index == 0:
+                strip[name] = [generated[h] for h in config.horizons]
+            if name == "candidate" and scorers is not None:
+                for t, action in enumerate(episode.continuation):
+                    scorers["real"].add(truth[t], truth[t + 1], action)
+                    scorers["generated"].add(generated[t], generated[t + 1], action)
+    fidelity = {name: ({metric: {str(h): metrics.spread(values[h]) for h in config.horizons}
+                        for metric, values in per[name].items()} if name in per else None) for name in worlds}
+    return fidelity, strip
+
+
+def _crosshair(frames: np.ndarray, fraction: float) -> np.ndarray:
+    """The square around the frame centre whose side is `fraction` of the shorter side (at least 11 pixels: SSIM)."""
+    H, W = frames.shape[-3:-1]
+    side = min(min(H, W), max(11, int(round(fraction * min(H, W)))))
+    top, left = (H - side) // 2, (W - side) // 2
+    return frames[..., top:top + side, left:left + side, :]
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> dict:
+    return {"psnr": float(metrics.psnr(a, b)[0]), "ssim": float(metrics.ssim(a, b)[0])}
+
+
+def consistency_scripts(config: EvalConfig, episode: Episode) -> dict[str, tuple[list[dict], int, bool, dict]]:
+    """Per test: its actions, the frame index (after the prompt's last frame) to compare the end with, whether
+    to compare only the crosshair region, and facts for the report. The break test is planned on the engine."""
+    turn = lambda degrees: action_schema.validate({"camera": [0.0, degrees]})
+    d = config.turn_degrees
+    scripts = {"turn_around": ([turn(d)] * config.turn_ticks, 0, False, {}),
+               "walk_there_and_back": ([action_schema.validate({"forward": 1})] * config.walk_ticks
+                                       + [action_schema.validate({"back": 1})] * config.walk_ticks, 0, False, {})}
+    env = VoxelEnv(episode.env.config)
+    env.set_state(episode.state)
+    plan, pitch = [], float(episode.state["player"]["pitch"])
+    while pitch < 55.0 and len(plan) < 10:  # look down at the ground in front
+        plan.append(action_schema.validate({"camera": [min(10.0, 60.0 - pitch), 0.0]}))
+        pitch = env.step(plan[-1])[4]["pitch"]
+    broke = False
+    for _ in range(config.break_max_ticks):
+        plan.append(action_schema.validate({"attack": 1}))
+        if env.step(plan[-1])[4]["edits"]:
+            broke = True
+            break
+    after_break = len(plan)
+    plan += [turn(d)] * config.look_away_ticks + [turn(-d)] * config.look_away_ticks
+    scripts["break_block"] = (plan, after_break, True, {"engine_broke_block": broke})
+    return scripts
+
+
+def measure_consistency(config: EvalConfig, episode: Episode, candidate: Timed, engine: Timed) -> dict:
+    """For each scripted test: the candidate's end frame vs the engine's, and each one's end vs its own start."""
+    results = {}
+    for name, (script, compare_at, crosshair, facts) in consistency_scripts(config, episode).items():
+        ends, runs = {}, {}
+        for key, world in (("candidate", candidate), ("engine", engine)):
+            world.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
+            frames = np.concatenate([episode.frames[episode.prompt - 1:episode.prompt], world.run(script)])
+            if crosshair:
+                frames = _crosshair(frames, config.crosshair_fraction)
+            ends[key] = (frames[compare_at], frames[-1])
+            runs[key] = frames
+        results[name] = {"ticks": len(script), "compared_with_tick": compare_at, "crosshair_only": crosshair,
+                         "candidate_vs_engine": _compare(ends["candidate"][1], ends["engine"][1]),
+                         "candidate_vs_engine_every_tick": {
+                             "psnr": float(metrics.psnr(runs["candidate"], runs["engine"]).mean()),
+                             "ssim": float(metrics.ssim(runs["candidate"], runs["engine"]).mean())},
+                         "candidate_end_vs_start": _compare(ends["candidate"][1], ends["candidate"][0]),
+                         "engine_end_vs_start": _compare(ends["engine"][1], ends["engine"][0]),
+                         "engine_broke_block": facts.get("engine_broke_block")}
+    return results
+
+
+def _series(values: np.ndarray) -> list:
+    """Block means of (N, k) per-frame values down to at most SERIES_POINTS rows."""
+    blocks = np.array_split(values, min(len(values), SERIES_POINTS))
+    return [[float(v) for v in block.mean(axis=0)] for block in blocks]
+
+
+def measure_stability(config: EvalConfig, episode: Episode, candidate: Timed,
+                      scorers: dict[str, PairScorer] | None, progress: Progress | None) -> tuple[dict, dict]:
+    """The policy drives the engine on; the candidate gets the same actions. Frame statistics of the candidate
+    against the range of the real frames: where it first leaves the range, and how often it is out."""
+    env, policy, info = episode.env, episode.policy, episode.info
+    candidate.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
+    env.set_state(episode.state)
+    obs = prev_real = prev_gen = episode.frames[episode.prompt - 1]
+    real_stats, gen_stats = [], []
+    task = progress.add_task("stability", total=config.stability_frames) if progress else None
+    done = 0
+    while done < config.stability_frames:
+        block = []
+        for _ in range(min(candidate.chunk_frames, config.stability_frames - done) if candidate.chunk_frames == 1
+                       else candidate.chunk_frames):
+            block.append(policy.act(obs, info))
+            obs, _, _, _, info = env.step(block[-1])
+            real_stats.append(metrics.frame_stats(obs, prev_real)[0])
+            if scorers is not None:
+                scorers["real"].add(prev_real, obs, block[-1])
+            prev_real = obs
+        for action, frame in zip(block, candidate.run(block)):
+            gen_stats.append(metrics.frame_stats(frame, prev_gen)[0])
+            if scorers is not None:
+                scorers["generated"].add(prev_gen, frame, action)
+            prev_gen = frame
+        done += len(block)
+        if progress:
+            progress.update(task, completed=min(done, config.stability_frames))
+    real, gen = np.array(real_stats)[:config.stability_frames], np.array(gen_stats)[:config.stability_frames]
+    low, high = real.min(axis=0), real.max(axis=0)
+    out = (gen < low) | (gen > high)  # (N, stats)
+    first = lambda flags: int(np.argmax(flags)) if flags.any() else None
+    per_stat = {name: {"real_min": float(low[j]), "real_max": float(high[j]), "candidate_min": float(gen[:, j].min()),
+                       "candidate_max": float(gen[:, j].max()), "fraction_out_of_range": float(out[:, j].mean()),
+                       "first_out_of_range": first(out[:, j])} for j, name in enumerate(metrics.STAT_NAMES)}
+    result = {"frames": int(len(gen)), "first_out_of_range": first(out.any(axis=1)),
+              "fraction_out_of_range": float(out.any(axis=1).mean()), "stats": per_stat,
+              "series": {"names": list(metrics.STAT_NAMES), "real": _series(real), "candidate": _series(gen)}}
+    return result, {"real": real, "candidate": gen}
+
+
+def measure_action_following(scorers: dict[str, PairScorer] | None) -> dict:
+    """The IDM on real and generated pairs, and generated relative to real per group."""
+    if scorers is None:
+        return {"real": None, "generated": None, "relative": {group: None for group in GROUPS}}
+    real, generated = scorers["real"].report(), scorers["generated"].report()
+    ratio = lambda g, r: None if g is None or not r else g / r
+    relative = {group: {key: ratio(generated["groups"][group][key], real["groups"][group][key])
+                        for key in ("accuracy", "balanced_accuracy")} for group in GROUPS}
+    return {"real": real, "generated": generated, "relative": relative}
+
+
+# ---------------------------------------------------------------------------------------------- the whole evaluation
+def evaluate(config: EvalConfig, engine_config: EngineConfig, policy_config: PolicyConfig,
+             candidate: Predictor | None = None, idm: InverseDynamics | None = None,
+             autoencoder_reference: Predictor | None = None) -> tuple[dict, dict]:
+    """Run every measure. `candidate`, `idm` and the ceiling default to what `config` names.
+    Returns the report (JSON-ready) and the arrays the sheet draws."""
+    notes = []
+    candidate = candidate if candidate is not None else make_world(config.world, config, engine_config)
+    if idm is None and config.idm is not None:
+        idm = load_idm(config.idm)
+    if idm is None:
+        notes.append("no IDM given (eval.idm=DIR, trained by python -m worldsim.eval.idm): action following skipped")
+    elif (idm.config.height, idm.config.width) != (engine_config.height, engine_config.width):
+        raise ValueError(f"the IDM reads {idm.config.height}×{idm.config.width} frames but the engine makes "
+                         f"{engine_config.height}×{engine_config.width}")
+    if autoencoder_reference is None and config.autoencoder is not None:
+        autoencoder_reference = make_world("autoencoder", config, engine_config)
+    if autoencoder_reference is None:
+        notes.append("no autoencoder checkpoint given (eval.autoencoder=DIR): the ceiling is skipped")
+    worlds = {"candidate": Timed(candidate), "copy_last": Timed(CopyLastFrame()),
+              "autoencoder": None if autoencoder_reference is None else Timed(autoencoder_reference)}
+    engine = Timed(EnginePredictor(engine_config))
+    scorers = None if idm is None else {"real": PairScorer(idm), "generated": PairScorer(idm)}
+    seconds = {}
+    with Progress(disable=not config.progress, transient=True) as progress:
+        start = time.perf_counter()
+        seeds = [config.seed + i for i in range(config.episodes)]
+        task = progress.add_task("episodes", total=len(seeds))
+        episodes = []
+        for seed in seeds:
+            episodes.append(record_episode(engine_config, policy_config, seed, config.warmup_frames,
+                                           config.prompt_frames, config.max_horizon))
+            progress.advance(task)
+        fidelity, strip = measure_fidelity(config, episodes, worlds, scorers)
+        seconds["fidelity"] = time.perf_counter() - start
+        start = time.perf_counter()
+        consistency = measure_consistency(config, episodes[0], worlds["candidate"], engine)
+        seconds["consistency"] = time.perf_counter() - start
+        start = time.perf_counter()
+        long_run = record_episode(engine_config, policy_config, config.seed + config.episodes, config.warmup_frames,
+                                  config.prompt_frames)
+        stability, stats = measure_stability(config, long_run, worlds["candidate"], scorers, progress)
+        seconds["stability"] = time.perf_counter() - start
+    report = {
+        "format": REPORT_FORMAT, "world": config.world, "candidate": candidate.name,
+        "config": dataclasses.asdict(config), "engine": dataclasses.asdict(engine_config),
+        "policy": policy_config.name,
+        "fidelity": {"horizons": list(config.horizons), "seeds": seeds, "worlds": fidelity},
+        "action_following": measure_action_following(scorers),
+        "consistency": consistency,
+        "stability": stability,
+        "timing": {"fps": {name: None if world is None else world.fps for name, world in
+                           {**worlds, "engine": engine}.items()}, "seconds": seconds},
+        "notes": notes,
+    }
+    report["config"]["horizons"] = list(config.horizons)
+    return report, {"strip": strip, "stats": stats}
+
+
+def run_eval(config: EvalConfig, engine_config: EngineConfig, policy_config: PolicyConfig, **worlds) -> dict:
+    """Evaluate, write report.json and sheet.png into config.out_dir, print the table; returns the report."""
+    from worldsim.eval.report import print_report, write_report, write_sheet
+    report, arrays = evaluate(config, engine_config, policy_config, **worlds)
+    out = Path(config.out_dir)
+    write_report(report, out / "report.json")
+    if config.sheet:
+        write_sheet(report, arrays, out / "sheet.png")
+    print_report(report)
+    return report

@@ -1,0 +1,77 @@
+"""Frame metrics for evaluation: PSNR and SSIM against the truth, and per-frame statistics for drift checks.
+
+Frames are uint8 (N, H, W, 3) numpy arrays, as the engine and every predictor return them. PSNR and SSIM are
+the autoencoder's own (worldsim.models.autoencoder), so a model's training curves and its evaluation report
+the same numbers; identical frames score PSNR_CAP_DB, a finite number that JSON can hold.
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from worldsim.models.autoencoder import psnr as psnr_float
+from worldsim.models.autoencoder import ssim as ssim_float
+
+PSNR_CAP_DB = 100.0  # identical frames; any real difference of one 8-bit level on a 256×256 frame is still below
+# A pixel counts as sky when it is bright and clearly blue: the engine's day sky runs from (92, 143, 250) at the
+# zenith to (179, 209, 255) at the horizon; water and blue blocks are darker or less saturated.
+SKY_MIN_BLUE, SKY_BLUE_OVER_RED, SKY_BLUE_OVER_GREEN = 200, 40, 25
+STAT_NAMES = ("mean_r", "mean_g", "mean_b", "sharpness", "sky_fraction", "motion")
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def to_float(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) → float (N, 3, H, W) in [-1, 1]."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim == 3:
+        a, b = a[None], b[None]
+    if a.shape != b.shape:
+        raise ValueError(f"frames to compare differ in shape: {a.shape} vs {b.shape}")
+    return to_float(a), to_float(b)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-frame PSNR in dB of uint8 frames (N, H, W, 3) or one (H, W, 3); capped at PSNR_CAP_DB."""
+    with torch.no_grad():
+        values = psnr_float(*_pair(a, b)).double().numpy()
+    return np.minimum(values, PSNR_CAP_DB)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-frame SSIM (Gaussian window 11, σ 1.5) of uint8 frames (N, H, W, 3) or one (H, W, 3)."""
+    with torch.no_grad():
+        return ssim_float(*_pair(a, b)).double().numpy()
+
+
+def frame_stats(frames: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+    """(N, 6) float64 per frame, in STAT_NAMES order: mean R, G, B (0..255), sharpness (variance of the Laplacian
+    of luma), sky fraction, and motion (mean absolute difference from the frame before; `previous` precedes the
+    first, which scores 0 without it). A frozen world has no motion; flicker has too much."""
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    x = torch.from_numpy(np.ascontiguousarray(frames)).double()  # (N, H, W, 3)
+    before = torch.cat([x[:1] if previous is None else torch.from_numpy(np.asarray(previous)).double()[None], x[:-1]])
+    motion = (x - before).abs().mean(dim=(1, 2, 3))
+    mean = x.mean(dim=(1, 2))                                    # (N, 3)
+    luma = (x @ _LUMA.double())[:, None]                         # (N, 1, H, W)
+    sharpness = F.conv2d(luma, _LAPLACIAN.double()).var(dim=(1, 2, 3))
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    sky = ((b >= SKY_MIN_BLUE) & (b - r >= SKY_BLUE_OVER_RED) & (b - g >= SKY_BLUE_OVER_GREEN)).double()
+    return torch.cat([mean, sharpness[:, None], sky.mean(dim=(1, 2))[:, None], motion[:, None]], dim=1).numpy()
+
+
+def spread(values) -> dict:
+    """Mean, standard deviation, min and max of a list of numbers (all None when it is empty)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+            "max": float(values.max())}
