@@ -152,7 +152,7 @@ def test_flow_matching_loss_trains():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for step in range(30):
-        loss, metrics = flow_matching_loss(model, latents, actions, torch.Generator().manual_seed(step % 3))
+        loss, metrics = flow_matching_loss(model, config, latents, actions, torch.Generator().manual_seed(step % 3))
         assert set(metrics) == {"loss", "loss_noisy", "loss_clean"}
         opt.zero_grad()
         loss.backward()
@@ -195,3 +195,44 @@ def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):
     save_checkpoint(tmp_path / "other", DynamicsModel(other), config)  # weights of another size, config lies
     with pytest.raises(CheckpointError, match=r"tensor 'action_embed.0.bias': checkpoint has shape \(256,\), model has \(128,\)"):
         load_dynamics(tmp_path / "other")
+
+
+def moving_pattern_cache(path, episodes=3, frames=24, channels=4, size=8):
+    """A cache whose latents are a smooth pattern that the camera_yaw action shifts by one cell per frame."""
+    import numpy as np
+    from worldsim.data.cache import CacheWriter, write_latents
+    rng = np.random.default_rng(0)
+    yy, xx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    latents, writer = [], CacheWriter(path, width=16, height=16)
+    for e in range(episodes):
+        actions = np.zeros((frames, ACTION_DIM), np.float32)
+        actions[:, 15] = rng.integers(0, 2, frames)  # camera_yaw: turn or not
+        shift = np.concatenate([[0], np.cumsum(actions[:-1, 15])])  # frame i moved by a_0 .. a_{i-1}
+        phase = rng.uniform(0, 2 * np.pi, channels)
+        for i in range(frames):
+            grid = np.sin(2 * np.pi * (xx + shift[i]) / size + phase[:, None, None]) + 0.5 * np.cos(yy + phase[:, None, None])
+            latents.append(grid.astype(np.float32))
+        writer.add_episode(np.zeros((frames, 16, 16, 3), np.uint8), actions)
+    writer.close()
+    write_latents(path, [np.stack(latents)], (channels, size, size))
+    return path
+
+
+def test_training_end_to_end_lowers_the_loss_and_saves_samples(tmp_path):
+    import csv
+    from worldsim.models.train_dynamics import train_dynamics
+    from worldsim.training import TrainConfig
+    cache = moving_pattern_cache(tmp_path / "cache")
+    config = tiny_config(latent_channels=4, latent_height=8, latent_width=8, n_layer=2, context_frames=6)
+    out = tmp_path / "run"
+    train_config = TrainConfig(out_dir=str(out), data=str(cache), steps=60, batch_size=8, lr=2e-3, warmup_steps=5,
+                               ckpt_every=0, log_every=5, sample_every=0, seed=0)
+    train_dynamics(config, train_config, progress=False)
+    rows = list(csv.DictReader(open(out / "curves.csv")))
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    assert last < 0.7 * first, (first, last)
+    assert list((out / "samples").glob("*.png"))
+    model = load_dynamics(out, expect=config)
+    assert isinstance(model, DynamicsModel)
+    with pytest.raises(ValueError, match=r"latents are \(C, h, w\) = \(4, 8, 8\)"):
+        train_dynamics(tiny_config(), train_config)

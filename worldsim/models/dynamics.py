@@ -343,11 +343,11 @@ def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generat
     return t
 
 
-def flow_matching_loss(model: DynamicsModel, latents, actions, generator=None):
+def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generator=None):
     """Rectified-flow loss on a clip: latents (B, T, C, h, w) clean, actions (B, T, 25) in the data's order
-    (row i taken at frame i). Returns (loss, metrics)."""
+    (row i taken at frame i). `model` is only called (it may be wrapped in DDP). Returns (loss, metrics)."""
     B, T = latents.shape[:2]
-    t = sample_noise_levels(model.config, B, T, generator, latents.device)  # (B, T)
+    t = sample_noise_levels(config, B, T, generator, latents.device)  # (B, T)
     eps = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     tb = t[:, :, None, None, None].to(latents.dtype)
     x_t = (1 - tb) * latents + tb * eps

@@ -1,0 +1,127 @@
+"""Sampler speed: milliseconds per generated frame at batch 1 and frames/s at larger batches, decode included.
+
+    python -m worldsim.models.bench_dynamics [--config tiny] [--steps 4] [--batches 1 16 64] [--threads 1]
+                                             [--autoencoder cpu] [--out bench_results/dynamics.json]
+
+Weights are random (speed does not depend on them). Decode uses the autoencoder config named by
+--autoencoder (configs/autoencoder/NAME.yaml, random weights) or a trained run directory; `none` times the
+dynamics alone. Each case is timed over --frames frames after --warmup, with the ring already wrapped, so the
+figures are those of a long play. Prints a table and writes JSON.
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from worldsim.models.dynamics import ACTION_DIM, DynamicsConfig, DynamicsModel
+from worldsim.sampling import Sampler
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def load_yaml_config(group: str, name: str, cls):
+    return cls(**yaml.safe_load((CONFIGS / group / f"{name}.yaml").read_text()))
+
+
+def make_decoder(spec: str, device):
+    """A `decode(latents (B, C, h, w)) -> frames` callable, or None for --autoencoder none."""
+    if spec == "none":
+        return None
+    from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig
+    if Path(spec).is_dir():
+        from worldsim.models.train_autoencoder import load_autoencoder
+        model = load_autoencoder(spec, device=device)
+    else:
+        model = Autoencoder(load_yaml_config("autoencoder", spec, AutoencoderConfig)).to(device)
+    return model.eval().decode
+
+
+def time_case(config, batch, steps, frames, warmup, decode, device, seed=0):
+    """Median and mean seconds per step() (one chunk) and per decode of that chunk."""
+    torch.manual_seed(seed)
+    model = DynamicsModel(config).to(device)
+    with torch.no_grad():
+        for p in model.parameters():  # AdaLN-zero would make every output 0; timing wants real numbers
+            p.add_(0.02 * torch.randn_like(p))
+    sampler = Sampler(model, batch_size=batch, steps=steps, seed=seed)
+    c = config
+    prompt = torch.randn(batch, c.context_frames, c.latent_channels, c.latent_height, c.latent_width, device=device)
+    sampler.reset(prompt, torch.zeros(batch, c.context_frames - 1, ACTION_DIM, device=device))
+    action = torch.zeros(batch, c.chunk_frames, ACTION_DIM, device=device)
+    step_s, decode_s = [], []
+    with torch.inference_mode():
+        for i in range(warmup + frames):
+            t0 = time.perf_counter()
+            x = sampler.step(action)
+            t1 = time.perf_counter()
+            if decode is not None:
+                decode(x.flatten(0, 1))
+            t2 = time.perf_counter()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                step_s.append(t1 - t0)
+                decode_s.append(t2 - t1)
+    return step_s, decode_s
+
+
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_yaml_config("dynamics", args.config, DynamicsConfig)
+    decode = make_decoder(args.autoencoder, device)
+    rows = []
+    for batch in args.batches:
+        step_s, decode_s = time_case(config, batch, args.steps, args.frames, args.warmup, decode, device)
+        frames_per_step = batch * config.chunk_frames
+        dyn = statistics.median(step_s) / frames_per_step
+        dec = statistics.median(decode_s) / frames_per_step
+        total = statistics.median([a + b for a, b in zip(step_s, decode_s)]) / frames_per_step
+        rows.append({"config": args.config, "batch": batch, "steps": args.steps, "chunk_frames": config.chunk_frames,
+                     "context_frames": config.context_frames, "ms_per_frame_dynamics": 1e3 * dyn,
+                     "ms_per_frame_decode": 1e3 * dec, "ms_per_frame_total": 1e3 * total,
+                     "frames_per_s": 1.0 / total, "ms_per_step_p90": 1e3 * sorted(step_s)[int(0.9 * len(step_s))]})
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="tiny", help="configs/dynamics/NAME.yaml")
+    parser.add_argument("--steps", type=int, default=4, help="Euler steps per chunk")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--frames", type=int, default=60, help="timed chunks per case")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed chunks first (the ring wraps in these)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--autoencoder", default="cpu", help="configs/autoencoder/NAME.yaml, a run dir, or none")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="bench_results/dynamics.json")
+    args = parser.parse_args(argv)
+    rows = run(args)
+
+    table = Table(title=f"dynamics sampler, {args.config}, {args.steps} Euler steps + 1 commit pass per chunk, "
+                        f"decode: {args.autoencoder}, {args.device}, {torch.get_num_threads()} threads")
+    for col in ("batch", "ms/frame dynamics", "ms/frame decode", "ms/frame total", "frames/s", "p90 ms/step"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["batch"]), f"{r['ms_per_frame_dynamics']:.2f}", f"{r['ms_per_frame_decode']:.2f}",
+                      f"{r['ms_per_frame_total']:.2f}", f"{r['frames_per_s']:.1f}", f"{r['ms_per_step_p90']:.2f}")
+    Console().print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "autoencoder": args.autoencoder,
+            "timing": "median of perf_counter around Sampler.step and decode, ring buffer wrapped"}
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()
