@@ -144,6 +144,16 @@ def test_noise_levels_and_context_prefix():
     assert abs(float(uniform.mean()) - 0.5) < 0.03
 
 
+def test_autocast_bf16_forward_and_backward():
+    config = tiny_config(latent_height=8, latent_width=8, n_layer=2)
+    model = randomized(DynamicsModel(config))
+    latents, actions, _ = inputs(config)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = flow_matching_loss(model, config, latents, actions)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_flow_matching_loss_trains():
     torch.manual_seed(0)
     config = tiny_config(latent_height=8, latent_width=8, n_layer=2)
@@ -167,10 +177,6 @@ def test_bad_input_names_the_problem():
     latents, actions, t = inputs(config)
     with pytest.raises(ValueError, match=r"actions must be \(B, F, 25\)"):
         model(latents, actions[..., :24], t)
-    bad = actions.clone()
-    bad[1, 2, 3] = float("nan")
-    with pytest.raises(ValueError, match="actions contain NaN"):
-        model(latents, bad, t)
     with pytest.raises(ValueError, match="latents must be"):
         model(latents[..., :4, :4], actions, t)
     with pytest.raises(ValueError, match="noise_levels"):

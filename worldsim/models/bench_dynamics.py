@@ -1,15 +1,18 @@
 """Sampler speed: milliseconds per generated frame at batch 1 and frames/s at larger batches, decode included.
 
     python -m worldsim.models.bench_dynamics [--config tiny] [--steps 4] [--batches 1 16 64] [--threads 1]
-                                             [--autoencoder cpu] [--out bench_results/dynamics.json]
+                                             [--context-frames W] [--autoencoder cpu] [--out PATH]
 
 Weights are random (speed does not depend on them). Decode uses the autoencoder config named by
 --autoencoder (configs/autoencoder/NAME.yaml, random weights) or a trained run directory; `none` times the
-dynamics alone. Each case is timed over --frames frames after --warmup, with the ring already wrapped, so the
-figures are those of a long play. Prints a table and writes JSON.
+dynamics alone. The prompt fills the whole window, so every timed chunk reads a full (wrapped) ring, as in
+a long play. Prints a table and writes JSON.
 """
 import argparse
+import dataclasses
 import json
+import math
+import os
 import platform
 import statistics
 import time
@@ -77,10 +80,14 @@ def run(args) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_yaml_config("dynamics", args.config, DynamicsConfig)
+    if args.context_frames:
+        config = dataclasses.replace(config, context_frames=args.context_frames)
     decode = make_decoder(args.autoencoder, device)
     rows = []
     for batch in args.batches:
-        step_s, decode_s = time_case(config, batch, args.steps, args.frames, args.warmup, decode, device)
+        chunks = max(5, math.ceil(args.frames / (batch * config.chunk_frames)))
+        warmup = max(2, math.ceil(args.warmup / batch))
+        step_s, decode_s = time_case(config, batch, args.steps, chunks, warmup, decode, device)
         frames_per_step = batch * config.chunk_frames
         dyn = statistics.median(step_s) / frames_per_step
         dec = statistics.median(decode_s) / frames_per_step
@@ -97,8 +104,9 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default="tiny", help="configs/dynamics/NAME.yaml")
     parser.add_argument("--steps", type=int, default=4, help="Euler steps per chunk")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--frames", type=int, default=60, help="timed chunks per case")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed chunks first (the ring wraps in these)")
+    parser.add_argument("--frames", type=int, default=60, help="timed frames per case (at least 5 chunks)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed frames first (at least 2 chunks)")
+    parser.add_argument("--context-frames", type=int, default=0, help="override the config's window (0: keep)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--autoencoder", default="cpu", help="configs/autoencoder/NAME.yaml, a run dir, or none")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -106,7 +114,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     rows = run(args)
 
-    table = Table(title=f"dynamics sampler, {args.config}, {args.steps} Euler steps + 1 commit pass per chunk, "
+    table = Table(title=f"dynamics sampler, {args.config} (window {rows[0]['context_frames']}), {args.steps} Euler steps + 1 commit pass per chunk, "
                         f"decode: {args.autoencoder}, {args.device}, {torch.get_num_threads()} threads")
     for col in ("batch", "ms/frame dynamics", "ms/frame decode", "ms/frame total", "frames/s", "p90 ms/step"):
         table.add_column(col, justify="right")
@@ -118,6 +126,7 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
             "threads": torch.get_num_threads(), "torch": torch.__version__, "autoencoder": args.autoencoder,
+            "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(),
             "timing": "median of perf_counter around Sampler.step and decode, ring buffer wrapped"}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print(f"saved {out}")

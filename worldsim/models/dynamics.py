@@ -110,14 +110,20 @@ class Attention(nn.Module):
         self.chunk_tokens = config.chunk_frames * config.tokens_per_frame
         self.window_chunks = config.context_frames // config.chunk_frames
 
+    def qkv(self, x, rope):
+        """x (B, F, N, C) -> q, k, v (B, nh, F*N, hs), queries and keys normalised and rotated."""
+        B, Fr, N, C = x.shape
+        qkv = self.c_attn(x).view(B, Fr * N, 3, self.n_head, self.head_dim)
+        # Under autocast the norm and rotary run in fp32; the kernels want q, k and v in one dtype.
+        qk = apply_rotary(self.qk_norm(qkv[:, :, :2]), *rope).to(qkv.dtype)  # (B, T, 2, nh, hs)
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
+        return q, k, qkv[:, :, 2].transpose(1, 2)
+
     def forward(self, x, rope, cache=None, mode="train"):
         """x (B, F, N, C). mode: train (no cache) | read (chunk vs cache) | write (read, then store the chunk's
         keys) | prefill (block-causal over x, then store its keys)."""
         B, Fr, N, C = x.shape
-        qkv = self.c_attn(x).view(B, Fr * N, 3, self.n_head, self.head_dim)
-        qk = apply_rotary(self.qk_norm(qkv[:, :, :2]), *rope)  # (B, T, 2, nh, hs)
-        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, T, hs)
-        v = qkv[:, :, 2].transpose(1, 2)  # (B, nh, T, hs)
+        q, k, v = self.qkv(x, rope)
         if mode in ("train", "prefill"):
             y = kernels.attention(q, k, v, self.chunk_tokens, self.window_chunks)
         else:
@@ -158,6 +164,13 @@ class Block(nn.Module):
         x = x + gate1 * self.attn(modulate(self.ln_1(x), shift1, scale1), rope, cache, mode)
         x = x + gate2 * self.mlp(modulate(self.ln_2(x), shift2, scale2))
         return x
+
+    def store_keys(self, x, cond, rope, cache):
+        """Only write this block's keys and values: for the last block of a cache-filling pass, whose output
+        nothing reads."""
+        shift1, scale1 = self.adaln(cond)[:, :, None].chunk(6, dim=-1)[:2]
+        _, k, v = self.attn.qkv(modulate(self.ln_1(x), shift1, scale1), rope)
+        cache.update(k, v)
 
 
 class TimestepEmbedding(nn.Module):
@@ -285,16 +298,17 @@ class DynamicsModel(nn.Module):
         cond = F.silu(self.time_embed(noise_levels) + self.action_embed(actions.to(self.head.weight.dtype)))  # (B, F, C)
         x = self.patch_embed(self.patchify(latents).to(self.head.weight.dtype))  # (B, F, N, C)
         for i, block in enumerate(self.blocks):
+            if mode in ("prefill", "write") and i == len(self.blocks) - 1:
+                block.store_keys(x, cond, rope, caches[i])
+                return None  # the pass only fills the caches
             x = block(x, cond, rope, None if caches is None else caches[i], mode)
-        if mode in ("prefill", "write"):
-            return None  # the pass only fills the caches
         shift, scale = self.adaln_f(cond)[:, :, None].chunk(2, dim=-1)  # (B, F, 1, C) each
         return self.unpatchify(self.head(modulate(self.ln_f(x), shift, scale)))
 
     def check_inputs(self, latents, actions, noise_levels):
         """Raise ValueError naming the input whose shape or values do not fit this model."""
         check_latents(latents, self.config)
-        check_actions(actions, latents.shape[:2])
+        check_actions(actions, latents.shape[:2], finite=False)  # values: checked where input enters (Sampler)
         if tuple(noise_levels.shape) != tuple(latents.shape[:2]):
             raise ValueError(f"noise_levels must be (B, F) = {tuple(latents.shape[:2])}, got {tuple(noise_levels.shape)}")
 
@@ -308,14 +322,15 @@ def check_latents(latents, config: DynamicsConfig):
                          "(a prompt of another resolution, or from another autoencoder?)")
 
 
-def check_actions(actions, batch_frames):
-    """Raise ValueError when `actions` is not a finite (B, F, 25) tensor for (B, F) = batch_frames."""
+def check_actions(actions, batch_frames, finite: bool = True):
+    """Raise ValueError when `actions` is not a (B, F, 25) tensor for (B, F) = batch_frames, or (with `finite`,
+    which reads the values: a host sync on a GPU) holds NaN or infinity."""
     if not torch.is_tensor(actions) or actions.dim() != 3 or actions.shape[-1] != ACTION_DIM:
         shape = tuple(actions.shape) if torch.is_tensor(actions) else type(actions).__name__
         raise ValueError(f"actions must be (B, F, {ACTION_DIM}) action vectors, got {shape}")
     if tuple(actions.shape[:2]) != tuple(batch_frames):
         raise ValueError(f"actions have (B, F) = {tuple(actions.shape[:2])} but the latents {tuple(batch_frames)}")
-    if not bool(torch.isfinite(actions).all()):
+    if finite and not bool(torch.isfinite(actions).all()):
         raise ValueError("actions contain NaN or infinite values")
 
 
