@@ -1,6 +1,6 @@
 """The sampler: cached sampling equals recomputing everything, before and after the ring wraps; the ring
 buffer's slots; batch rows; snapshot/restore; 2,000 frames in flat memory; bad input."""
-import dataclasses
+import os
 import tracemalloc
 
 import pytest
@@ -155,6 +155,12 @@ def test_steps_change_between_chunks():
     assert one.shape == four.shape and not torch.equal(one, four)
 
 
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="resident memory is read from /proc")
 def test_two_thousand_frames_keep_memory_flat():
     model = small_model(n_layer=2)  # tiny's width and 16-frame window; two layers keep the test short
     c = model.config
@@ -164,17 +170,21 @@ def test_two_thousand_frames_keep_memory_flat():
     action = torch.zeros(1, ACTION_DIM)
     for _ in range(200):  # warm-up: the ring wraps after 15 frames
         sampler.step(action)
+    rss_before = resident_bytes()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for _ in range(1800):
         x = sampler.step(action)
     grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
+    rss_grown = resident_bytes() - rss_before
     assert sampler.frame == 2002
     assert [(name, buf.data_ptr(), buf.shape) for cache in sampler.caches
             for name, buf in cache.named_buffers()] == buffers  # updated in place, never re-allocated
     assert all(int(cache.valid_len[0]) == c.cache_frames * c.tokens_per_frame for cache in sampler.caches)
     assert grown < 256 * 1024, f"python heap grew by {grown} bytes over 1,800 frames"
+    # Tensors live outside the Python heap: keeping every frame's keys and values would add about 58 MB here.
+    assert rss_grown < 16 * 2**20, f"resident memory grew by {rss_grown / 2**20:.1f} MiB over 1,800 frames"
     assert bool(torch.isfinite(x).all())
 
 

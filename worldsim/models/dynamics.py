@@ -153,9 +153,7 @@ class Block(nn.Module):
         self.ln_1, self.ln_2 = LayerNorm(config.n_embd), LayerNorm(config.n_embd)
         self.attn = Attention(config)
         self.mlp = MLP(config)
-        self.adaln = nn.Linear(config.n_embd, 6 * config.n_embd)
-        nn.init.zeros_(self.adaln.weight)
-        nn.init.zeros_(self.adaln.bias)
+        self.adaln = nn.Linear(config.n_embd, 6 * config.n_embd)  # zero-initialised by DynamicsModel
 
     def forward(self, x, cond, rope, cache=None, mode="train"):
         """x (B, F, N, C); cond (B, F, C) after SiLU, one vector per frame, broadcast over its tokens."""
@@ -189,6 +187,8 @@ class TimestepEmbedding(nn.Module):
 
 @dataclass
 class DynamicsConfig:
+    """Sizes, window, objective and sampling defaults; configs/dynamics/*.yaml hold exactly these fields."""
+
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
