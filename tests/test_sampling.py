@@ -48,10 +48,12 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed):
     return torch.cat(out, 1)
 
 
+@pytest.mark.parametrize("fuse_commit", [True, False], ids=["fused-commit", "separate-commit"])
 @pytest.mark.parametrize("chunk_frames,context_frames,prompt_frames,chunks",
                          [(1, 4, 2, 8), (2, 6, 4, 5), (1, 3, 5, 4)],
                          ids=["K1-wraps", "K2-wraps", "prompt-longer-than-cache"])
-def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_frames, prompt_frames, chunks):
+def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_frames, prompt_frames, chunks,
+                                                       fuse_commit):
     model = small_model(chunk_frames=chunk_frames, context_frames=context_frames)
     c = model.config
     g = torch.Generator().manual_seed(1)
@@ -62,7 +64,7 @@ def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_fra
     # The ring must wrap during the rollout for this test to cover it.
     assert prompt_frames + chunks * chunk_frames > 2 * c.cache_frames
 
-    sampler = Sampler(model, batch_size=B, steps=3, seed=7)
+    sampler = Sampler(model, batch_size=B, steps=3, seed=7, fuse_commit=fuse_commit)
     sampler.reset(prompt, prompt_actions)
     cached = torch.cat([sampler.step(a) for a in step_actions], 1)
     expected = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)

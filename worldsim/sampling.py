@@ -6,6 +6,7 @@ play or one batch of rollouts:
     prefill(model, caches, latents, actions, noise)          # prompt frames, once
     x = denoise_chunk(model, caches, actions, frame, noise, steps)   # S Euler steps; writes nothing
     commit_chunk(model, caches, x, actions, frame, noise)    # one pass of the finished chunk; writes K/V
+    x = commit_and_denoise(model, caches, x, a, eps, actions2, frame2, noise2, steps)  # both, S passes
 
 Actions in these functions are in the model's order: row i is the action that produced frame i (see
 worldsim/models/dynamics.py). `Sampler.reset` takes the prompt's actions in the data's order, and
@@ -80,18 +81,38 @@ def prefill(model, caches, latents, actions, noise):
     model(x, actions, levels, _positions(0, latents.shape[1], latents.device), caches, mode="prefill")
 
 
-@torch.inference_mode()
-def denoise_chunk(model, caches, actions, frame: int, noise, steps: int):
-    """Euler-integrate the chunk (B, K, ...) starting at `frame` from noise (t = 1) to t = 0 against the
-    caches, which are read only. actions (B, K, 25) in model order. Returns the clean latents."""
-    B, K = noise.shape[:2]
-    pos = _positions(frame, K, noise.device)
-    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
-    x = noise
+def _euler(model, caches, actions, frame: int, x, ts: list):
+    """Euler steps of the chunk x (B, K, ...) through the noise levels ts against read-only caches."""
+    B, K = x.shape[:2]
+    pos = _positions(frame, K, x.device)
     for t, t_next in zip(ts[:-1], ts[1:]):
         v = model(x, actions, torch.full((B, K), t, device=x.device), pos, caches, mode="read")
         x = x + (t_next - t) * v
     return x
+
+
+def _levels(steps: int) -> list:
+    return torch.linspace(1.0, 0.0, steps + 1).tolist()
+
+
+@torch.inference_mode()
+def denoise_chunk(model, caches, actions, frame: int, noise, steps: int):
+    """Euler-integrate the chunk (B, K, ...) starting at `frame` from noise (t = 1) to t = 0 against the
+    caches, which are read only. actions (B, K, 25) in model order. Returns the clean latents."""
+    return _euler(model, caches, actions, frame, noise, _levels(steps))
+
+
+@torch.inference_mode()
+def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, frame: int, noise, steps: int):
+    """`commit_chunk` of the finished chunk `prev` (frames frame - K ..) and `denoise_chunk` of the next one,
+    with the commit sharing a pass with the first Euler step: S passes per chunk instead of S + 1."""
+    B, K = noise.shape[:2]
+    ts = _levels(steps)
+    context, context_levels = context_noised(model, prev, prev_noise)
+    levels = torch.cat([context_levels, torch.full((B, K), ts[0], device=noise.device)], dim=1)  # (B, 2K)
+    v = model(torch.cat([context, noise], dim=1), torch.cat([prev_actions, actions], dim=1), levels,
+              _positions(frame - K, 2 * K, noise.device), caches, mode="commit_read")[:, K:]
+    return _euler(model, caches, actions, frame, noise + (ts[1] - ts[0]) * v, ts[1:])
 
 
 @torch.inference_mode()
@@ -103,17 +124,23 @@ def commit_chunk(model, caches, latents, actions, frame: int, noise):
 
 @dataclass
 class SamplerState:
-    """Everything a sampler needs to continue exactly: cache contents, frame counter, RNG, steps."""
+    """Everything a sampler needs to continue exactly: cache contents, frame counter, RNG, steps, and the
+    last chunk when it is not in the caches yet."""
     caches: list
     frame: int
     rng: torch.Tensor
     steps: int
+    pending: tuple | None
 
 
 class Sampler:
-    """One play or a batch of rollouts: `reset(prompt)`, then `step(actions)` -> the next chunk's latents."""
+    """One play or a batch of rollouts: `reset(prompt)`, then `step(actions)` -> the next chunk's latents.
 
-    def __init__(self, model: DynamicsModel, batch_size: int = 1, steps: int | None = None, seed: int = 0):
+    With `fuse_commit` (the default) a chunk's commit pass runs inside the next `step`, sharing a pass with
+    that chunk's first Euler step (`commit_and_denoise`); the results are those of committing at once."""
+
+    def __init__(self, model: DynamicsModel, batch_size: int = 1, steps: int | None = None, seed: int = 0,
+                 fuse_commit: bool = True):
         self.model = model.eval()
         self.config = model.config
         self.batch_size = batch_size
@@ -121,7 +148,9 @@ class Sampler:
         self.caches = make_caches(model, batch_size)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.steps = steps or self.config.sample_steps
+        self.fuse_commit = fuse_commit
         self.frame = 0
+        self.pending = None  # (latents, actions, commit noise) of the last chunk while it is not in the caches
 
     def _noise(self, frames: int):
         c = self.config
@@ -148,6 +177,7 @@ class Sampler:
         actions = actions.to(self.device)
         for cache in self.caches:
             cache.reset()
+        self.pending = None
         prefill(self.model, self.caches, prompt_latents.to(self.device), actions, self._noise(P))
         self.frame = P
 
@@ -161,15 +191,23 @@ class Sampler:
             actions = actions[:, None]
         check_actions(actions, (self.batch_size, K))
         actions = actions.to(self.device)
-        x = denoise_chunk(self.model, self.caches, actions, self.frame, self._noise(K), steps or self.steps)
-        commit_chunk(self.model, self.caches, x, actions, self.frame, self._noise(K))
+        steps = steps or self.steps
+        if self.pending is None:
+            x = denoise_chunk(self.model, self.caches, actions, self.frame, self._noise(K), steps)
+        else:
+            x = commit_and_denoise(self.model, self.caches, *self.pending, actions, self.frame, self._noise(K), steps)
+        # Copies: the caller may reuse its action buffer or edit the returned latents before the commit.
+        self.pending = (x.clone(), actions.clone(), self._noise(K))
+        if not self.fuse_commit:
+            commit_chunk(self.model, self.caches, *self.pending[:2], self.frame, self.pending[2])
+            self.pending = None
         self.frame += K
         return x
 
     def snapshot(self) -> SamplerState:
         """A copy of the whole state, for rewind and branching (cheap: the cache is W frames)."""
         caches = [{name: buf.clone() for name, buf in cache.named_buffers()} for cache in self.caches]
-        return SamplerState(caches, self.frame, self.generator.get_state(), self.steps)
+        return SamplerState(caches, self.frame, self.generator.get_state(), self.steps, self.pending)
 
     def restore(self, state: SamplerState) -> None:
         """Continue from `state`: what follows replays exactly what followed the snapshot."""
@@ -177,5 +215,5 @@ class Sampler:
             for cache, saved in zip(self.caches, state.caches, strict=True):
                 for name, buf in cache.named_buffers():
                     buf.copy_(saved[name])
-        self.frame, self.steps = state.frame, state.steps
+        self.frame, self.steps, self.pending = state.frame, state.steps, state.pending  # pending: never mutated
         self.generator.set_state(state.rng)

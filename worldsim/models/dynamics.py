@@ -121,11 +121,20 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, cache=None, mode="train"):
         """x (B, F, N, C). mode: train (no cache) | read (chunk vs cache) | write (read, then store the chunk's
-        keys) | prefill (block-causal over x, then store its keys)."""
+        keys) | prefill (block-causal over x, then store its keys) | commit_read (x is two chunks: the first
+        as in write, then the second as in read, so it sees the first through the cache)."""
         B, Fr, N, C = x.shape
         q, k, v = self.qkv(x, rope)
         if mode in ("train", "prefill"):
             y = kernels.attention(q, k, v, self.chunk_tokens, self.window_chunks)
+        elif mode == "commit_read":
+            first, second = slice(0, self.chunk_tokens), slice(self.chunk_tokens, None)
+            y1 = kernels.cache_attention(q[:, :, first], cache.k, cache.v, cache.valid_len,
+                                         k[:, :, first], v[:, :, first])
+            cache.update(k[:, :, first], v[:, :, first])
+            y2 = kernels.cache_attention(q[:, :, second], cache.k, cache.v, cache.valid_len,
+                                         k[:, :, second], v[:, :, second])
+            y = torch.cat([y1, y2], dim=2)  # (B, nh, T, hs)
         else:
             y = kernels.cache_attention(q, cache.k, cache.v, cache.valid_len, k, v)
         if mode in ("write", "prefill"):
@@ -288,8 +297,8 @@ class DynamicsModel(nn.Module):
         produced frame i; frame_pos (F,) absolute frame indices (default 0..F-1). Returns velocity (B, F, C, h, w).
 
         mode: train (whole clip, block-causal) | prefill (whole prompt, writes `caches`) | read (one chunk
-        against `caches`) | write (one chunk against `caches`, then stores its keys and values); prefill and write
-        return None."""
+        against `caches`) | write (one chunk against `caches`, then stores its keys and values) | commit_read
+        (two chunks: write the first, then read with the second, in one pass); prefill and write return None."""
         self.check_inputs(latents, actions, noise_levels)
         B, Fr = latents.shape[:2]
         if frame_pos is None:
