@@ -6,7 +6,8 @@ play or one batch of rollouts:
     prefill(model, caches, latents, actions, noise)          # prompt frames, once
     x = denoise_chunk(model, caches, actions, frame, noise, steps)   # S Euler steps; writes nothing
     commit_chunk(model, caches, x, actions, frame, noise)    # one pass of the finished chunk; writes K/V
-    x = commit_and_denoise(model, caches, x, a, eps, actions2, frame2, noise2, steps)  # both, S passes
+    # or: commit the previous chunk inside the next chunk's first Euler step (S passes per chunk, not S + 1)
+    x2 = commit_and_denoise(model, caches, x, actions, commit_noise, actions2, frame + K, noise2, steps)
 
 Actions in these functions are in the model's order: row i is the action that produced frame i (see
 worldsim/models/dynamics.py). `Sampler.reset` takes the prompt's actions in the data's order, and
