@@ -8,7 +8,6 @@ import torch
 import yaml
 
 import kernels
-from kernels import reference
 from worldsim.models import dynamics
 from worldsim.models.dynamics import (ACTION_DIM, DynamicsConfig, DynamicsModel, flow_matching_loss,
                                       load_dynamics, sample_noise_levels, shift_actions)
@@ -199,7 +198,8 @@ def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):
         load_dynamics(tmp_path, expect=dataclasses.replace(config, n_layer=3))
     other = tiny_config(latent_height=8, latent_width=8, n_layer=2, n_embd=256)
     save_checkpoint(tmp_path / "other", DynamicsModel(other), config)  # weights of another size, config lies
-    with pytest.raises(CheckpointError, match=r"tensor 'action_embed.0.bias': checkpoint has shape \(256,\), model has \(128,\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"tensor 'action_embed.0.bias': checkpoint has shape \(256,\), model has \(128,\)"):
         load_dynamics(tmp_path / "other")
 
 
@@ -216,7 +216,8 @@ def moving_pattern_cache(path, episodes=3, frames=24, channels=4, size=8):
         shift = np.concatenate([[0], np.cumsum(actions[:-1, 15])])  # frame i moved by a_0 .. a_{i-1}
         phase = rng.uniform(0, 2 * np.pi, channels)
         for i in range(frames):
-            grid = np.sin(2 * np.pi * (xx + shift[i]) / size + phase[:, None, None]) + 0.5 * np.cos(yy + phase[:, None, None])
+            p = phase[:, None, None]
+            grid = np.sin(2 * np.pi * (xx + shift[i]) / size + p) + 0.5 * np.cos(yy + p)
             latents.append(grid.astype(np.float32))
         writer.add_episode(np.zeros((frames, 16, 16, 3), np.uint8), actions)
     writer.close()

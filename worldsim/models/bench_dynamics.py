@@ -114,7 +114,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     rows = run(args)
 
-    table = Table(title=f"dynamics sampler, {args.config} (window {rows[0]['context_frames']}), {args.steps} Euler steps per chunk (commit fused), "
+    table = Table(title=f"dynamics sampler, {args.config} (window {rows[0]['context_frames']}), "
+                        f"{args.steps} Euler steps per chunk (commit fused), "
                         f"decode: {args.autoencoder}, {args.device}, {torch.get_num_threads()} threads")
     for col in ("batch", "ms/frame dynamics", "ms/frame decode", "ms/frame total", "frames/s", "p90 ms/step"):
         table.add_column(col, justify="right")

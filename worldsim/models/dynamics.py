@@ -304,8 +304,9 @@ class DynamicsModel(nn.Module):
         if frame_pos is None:
             frame_pos = torch.arange(Fr, device=latents.device)
         rope = self.rotary(frame_pos)
-        cond = F.silu(self.time_embed(noise_levels) + self.action_embed(actions.to(self.head.weight.dtype)))  # (B, F, C)
-        x = self.patch_embed(self.patchify(latents).to(self.head.weight.dtype))  # (B, F, N, C)
+        dtype = self.head.weight.dtype
+        cond = F.silu(self.time_embed(noise_levels) + self.action_embed(actions.to(dtype)))  # (B, F, C)
+        x = self.patch_embed(self.patchify(latents).to(dtype))  # (B, F, N, C)
         for i, block in enumerate(self.blocks):
             if mode in ("prefill", "write") and i == len(self.blocks) - 1:
                 block.store_keys(x, cond, rope, caches[i])
@@ -319,7 +320,8 @@ class DynamicsModel(nn.Module):
         check_latents(latents, self.config)
         check_actions(actions, latents.shape[:2], finite=False)  # values: checked where input enters (Sampler)
         if tuple(noise_levels.shape) != tuple(latents.shape[:2]):
-            raise ValueError(f"noise_levels must be (B, F) = {tuple(latents.shape[:2])}, got {tuple(noise_levels.shape)}")
+            raise ValueError(f"noise_levels must be (B, F) = {tuple(latents.shape[:2])}, "
+                             f"got {tuple(noise_levels.shape)}")
 
 
 def check_latents(latents, config: DynamicsConfig):
