@@ -69,7 +69,7 @@ def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_fra
     cached = torch.cat([sampler.step(a) for a in step_actions], 1)
     expected = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
     assert float(expected.std()) > 0.1  # a model that does something
-    torch.testing.assert_close(cached, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)  # measured: about 1e-6
     assert sampler.frame == prompt_frames + chunks * chunk_frames
 
 
