@@ -1,6 +1,7 @@
 """Attention for WorldSim: the model calls `attention` (training, block-causal) and `cache_attention`
 (inference, a chunk against the ring-buffer KV cache). Each picks the Triton kernels on CUDA and the torch
-reference elsewhere; `backend=` or the WORLDSIM_ATTENTION env var (auto | triton | torch) forces either.
+reference elsewhere (torch's fused SDPA with the reference's semantics when no lse is asked for: kernels/sdpa.py);
+`backend=` or the WORLDSIM_ATTENTION env var (auto | triton | torch) forces either.
 
 Triton is imported only when the Triton backend runs, so CPU-only installs without Triton still work.
 """
@@ -8,7 +9,7 @@ import os
 
 import torch
 
-from kernels import reference
+from kernels import reference, sdpa
 
 BACKEND_ENV = "WORLDSIM_ATTENTION"
 BACKENDS = ("auto", "triton", "torch")
@@ -75,8 +76,10 @@ def attention(q, k, v, chunk_size: int, window: int | None = None, *, scale: flo
     if select_backend(q.device, backend) == "triton":
         from kernels.block_causal import block_causal_attention
         out, lse = block_causal_attention(q, k, v, chunk_size, window, scale)
-    else:
+    elif return_lse:
         out, lse = reference.block_causal_attention(q, k, v, chunk_size, window, scale)
+    else:
+        return sdpa.block_causal_attention(q, k, v, chunk_size, window, scale)
     return (out, lse) if return_lse else out
 
 
@@ -124,6 +127,8 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, *, scale: floa
             raise RuntimeError("the Triton cache_attention is inference-only; call it under torch.no_grad()")
         from kernels.cache import cache_attention as triton_cache_attention
         out, lse = triton_cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale)
-    else:
+    elif return_lse:
         out, lse = reference.cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale)
+    else:
+        return sdpa.cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale)
     return (out, lse) if return_lse else out

@@ -249,3 +249,33 @@ def test_default_splits_fill_the_device_and_respect_short_caches():
     assert cache.default_splits(1, 8, 64, 2048, cpu) > 1
     assert cache.default_splits(1, 8, 64, 100, cpu) == 1
     assert cache.default_splits(64, 8, 64, 2048, cpu) == 1
+
+
+@pytest.mark.parametrize("T, C, window", [(17, 7, None), (113, 64, 1), (64, 100, None), (259, 7, 3)])
+def test_cpu_sdpa_path_matches_float64(T, C, window):
+    """The dispatch's default CPU path (torch SDPA, no lse) keeps the reference's semantics and gradients."""
+    q64, k64, v64 = (x.requires_grad_() for x in make_inputs((2, 2, T, 32), torch.float64))
+    truth, _ = reference.block_causal_attention(q64, k64, v64, C, window)
+    truth.sum().backward()
+    q, k, v = (x.detach().float().requires_grad_() for x in (q64, k64, v64))
+    out = kernels.attention(q, k, v, C, window, backend="torch")
+    out.sum().backward()
+    torch.testing.assert_close(out.double(), truth, rtol=0, atol=1e-5)
+    for got, want in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("lengths", [(0, 0), (5, 5), (40, 40), (3, 40)])
+def test_cpu_sdpa_cache_path_matches_float64(lengths):
+    """Equal lengths are sliced, unequal ones masked; unused slots hold NaN and must not leak."""
+    B, H, S_max, Tq, D = 2, 2, 40, 9, 32
+    q, k_new, v_new = (torch.randn(B, H, Tq, D, dtype=torch.float64) for _ in range(3))
+    k_cache, v_cache = (torch.randn(B, H, S_max, D, dtype=torch.float64) for _ in range(2))
+    valid_len = torch.tensor(lengths)
+    for b, n in enumerate(lengths):
+        k_cache[b, :, n:] = float("nan")
+        v_cache[b, :, n:] = float("nan")
+    truth, _ = reference.cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new)
+    got = kernels.cache_attention(*(x.float() for x in (q, k_cache, v_cache)), valid_len,
+                                  k_new.float(), v_new.float(), backend="torch")
+    torch.testing.assert_close(got.double(), truth, rtol=0, atol=1e-5)
