@@ -8,12 +8,15 @@ A cache is a directory:
     camera.npy          float32 (N, 2), camera [pitch, yaw] in degrees exactly as sent (the vector clips at 10°)
     episode_starts.npy  int64 (E + 1,), episode e is frames[starts[e]:starts[e + 1]]
     infos.jsonl         one env info per frame (JSON), for converting back to the interchange form
+    latents.npy         float16 (N, C, h, w), autoencoder latents of every frame, once `mode=encode` has run;
+                        index.json then holds "latents": {"shape": [C, h, w], "dtype", "mean", "std", ...}
 
 Every .npy opens with np.load(mmap_mode="r"). Writing is atomic per cache: CacheWriter fills DIR.partial and
 renames it to DIR at close, so a killed write never leaves a DIR; the next writer of DIR removes the leftover.
 """
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -46,6 +49,14 @@ class CacheNotFoundError(FileNotFoundError):
 
 class ResolutionMismatchError(CacheError):
     """A cache whose frames are not the resolution the caller expects."""
+
+
+class MissingLatentsError(CacheError):
+    """Latents asked of a cache that has none yet."""
+
+    def __init__(self, directory):
+        super().__init__(f"{directory}: the cache has no latents: run python run_world.py mode=encode "
+                         f"encode.cache={directory} encode.checkpoint=AUTOENCODER_RUN_DIR")
 
 
 def is_cache(path) -> bool:
@@ -205,6 +216,39 @@ def write_cache(directory, trajectories: Iterable, overwrite: bool = False) -> P
     return writer.close()
 
 
+def write_latents(directory, batches: Iterable, shape: tuple, info: dict | None = None) -> Path:
+    """Write float16 latents (N, *shape) for every frame of the cache in `directory`, in frame order.
+
+    `batches` yields arrays (b, *shape); `info` (JSON values: normalisation, checkpoint, ...) goes into the index
+    beside the shape. latents.npy is filled under a temporary name and renamed into place, then index.json is
+    replaced: a killed write leaves the cache as it was.
+    """
+    cache = Cache(directory)
+    tmp = cache.directory / (LATENTS + PARTIAL)
+    writer = _GrowingNpy(tmp, tuple(shape), np.float16)
+    try:
+        for batch in batches:
+            writer.append(np.asarray(batch, dtype=np.float16))
+            if writer.rows > cache.num_frames:
+                raise ValueError(f"{cache.directory}: more latents than the {cache.num_frames} frames")
+        writer.close()
+        if writer.rows != cache.num_frames:
+            raise ValueError(f"{cache.directory}: {writer.rows} latents for {cache.num_frames} frames")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, cache.directory / LATENTS)
+    finally:
+        writer.file.close()
+        tmp.unlink(missing_ok=True)
+    index_path = cache.directory / INDEX
+    index = json.loads(index_path.read_text())
+    index["latents"] = {"shape": [int(d) for d in shape], "dtype": "float16", **to_json(info or {})}
+    index_tmp = index_path.with_name(INDEX + PARTIAL)
+    index_tmp.write_text(json.dumps(index, indent=1) + "\n")
+    os.replace(index_tmp, index_path)
+    return cache.directory / LATENTS
+
+
 def _load_npy(path: Path, shape: tuple, dtype) -> np.ndarray:
     if not path.exists():
         raise CacheNotFoundError(f"{path}: missing from the cache")
@@ -248,8 +292,9 @@ class Cache:
         expected = [e.get("start") for e in self.episodes] + [n]
         if self.episode_starts is None or self.episode_starts.tolist() != expected:
             raise CacheError(f"{self.directory / STARTS}: missing or disagrees with {INDEX}")
-        latents = index.get("latents")
-        self.latents = None if latents is None else np.load(self.directory / LATENTS, mmap_mode="r")
+        self.latent_info: dict | None = index.get("latents")
+        self.latents = None if self.latent_info is None else _load_npy(
+            self.directory / LATENTS, (n, *self.latent_info["shape"]), np.float16)  # (N, C, h, w)
         self._infos_at: list[int] | None = None
 
     @property
@@ -317,13 +362,14 @@ class ClipDataset(Dataset):
     """Clips of `frames_per_clip` consecutive frames that never cross an episode boundary.
 
     Clip starts are every `stride` frames from each episode's first frame. An item is
-    {"frames": uint8 (T, H, W, 3), "actions": float32 (T, 25), "episode": int, "start": frame in the episode}.
+    {"frames": uint8 (T, H, W, 3), "actions": float32 (T, 25), "episode": int, "start": frame in the episode},
+    and with `latents=True` also "latents": float32 (T, C, h, w) (the cache must have been through mode=encode).
     The memory maps open lazily in each process, so the dataset pickles small and works with DataLoader
     workers. For a shuffled order fixed by a seed use `sampler(seed)` (or `shuffle_indices(seed)`).
     """
 
     def __init__(self, cache, frames_per_clip: int, stride: int = 1,
-                 expect_resolution: tuple[int, int] | None = None):
+                 expect_resolution: tuple[int, int] | None = None, latents: bool = False):
         if int(frames_per_clip) != frames_per_clip or frames_per_clip < 1:
             raise ValueError(f"frames_per_clip must be a positive whole number, got {frames_per_clip!r}")
         if int(stride) != stride or stride < 1:
@@ -334,6 +380,9 @@ class ClipDataset(Dataset):
                                           f"expected {tuple(expect_resolution)}")
         self.directory, self.frames_per_clip, self.stride = opened.directory, int(frames_per_clip), int(stride)
         self.resolution = opened.resolution
+        if latents and opened.latents is None:
+            raise MissingLatentsError(opened.directory)
+        self.latents = bool(latents)
         starts, episodes, offsets = [], [], []
         for e in range(opened.num_episodes):
             span = opened.episode_slice(e)
@@ -366,9 +415,12 @@ class ClipDataset(Dataset):
         cache = self._opened()
         s = int(self._starts[i])
         span = slice(s, s + self.frames_per_clip)
-        return {"frames": torch.from_numpy(np.array(cache.frames[span])),      # (T, H, W, 3) uint8
+        item = {"frames": torch.from_numpy(np.array(cache.frames[span])),      # (T, H, W, 3) uint8
                 "actions": torch.from_numpy(np.array(cache.actions[span])),    # (T, 25) float32
                 "episode": int(self._episodes[i]), "start": int(self._offsets[i])}
+        if self.latents:
+            item["latents"] = torch.from_numpy(cache.latents[span].astype(np.float32))  # (T, C, h, w)
+        return item
 
     def shuffle_indices(self, seed: int) -> np.ndarray:
         """A permutation of the clip indices fixed by `seed`."""

@@ -1,0 +1,170 @@
+"""The frame autoencoder: shapes, bad input, training on engine frames, checkpoints, latents in the cache."""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.data.cache import Cache, CacheWriter, ClipDataset, MissingLatentsError
+from worldsim.data.policies import ExplorationPolicy
+from worldsim.engine.env import VoxelEnv
+from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig, psnr, ssim, to_uint8
+from worldsim.models.train_autoencoder import encode_cache, load_autoencoder, train_autoencoder
+from worldsim.training import CheckpointError, TrainConfig, load_weights, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(height=32, width=32, latent_channels=8, enc_channels=(16, 32, 32), enc_blocks=1,
+            dec_channels=(32, 32, 16), dec_blocks=1)
+EPISODES, FRAMES = 2, 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads mostly wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def engine_cache(tmp_path_factory, one_thread):
+    """A small training cache of 32×32 engine frames driven by the exploration policy."""
+    path = tmp_path_factory.mktemp("ae") / "cache"
+    env = VoxelEnv(width=32, height=32, view_distance=16)
+    with CacheWriter(path, width=32, height=32) as writer:
+        for e in range(EPISODES):
+            policy = ExplorationPolicy(seed=e)
+            obs, info = env.reset(seed=e)
+            frames, acts = [], []
+            for _ in range(FRAMES):
+                action = policy.act(obs, info)
+                frames.append(obs)
+                acts.append(action)
+                obs, _, _, _, info = env.step(action)
+            writer.add_episode(np.stack(frames), acts, {"name": f"ep{e}", "seed": e, "source": "engine"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(engine_cache, tmp_path_factory, one_thread):
+    """A tiny autoencoder trained for a few hundred steps: (run directory, its train config)."""
+    config = TrainConfig(out_dir=str(tmp_path_factory.mktemp("ae") / "run"), data=str(engine_cache), steps=200,
+                         batch_size=16, lr=3e-3, warmup_steps=20, ckpt_every=0, sample_every=0, log_every=10,
+                         ema=0.0)
+    torch.manual_seed(0)
+    train_autoencoder(AutoencoderConfig(**TINY), config)
+    return Path(config.out_dir)
+
+
+def frames_of(cache_dir, n=64) -> torch.Tensor:
+    return torch.from_numpy(np.array(Cache(cache_dir).frames[:n]))
+
+
+def test_shapes_and_dtypes():
+    model = Autoencoder(AutoencoderConfig(**TINY)).eval()
+    frames = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        latents = model.encode(frames)
+        assert latents.shape == (5, 8, 4, 4) == (5, *model.config.latent_shape) and latents.dtype == torch.float32
+        assert torch.equal(model.encode(frames.permute(0, 3, 1, 2).float() / 127.5 - 1), latents)  # float in [-1, 1]
+        out = model.decode(latents)
+    assert out.shape == (5, 3, 32, 32) and out.dtype == torch.float32 and out.abs().max() <= 1.0
+    assert to_uint8(out).shape == (5, 32, 32, 3) and to_uint8(out).dtype == torch.uint8
+
+
+def test_default_config_makes_64_tokens_of_128_by_128_frames():
+    config = AutoencoderConfig()
+    c, h, w = config.latent_shape
+    assert (h // 2) * (w // 2) == 64  # the dynamics model's 2×2 patches
+
+
+@pytest.mark.parametrize("frames, words", [
+    (torch.zeros(2, 64, 64, 3, dtype=torch.uint8), ["(B, 32, 32, 3)", "(2, 64, 64, 3)"]),
+    (torch.zeros(2, 32, 32, 3, dtype=torch.int32), ["uint8", "torch.int32"]),
+    (torch.zeros(2, 32, 32, 3), ["(B, 3, 32, 32)", "(2, 32, 32, 3)"]),  # float frames must be channels-first
+    (torch.zeros(32, 32, 3, dtype=torch.uint8), ["(B, 32, 32, 3)", "(32, 32, 3)"]),
+])
+def test_bad_frames_are_clear_errors(frames, words):
+    model = Autoencoder(AutoencoderConfig(**TINY))
+    with pytest.raises(ValueError) as error:
+        model.encode(frames)
+    assert all(w in str(error.value) for w in words), str(error.value)
+
+
+def test_bad_config_is_an_error():
+    with pytest.raises(ValueError, match="multiples of 8"):
+        AutoencoderConfig(height=100)
+
+
+def test_training_lowers_the_loss_and_raises_psnr(trained, engine_cache):
+    with open(trained / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["loss"]) < 0.5 * float(rows[0]["loss"])
+    frames = frames_of(engine_cache)
+    torch.manual_seed(0)
+    untrained, model = Autoencoder(AutoencoderConfig(**TINY)).eval(), load_autoencoder(trained)
+    x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        before = psnr(untrained.decode(untrained.encode(frames)), x).mean()
+        after = psnr(model.decode(model.encode(frames)), x).mean()
+        assert ssim(model.decode(model.encode(frames)), x).mean() > ssim(untrained.decode(untrained.encode(frames)), x).mean()
+    print(f"PSNR {before:.1f} → {after:.1f} dB")
+    assert after > before + 8.0, (before, after)
+
+
+def test_latents_are_normalised_on_training_frames(trained, engine_cache):
+    model = load_autoencoder(trained)
+    with torch.no_grad():
+        latents = model.encode(frames_of(engine_cache, n=EPISODES * FRAMES))  # (N, C, h, w)
+    assert latents.mean(dim=(0, 2, 3)).abs().max() < 0.05
+    assert (latents.std(dim=(0, 2, 3)) - 1).abs().max() < 0.05
+
+
+def test_save_then_load_gives_identical_outputs(trained, engine_cache, tmp_path):
+    model = load_autoencoder(trained)
+    save_checkpoint(tmp_path, model, model.config, name="model")
+    again = load_autoencoder(tmp_path)
+    frames = frames_of(engine_cache, 8)
+    with torch.no_grad():
+        assert torch.equal(model.decode(model.encode(frames)), again.decode(again.encode(frames)))
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_tensor(trained):
+    other = Autoencoder(AutoencoderConfig(**{**TINY, "latent_channels": 4}))
+    with pytest.raises(CheckpointError, match="encoder.conv_out.weight"):
+        load_weights(other, trained / "model.safetensors")
+
+
+def test_encode_cache_writes_latents_that_clip_dataset_returns(trained, engine_cache, tmp_path):
+    cache_dir = shutil.copytree(engine_cache, tmp_path / "cache")
+    with pytest.raises(MissingLatentsError, match="mode=encode"):
+        ClipDataset(cache_dir, frames_per_clip=4, latents=True)
+    encode_cache(trained, cache_dir, batch_size=50)
+    clips = ClipDataset(cache_dir, frames_per_clip=4, stride=4, latents=True)
+    item = clips[3]
+    assert item["latents"].shape == (4, 8, 4, 4) and item["latents"].dtype == torch.float32
+    model = load_autoencoder(trained)
+    with torch.no_grad():
+        expected = model.encode(item["frames"])
+    assert torch.allclose(item["latents"], expected, atol=2e-2, rtol=1e-2)  # stored as float16
+    assert Cache(cache_dir).latent_info["shape"] == [8, 4, 4]
+    assert "latents" not in ClipDataset(cache_dir, frames_per_clip=4)[0]
+
+
+def test_run_world_trains_and_encodes(engine_cache, tmp_path):
+    cache_dir = shutil.copytree(engine_cache, tmp_path / "cache")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, "run_world.py", "autoencoder=tiny", f"train.data={cache_dir}", f"train.out_dir={run}"]
+    subprocess.run(common + ["mode=train_autoencoder", "train.steps=4", "train.batch_size=4", "train.ckpt_every=2",
+                             "train.sample_every=2", "train.warmup_steps=1"], cwd=ROOT, check=True, timeout=120, env=env)
+    assert (run / "model.safetensors").exists() and (run / "samples" / "step_000004.png").exists()
+    subprocess.run(common + ["mode=encode", f"encode.checkpoint={run}", f"encode.cache={cache_dir}"],
+                   cwd=ROOT, check=True, timeout=120, env=env)
+    assert Cache(cache_dir).latents.shape == (EPISODES * FRAMES, 8, 4, 4)
