@@ -391,28 +391,27 @@ def measure_stability(config: EvalConfig, episode: Episode, candidate: Timed,
     candidate.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
     env.set_state(episode.state)
     obs = prev_real = prev_gen = episode.frames[episode.prompt - 1]
-    real_stats, gen_stats = [], []
+    real_stats, gen_stats = metrics.StatsStream(obs), metrics.StatsStream(obs)
     task = progress.add_task("stability", total=config.stability_frames) if progress else None
     done = 0
     while done < config.stability_frames:
         block = []
-        for _ in range(min(candidate.chunk_frames, config.stability_frames - done) if candidate.chunk_frames == 1
-                       else candidate.chunk_frames):
+        for _ in range(candidate.chunk_frames):  # a chunk of actions is known before the candidate runs it
             block.append(policy.act(obs, info))
             obs, _, _, _, info = env.step(block[-1])
-            real_stats.append(metrics.frame_stats(obs, prev_real)[0])
+            real_stats.add(obs)
             if scorers is not None:
                 scorers["real"].add(prev_real, obs, block[-1])
             prev_real = obs
         for action, frame in zip(block, candidate.run(block)):
-            gen_stats.append(metrics.frame_stats(frame, prev_gen)[0])
+            gen_stats.add(frame)
             if scorers is not None:
                 scorers["generated"].add(prev_gen, frame, action)
             prev_gen = frame
         done += len(block)
         if progress:
             progress.update(task, completed=min(done, config.stability_frames))
-    real, gen = np.array(real_stats)[:config.stability_frames], np.array(gen_stats)[:config.stability_frames]
+    real, gen = real_stats.result()[:config.stability_frames], gen_stats.result()[:config.stability_frames]
     low, high = real.min(axis=0), real.max(axis=0)
     out = (gen < low) | (gen > high)  # (N, stats)
     first = lambda flags: int(np.argmax(flags)) if flags.any() else None

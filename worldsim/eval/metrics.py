@@ -68,6 +68,28 @@ def frame_stats(frames: np.ndarray, previous: np.ndarray | None = None) -> np.nd
     return torch.cat([mean, sharpness[:, None], sky.mean(dim=(1, 2))[:, None], motion[:, None]], dim=1).numpy()
 
 
+class StatsStream:
+    """frame_stats of a long sequence fed one frame at a time, computed in batches (per-frame calls are slow)."""
+
+    def __init__(self, first: np.ndarray, batch: int = 64):
+        self.previous, self.batch, self.buffer, self.rows = first, batch, [], []
+
+    def add(self, frame: np.ndarray) -> None:
+        self.buffer.append(frame)
+        if len(self.buffer) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.buffer:
+            self.rows.append(frame_stats(np.stack(self.buffer), previous=self.previous))
+            self.previous, self.buffer = self.buffer[-1], []
+
+    def result(self) -> np.ndarray:
+        """(N, len(STAT_NAMES)) for every frame added."""
+        self._flush()
+        return np.concatenate(self.rows) if self.rows else np.zeros((0, len(STAT_NAMES)))
+
+
 def spread(values) -> dict:
     """Mean, standard deviation, min and max of a list of numbers (all None when it is empty)."""
     values = np.asarray(values, dtype=np.float64)
