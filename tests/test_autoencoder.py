@@ -1,5 +1,6 @@
 """The frame autoencoder: shapes, bad input, training on engine frames, checkpoints, latents in the cache."""
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -14,13 +15,14 @@ from worldsim.data.cache import Cache, CacheWriter, ClipDataset, MissingLatentsE
 from worldsim.data.policies import ExplorationPolicy
 from worldsim.engine.env import VoxelEnv
 from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig, psnr, ssim, to_uint8
-from worldsim.models.train_autoencoder import encode_cache, load_autoencoder, train_autoencoder
-from worldsim.training import CheckpointError, TrainConfig, load_weights, save_checkpoint
+from worldsim.models.train_autoencoder import encode_cache, load_autoencoder
+from worldsim.training import CheckpointError, load_weights, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(height=32, width=32, latent_channels=8, enc_channels=(16, 32, 32), enc_blocks=1,
             dec_channels=(32, 32, 16), dec_blocks=1)
 EPISODES, FRAMES = 2, 64
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,14 +54,18 @@ def engine_cache(tmp_path_factory, one_thread):
 
 
 @pytest.fixture(scope="module")
-def trained(engine_cache, tmp_path_factory, one_thread):
-    """A tiny autoencoder trained for a few hundred steps: (run directory, its train config)."""
-    config = TrainConfig(out_dir=str(tmp_path_factory.mktemp("ae") / "run"), data=str(engine_cache), steps=200,
-                         batch_size=16, lr=3e-3, warmup_steps=20, ckpt_every=0, sample_every=0, log_every=10,
-                         ema=0.0)
-    torch.manual_seed(0)
-    train_autoencoder(AutoencoderConfig(**TINY), config)
-    return Path(config.out_dir)
+def trained(engine_cache, tmp_path_factory):
+    """The tiny autoencoder trained for a few hundred steps through run_world.py; its run directory.
+
+    In a subprocess with one OpenMP thread: in-process, on a shared 2-core machine, the steps ran many times
+    slower under pytest than the same steps in a plain process.
+    """
+    run = tmp_path_factory.mktemp("ae") / "run"
+    subprocess.run([sys.executable, "run_world.py", "mode=train_autoencoder", "autoencoder=tiny",
+                    f"train.data={engine_cache}", f"train.out_dir={run}", "train.steps=200", "train.batch_size=16",
+                    "train.lr=3e-3", "train.warmup_steps=20", "train.ckpt_every=0", "train.sample_every=100",
+                    "train.log_every=10", "train.ema=0.0"], cwd=ROOT, check=True, timeout=300, env=ONE_THREAD)
+    return run
 
 
 def frames_of(cache_dir, n=64) -> torch.Tensor:
@@ -109,6 +115,7 @@ def test_training_lowers_the_loss_and_raises_psnr(trained, engine_cache):
     frames = frames_of(engine_cache)
     torch.manual_seed(0)
     untrained, model = Autoencoder(AutoencoderConfig(**TINY)).eval(), load_autoencoder(trained)
+    assert model.config == untrained.config  # configs/autoencoder/tiny.yaml is TINY
     x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         before = psnr(untrained.decode(untrained.encode(frames)), x).mean()
@@ -157,14 +164,10 @@ def test_encode_cache_writes_latents_that_clip_dataset_returns(trained, engine_c
     assert "latents" not in ClipDataset(cache_dir, frames_per_clip=4)[0]
 
 
-def test_run_world_trains_and_encodes(engine_cache, tmp_path):
+def test_run_world_trains_and_encodes(trained, engine_cache, tmp_path):
+    assert (trained / "model.safetensors").exists() and (trained / "samples" / "step_000200.png").exists()
+    assert json.loads((trained / "model.json").read_text())["latent_stats"]["frames"] == EPISODES * FRAMES
     cache_dir = shutil.copytree(engine_cache, tmp_path / "cache")
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = [sys.executable, "run_world.py", "autoencoder=tiny", f"train.data={cache_dir}", f"train.out_dir={run}"]
-    subprocess.run(common + ["mode=train_autoencoder", "train.steps=4", "train.batch_size=4", "train.ckpt_every=2",
-                             "train.sample_every=2", "train.warmup_steps=1"], cwd=ROOT, check=True, timeout=120, env=env)
-    assert (run / "model.safetensors").exists() and (run / "samples" / "step_000004.png").exists()
-    subprocess.run(common + ["mode=encode", f"encode.checkpoint={run}", f"encode.cache={cache_dir}"],
-                   cwd=ROOT, check=True, timeout=120, env=env)
+    subprocess.run([sys.executable, "run_world.py", "mode=encode", f"encode.checkpoint={trained}",
+                    f"encode.cache={cache_dir}"], cwd=ROOT, check=True, timeout=120, env=ONE_THREAD)
     assert Cache(cache_dir).latents.shape == (EPISODES * FRAMES, 8, 4, 4)

@@ -1,0 +1,1 @@
+"""The world model: the frame autoencoder (pixels ⇄ latents) and the dynamics transformer."""
