@@ -82,12 +82,19 @@ def test_facing_names():
     assert [facing_name(y) for y in (0, 90, 180, 270, -90)] == ["south", "west", "north", "east", "east"]
 
 
-def test_no_display_is_one_clear_error():
+def test_no_display_says_so_in_one_line_then_walks_headless_into_an_mp4(tmp_path):
+    from worldsim.data.interchange import list_trajectories, read_trajectory
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
-    result = subprocess.run([sys.executable, "run_world.py", "world=engine"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "no display" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "run_world.py", "world=engine", f"play.record_dir={tmp_path}"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no display" in lines[0] and "10-second walk headless" in lines[0]
+    [stem] = list_trajectories(tmp_path)
+    assert f"wrote {stem}.mp4" in result.stdout and "frames/s" in result.stdout
+    trajectory = read_trajectory(stem)
+    assert len(trajectory) == 200 and trajectory.source == "engine"
+    assert trajectory.infos[-1]["pos"] != trajectory.infos[0]["pos"]  # it walked
 
 
 def test_bad_config_values_are_named():
@@ -122,3 +129,114 @@ def test_closing_mid_recording_keeps_it(tmp_path):
     pygame.event.post(key(pygame.KEYDOWN, pygame.K_r))
     game.run()  # ends at max_ticks with the recording still on
     assert [p.name for p in list_trajectories(tmp_path)] == [game.saved[0].stem]
+
+
+# ---------------------------------------------------------------------------------------------- the world model
+@pytest.fixture(scope="module")
+def model_world(tmp_path_factory):
+    from worldsim.envs.world_model import random_world
+    from test_world_model_env import tiny_configs
+    return str(random_world(tmp_path_factory.mktemp("world"), *tiny_configs()))
+
+
+@pytest.fixture
+def model_game(model_world, tmp_path):
+    import torch
+    from worldsim.envs.world_model import WorldModelEnv
+    threads = torch.get_num_threads()
+    env = WorldModelEnv(checkpoint=model_world, twin=True, engine=None)
+    config = PlayConfig(scale=2, generation="inline", snapshot_every=5, rewind_seconds=1.0,
+                        record_dir=str(tmp_path / "rec"), screenshot_dir=str(tmp_path / "shots"))
+    game = Game(env, config, seed=0)
+    game.mouse.set(True)
+    yield game
+    game.close()
+    torch.set_num_threads(threads)
+
+
+def motion(dx, dy):
+    return pygame.event.Event(pygame.MOUSEMOTION, rel=(dx, dy), pos=(0, 0), buttons=(0, 0, 0))
+
+
+def test_model_play_with_posted_events_moves_the_view_and_records(model_game):
+    from worldsim.data.interchange import read_trajectory
+    game = model_game
+    start = game.obs.copy()
+    for event in (key(pygame.KEYDOWN, pygame.K_r), key(pygame.KEYDOWN, pygame.K_w), motion(30, 0)):
+        pygame.event.post(event)
+    assert game.tick(pygame.event.get())
+    assert game.info["yaw"] == pytest.approx(30 * game.config.mouse_sensitivity)  # the twin engine turned
+    for _ in range(9):
+        assert game.tick(pygame.event.get())
+    assert not np.array_equal(game.obs, start) and game.info["tick"] == 10
+    assert "4 steps  context 5" in game.hud_line() and "ms/frame" in game.hud_line()
+    pygame.event.post(key(pygame.KEYDOWN, pygame.K_r))
+    game.tick(pygame.event.get())
+    trajectory = read_trajectory(game.saved[0])
+    assert trajectory.source == "model" and len(trajectory) == 10
+    assert all(a["forward"] == 1 for a in trajectory.actions)
+    assert trajectory.actions[0]["camera"][1] == pytest.approx(4.5) and trajectory.actions[1]["camera"][1] == 0
+
+
+def test_rewind_restores_the_exact_earlier_frame_and_replays(model_game):
+    game = model_game
+    game.tick([key(pygame.KEYDOWN, pygame.K_w)])
+    frames = {game.info["tick"]: game.obs.copy()}
+    for _ in range(24):
+        game.tick([])
+        frames[game.info["tick"]] = game.obs.copy()
+    game.tick([key(pygame.KEYDOWN, pygame.K_BACKSPACE)])  # at tick 25, back 20 frames to the snapshot at 5, then on
+    assert game.info["tick"] == 6
+    np.testing.assert_array_equal(game.obs, frames[6])
+    for tick in range(7, 12):
+        game.tick([])
+        np.testing.assert_array_equal(game.obs, frames[tick])
+
+
+def test_steps_twin_screenshot_and_new_world_keys(model_game):
+    game = model_game
+    game.tick([key(pygame.KEYDOWN, pygame.K_RIGHTBRACKET), key(pygame.KEYDOWN, pygame.K_RIGHTBRACKET)])
+    assert game.env.steps == 6 and game.info["denoise_steps"] == 6
+    game.tick([key(pygame.KEYDOWN, pygame.K_LEFTBRACKET)])
+    assert game.env.steps == 5
+    game.tick([key(pygame.KEYDOWN, pygame.K_F5)])
+    assert game.window.get_size() == (128, 64) and "PSNR" in game.hud_line(game.env.twin_frame)
+    shown = pygame.surfarray.array3d(game.window).swapaxes(0, 1)
+    np.testing.assert_array_equal(shown[40::2, 64::2], game.env.twin_frame[20:])  # below the HUD text
+    game.tick([key(pygame.KEYDOWN, pygame.K_F2)])
+    assert game.screenshots[0].exists()
+    seed = game.info["seed"]
+    game.tick([key(pygame.KEYDOWN, pygame.K_n)])
+    assert game.info["seed"] != seed and game.info["tick"] == 1
+
+
+def test_threaded_generation_keeps_the_loop_responsive(model_game):
+    import time
+    from worldsim.play.worker import FrameWorker
+    game = model_game
+    game.worker = FrameWorker(game.env, game.input, game.config.fps, game.info, after_step=game._after_step)
+    game.worker.start()
+    start, draws = game.obs.copy(), 0
+    game.tick([key(pygame.KEYDOWN, pygame.K_w)])
+    deadline = time.perf_counter() + 30
+    while game.ticks < 12 and time.perf_counter() < deadline:
+        game.tick([])
+        draws += 1
+        time.sleep(0.005)
+    assert game.ticks >= 12 and draws > game.ticks  # the loop redrew between frames
+    assert not np.array_equal(game.obs, start)
+    assert game.info["pos"][2] > 0.5  # walked (the twin's position)
+    assert all(t == t for _, t in game.shown[-1:])  # the newest frame was drawn
+    game.tick([key(pygame.KEYDOWN, pygame.K_BACKSPACE)])
+    assert game.info["tick"] <= game.ticks - 5
+
+
+def test_engine_rewind_restores_the_position(game):
+    game.config.rewind_seconds, game.config.snapshot_every = 0.5, 5
+    game.tick([key(pygame.KEYDOWN, pygame.K_w)])
+    positions = {game.info["tick"]: game.info["pos"]}
+    for _ in range(20):
+        game.tick([])
+        positions[game.info["tick"]] = game.info["pos"]
+    game.tick([key(pygame.KEYUP, pygame.K_w), key(pygame.KEYDOWN, pygame.K_BACKSPACE)])  # at 21: back to 10, then on
+    assert game.info["tick"] == 11 and game.info["pos"][2] < positions[12][2]

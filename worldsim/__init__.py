@@ -9,3 +9,8 @@ gymnasium.register(
     entry_point="worldsim.engine.env:VoxelEnv",
     vector_entry_point="worldsim.engine.env:VoxelVectorEnv",
 )
+gymnasium.register(
+    "worldsim/WorldModel-v0",
+    entry_point="worldsim.envs.world_model:WorldModelEnv",
+    vector_entry_point="worldsim.envs.world_model:WorldModelVectorEnv",
+)

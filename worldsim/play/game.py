@@ -3,11 +3,14 @@
 The game knows only the gymnasium interface (`reset`, `step`, the `info` keys), so it drives the voxel
 engine and the world model alike.
 """
+import collections
+import contextlib
 import dataclasses
 import datetime
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,10 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 import pygame  # noqa: E402
 
 from worldsim.engine import actions  # noqa: E402
-from worldsim.play.keymap import ARROW_KEYS, HELD_KEYS, HOTBAR_KEYS, MOUSE_BUTTONS  # noqa: E402
+from worldsim.play.keymap import ARROW_KEYS, GAME_KEYS, HELD_KEYS, HOTBAR_KEYS, MOUSE_BUTTONS  # noqa: E402
+from worldsim.play.worker import FrameWorker, StepResult, step_env  # noqa: E402
+
+GENERATION_MODES = ("auto", "thread", "inline")
 
 
 @dataclass
@@ -29,13 +35,36 @@ class PlayConfig:
     arrow_degrees: float = 5.0      # degrees per tick while an arrow key is held
     overlay: bool = False           # start with the F3 overlay shown
     max_ticks: int | None = None    # stop after this many ticks (None: until the window closes)
-    record_dir: str = "recordings"  # where R saves recordings (interchange format, source=human)
+    record_dir: str = "recordings"  # where R saves recordings (interchange format, source=human or model)
+    screenshot_dir: str = "screenshots"  # where F2 saves PNGs of the window
+    generation: str = "auto"        # thread: frames made in a worker thread; inline: in the loop; auto: thread
+                                    # for the world model, inline for the engine
+    display_fps: int = 60           # redraws per second while a worker makes the frames
+    hud: bool = True                # the world model's status line: fps, ms per frame, steps, context
+    rewind_seconds: float = 5.0     # how far Backspace goes back
+    snapshot_every: int = 10        # frames between the snapshots Backspace returns to
+    min_steps: int = 1              # the range [ and ] move the denoising steps in
+    max_steps: int = 16
+    headless_seconds: float = 10.0  # the scripted walk played when there is no display
 
     def __post_init__(self):
         if self.scale < 1:
             raise ValueError(f"play.scale must be at least 1, got {self.scale}")
         if self.fps < 1:
             raise ValueError(f"play.fps must be at least 1, got {self.fps}")
+        if self.display_fps < 1:
+            raise ValueError(f"play.display_fps must be at least 1, got {self.display_fps}")
+        if self.generation not in GENERATION_MODES:
+            raise ValueError(f"play.generation must be one of {GENERATION_MODES}, got {self.generation!r}")
+        if self.snapshot_every < 1 or self.rewind_seconds <= 0:
+            raise ValueError("play.snapshot_every must be at least 1 and play.rewind_seconds positive")
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ValueError(f"play.min_steps and max_steps must satisfy 1 <= {self.min_steps} <= {self.max_steps}")
+
+    @property
+    def snapshots_kept(self) -> int:
+        """Ring size: enough snapshots to reach rewind_seconds back, plus the one just taken."""
+        return math.ceil(self.rewind_seconds * self.fps / self.snapshot_every) + 1
 
 
 class NoDisplayError(RuntimeError):
@@ -60,8 +89,15 @@ class InputState:
         self.presses: set[str] = set()       # one-tick buttons (hotbar) pressed since the last tick
         self.mouse = np.zeros(2)             # summed (dx, dy) in window pixels since the last tick
         self.wheel = 0                       # summed wheel clicks since the last tick (up is positive)
+        self.events_seen = 0                 # events handled so far: a frame made from action() reflects these
+        self.lock = threading.Lock()         # the game thread handles events while a worker takes actions
 
     def handle(self, event) -> None:
+        with self.lock:
+            self.events_seen += 1
+            self._handle(event)
+
+    def _handle(self, event) -> None:
         if event.type == pygame.KEYDOWN:
             if event.key in HELD_KEYS:
                 self.held.add(HELD_KEYS[event.key])
@@ -83,11 +119,16 @@ class InputState:
 
     def release_all(self) -> None:
         """Forget every held key, e.g. when the window loses focus and the key-up events go elsewhere."""
-        self.held.clear()
-        self.arrows.clear()
+        with self.lock:
+            self.held.clear()
+            self.arrows.clear()
 
     def action(self, selected_slot: int) -> dict:
         """The action for this tick; clears the one-tick presses and the summed motion."""
+        with self.lock:
+            return self._action(selected_slot)
+
+    def _action(self, selected_slot: int) -> dict:
         action = actions.noop()
         for name in self.held | self.presses:
             action[name] = 1
@@ -127,16 +168,18 @@ def facing_name(yaw: float) -> str:
 
 
 class Recording:
-    """A recording started with R: every tick's frame, the exact action sent with it and the env's info."""
+    """A recording started with R: every tick's frame, the exact action sent with it and the env's info.
 
-    def __init__(self, directory: str, env, obs: np.ndarray, info: dict, fps: int):
+    `source` is "model" when the world model made the frames, else "human" (a person playing the engine)."""
+
+    def __init__(self, directory: str, env, obs: np.ndarray, info: dict, fps: int, source: str = "human"):
         from worldsim.data.interchange import TrajectoryWriter  # PyAV loads only when someone records
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         config = getattr(env, "config", None)
         options = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
         h, w = obs.shape[:2]
         # Not atomic: final names from the first frame, flushed as it goes, so a crash leaves a readable prefix.
-        self.writer = TrajectoryWriter(Path(directory) / f"human-{stamp}", w, h, fps=fps, source="human",
+        self.writer = TrajectoryWriter(Path(directory) / f"{source}-{stamp}", w, h, fps=fps, source=source,
                                        seed=info.get("seed"), options=options, atomic=False)
 
     def add(self, obs: np.ndarray, action: dict, info: dict) -> None:
@@ -148,18 +191,41 @@ class Recording:
         return files[0] if files else None
 
 
+def frame_source(env) -> str:
+    """"model" for an env whose frames a model makes (it says so with `frame_source`), else "engine"."""
+    return getattr(getattr(env, "unwrapped", env), "frame_source", "engine")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 frames."""
+    mse = np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
+
+
+@dataclass
+class Snapshot:
+    """A point Backspace can return to: the env's own snapshot (or engine state) with the frame and info."""
+    state: object
+    obs: np.ndarray
+    info: dict
+
+
 class Game:
-    """One window showing `env`'s frames and sending it the player's input, one step per tick."""
+    """One window showing `env`'s frames and sending it the player's input.
+
+    Inline generation steps the env once per tick of the loop; threaded generation (the world model's default)
+    steps it in a FrameWorker while the loop keeps reading input and redrawing at display_fps."""
 
     def __init__(self, env, config: PlayConfig, seed: int | None = None, title: str = "WorldSim"):
         check_display()
         pygame.display.init()
         pygame.font.init()
         self.env, self.config = env, config
+        self.source = frame_source(env)
         self.obs, self.info = env.reset(seed=seed)
-        h, w = self.obs.shape[:2]
+        self.scale = config.scale
         try:
-            self.window = pygame.display.set_mode((w * config.scale, h * config.scale))
+            self.window = pygame.display.set_mode(self._window_size(twin=False))
         except pygame.error as e:
             raise NoDisplayError(f"could not open the game window: {e}") from e
         pygame.display.set_caption(title)
@@ -167,26 +233,132 @@ class Game:
         self.input = InputState(config)
         self.mouse = MouseCapture()
         self.overlay = config.overlay
+        self.show_twin = False
         self.recording: Recording | None = None
         self.saved: list[Path] = []   # recordings finished in this game
+        self.screenshots: list[Path] = []
         self.ticks = 0
-        self.tick_times: list[float] = []  # wall-clock time of recent ticks, for the measured fps
+        self.tick_times: list[float] = []  # wall-clock time of recent frames, for the measured fps
+        self.snapshots: collections.deque[Snapshot] = collections.deque(maxlen=config.snapshots_kept)
+        self.shown: list[tuple[int, float]] = []  # (input events a new frame reflects, when it was first drawn)
+        self._take_snapshot(self.obs, self.info)
+        threaded = config.generation == "thread" or (config.generation == "auto" and self.source == "model")
+        self.worker = FrameWorker(env, self.input, config.fps, self.info, after_step=self._after_step) \
+            if threaded else None
+
+    def _window_size(self, twin: bool) -> tuple[int, int]:
+        h, w = self.obs.shape[:2]
+        return (w * self.scale * (2 if twin else 1), h * self.scale)
 
     def run(self) -> None:
         """Play until the window closes, Esc is pressed twice, or max_ticks is reached."""
         clock = pygame.time.Clock()
         self.mouse.set(True)
+        if self.worker is not None:
+            self.worker.start()
+        rate = self.config.display_fps if self.worker is not None else self.config.fps
         try:
             while self.tick(pygame.event.get()):
-                clock.tick(self.config.fps)
+                clock.tick(rate)
         finally:
-            self.stop_recording()  # closing the window mid-recording keeps the recording
-            pygame.display.quit()
+            self.close()
+
+    def close(self) -> None:
+        """Stop generating, keep a recording in progress, close the window."""
+        if self.worker is not None:
+            self.worker.stop()
+        self.stop_recording()  # closing the window mid-recording keeps the recording
+        pygame.display.quit()
+
+    # ------------------------------------------------------------------ the loop
+    def tick(self, events) -> bool:
+        """Handle `events`, then step the env once (inline) or take the worker's new frames, and draw;
+        False when the game should end."""
+        for event in events:
+            if not self.handle(event):
+                return False
+        if self.worker is None:
+            started = time.perf_counter()
+            events_seen = self.input.events_seen
+            action = self.input.action(self.info.get("selected_slot", 0))
+            obs, info, reset = step_env(self.env, action)
+            self._after_step(obs, info, reset)
+            results = [StepResult(action, obs, info, reset, events_seen, started, time.perf_counter(), 0)]
+        else:
+            results = self.worker.drain()
+        for result in results:
+            self.apply(result)
+        self.draw(new_frame=bool(results))
+        limit = self.config.max_ticks
+        return limit is None or self.ticks < limit
+
+    def apply(self, result: StepResult) -> None:
+        """Take one step's result: record the frame that was on screen with its action, show the new one."""
+        if self.recording is not None:  # frame t with the action a_t sent while it was on screen
+            self.recording.add(self.obs, result.action, self.info)
+        self.obs, self.info = result.obs, result.info
+        self.ticks += 1
+        self.tick_times = (self.tick_times + [time.perf_counter()])[-self.config.fps:]
+        self.shown.append((result.events_seen, math.nan))
+
+    def _after_step(self, obs, info, reset: bool) -> None:
+        """After each step (in the worker, under its lock): a snapshot every snapshot_every frames."""
+        if reset:
+            self.snapshots.clear()
+        if reset or info.get("tick", 0) % self.config.snapshot_every == 0:
+            self._take_snapshot(obs, info)
+
+    def _take_snapshot(self, obs, info) -> None:
+        env = getattr(self.env, "unwrapped", self.env)
+        if hasattr(env, "snapshot"):
+            state = env.snapshot()
+        elif hasattr(env, "get_state"):
+            state = env.get_state()
+        else:
+            return
+        self.snapshots.append(Snapshot(state, obs.copy(), dict(info)))
+
+    def _exclusive(self):
+        """Hold the env against the worker (a no-op inline)."""
+        return self.worker.lock if self.worker is not None else contextlib.nullcontext()
+
+    def _restarted(self) -> None:
+        if self.worker is not None:
+            self.worker.restart(self.info)
+
+    # ------------------------------------------------------------------ keys
+    def handle(self, event) -> bool:
+        """Game-level keys (quit, Esc, F2, F3, F5, R, N, Backspace, [ ]); everything else goes to the input
+        state. False to quit."""
+        if event.type == pygame.QUIT:
+            return False
+        if event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE:
+            if not self.mouse.captured:
+                return False
+            self.mouse.set(False)
+            self.input.release_all()
+            return True
+        if event.type == pygame.KEYDOWN and event.key in GAME_KEYS:
+            getattr(self, GAME_KEYS[event.key])()
+            return True
+        if event.type == pygame.MOUSEBUTTONDOWN and not self.mouse.captured:
+            self.mouse.set(True)  # the click that captures the mouse is not an attack
+            return True
+        if event.type == pygame.WINDOWFOCUSLOST:
+            self.input.release_all()
+        if event.type == pygame.MOUSEMOTION and not self.mouse.captured:
+            return True
+        self.input.handle(event)
+        return True
+
+    def toggle_overlay(self) -> None:
+        self.overlay = not self.overlay
 
     def toggle_recording(self) -> None:
         if self.recording is None:
             try:
-                self.recording = Recording(self.config.record_dir, self.env, self.obs, self.info, self.config.fps)
+                self.recording = Recording(self.config.record_dir, self.env, self.obs, self.info, self.config.fps,
+                                           source="model" if self.source == "model" else "human")
             except (ValueError, OSError) as e:  # e.g. odd frame sizes, an unwritable directory: keep playing
                 print(f"cannot record: {e}")
                 return
@@ -204,70 +376,118 @@ class Game:
             self.saved.append(path)
             print(f"saved recording {path}")
 
-    def tick(self, events) -> bool:
-        """Handle `events`, step the env once and draw; False when the game should end."""
-        for event in events:
-            if not self.handle(event):
-                return False
-        action = self.input.action(self.info.get("selected_slot", 0))
-        if self.recording is not None:  # frame t with the action a_t sent while it was on screen
-            self.recording.add(self.obs, action, self.info)
-        self.obs, _, terminated, truncated, self.info = self.env.step(action)
-        if terminated or truncated:
+    def screenshot(self) -> Path | None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        path = Path(self.config.screenshot_dir) / f"screenshot-{stamp}.png"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pygame.image.save(self.window, str(path))
+        except (OSError, pygame.error) as e:
+            print(f"cannot save a screenshot: {e}")
+            return None
+        self.screenshots.append(path)
+        print(f"saved screenshot {path}")
+        return path
+
+    def toggle_twin(self) -> None:
+        if not self.show_twin and getattr(self.env, "twin_frame", None) is None:
+            print("no twin: the engine runs beside the model only for seed prompts with world.twin=true")
+            return
+        self.show_twin = not self.show_twin
+        self.window = pygame.display.set_mode(self._window_size(self.show_twin))
+
+    def rewind(self) -> None:
+        """Back about rewind_seconds: to the newest snapshot at least that old (else the oldest)."""
+        if not self.snapshots:
+            print("nothing to rewind to")
+            return
+        target = self.info.get("tick", self.ticks) - round(self.config.rewind_seconds * self.config.fps)
+        with self._exclusive():
+            older = [s for s in self.snapshots if s.info.get("tick", 0) <= target]
+            snap = older[-1] if older else self.snapshots[0]
+            while self.snapshots and self.snapshots[-1] is not snap:
+                self.snapshots.pop()
+            env = getattr(self.env, "unwrapped", self.env)
+            if hasattr(env, "restore"):
+                env.restore(snap.state)
+            else:
+                env.set_state(snap.state)
+            self.obs, self.info = snap.obs.copy(), dict(snap.info)
+            self._restarted()
+
+    def new_world(self) -> None:
+        """A new episode in a new world (seed drawn by the env)."""
+        self.stop_recording()
+        with self._exclusive():
             self.obs, self.info = self.env.reset()
-        self.draw()
-        self.ticks += 1
-        self.tick_times = (self.tick_times + [time.perf_counter()])[-self.config.fps:]
-        return self.config.max_ticks is None or self.ticks < self.config.max_ticks
+            self.snapshots.clear()
+            self._take_snapshot(self.obs, self.info)
+            self._restarted()
 
-    def handle(self, event) -> bool:
-        """Game-level keys (quit, Esc, F3, capture); everything else goes to the input state. False to quit."""
-        if event.type == pygame.QUIT:
-            return False
-        if event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE:
-            if not self.mouse.captured:
-                return False
-            self.mouse.set(False)
-            self.input.release_all()
-            return True
-        if event.type == pygame.KEYDOWN and event.key == pygame.K_F3:
-            self.overlay = not self.overlay
-            return True
-        if event.type == pygame.KEYDOWN and event.key == pygame.K_r:
-            self.toggle_recording()
-            return True
-        if event.type == pygame.MOUSEBUTTONDOWN and not self.mouse.captured:
-            self.mouse.set(True)  # the click that captures the mouse is not an attack
-            return True
-        if event.type == pygame.WINDOWFOCUSLOST:
-            self.input.release_all()
-        if event.type == pygame.MOUSEMOTION and not self.mouse.captured:
-            return True
-        self.input.handle(event)
-        return True
+    def _change_steps(self, delta: int) -> None:
+        if not hasattr(self.env, "set_steps"):
+            print("denoising steps apply to the world model only")
+            return
+        with self._exclusive():
+            steps = int(np.clip(self.env.steps + delta, self.config.min_steps, self.config.max_steps))
+            self.env.set_steps(steps)
+            self.info = {**self.info, "denoise_steps": steps}
 
-    def draw(self) -> None:
+    def fewer_steps(self) -> None:
+        self._change_steps(-1)
+
+    def more_steps(self) -> None:
+        self._change_steps(+1)
+
+    # ------------------------------------------------------------------ drawing
+    def draw(self, new_frame: bool = True) -> None:
         h, w = self.obs.shape[:2]
-        frame = pygame.image.frombuffer(np.ascontiguousarray(self.obs).tobytes(), (w, h), "RGB")
-        pygame.transform.scale(frame.convert(self.window), self.window.get_size(), self.window)
-        if self.overlay:
-            for i, line in enumerate(self.overlay_lines()):
-                text = self.font.render(line, True, (255, 255, 255), (0, 0, 0))
-                self.window.blit(text, (4, 4 + i * (self.font.get_linesize() + 2)))
+        size = (w * self.scale, h * self.scale)
+        self._blit(self.obs, (0, 0), size)
+        twin = self.env.twin_frame if self.show_twin else None
+        if twin is not None:
+            self._blit(twin, (size[0], 0), size)
+        lines = self.overlay_lines() if self.overlay else []
+        if self.config.hud and (self.source == "model" or twin is not None):
+            lines = [self.hud_line(twin)] + lines
+        for i, line in enumerate(lines):
+            text = self.font.render(line, True, (255, 255, 255), (0, 0, 0))
+            self.window.blit(text, (4, 4 + i * (self.font.get_linesize() + 2)))
         if self.recording is not None:  # the red dot: this is being recorded
             radius = 3 * self.config.scale
-            pygame.draw.circle(self.window, (220, 30, 30), (self.window.get_width() - 2 * radius, 2 * radius), radius)
+            pygame.draw.circle(self.window, (220, 30, 30), (size[0] - 2 * radius, 2 * radius), radius)
         pygame.display.flip()
+        if new_frame and self.shown:
+            self.shown[-1] = (self.shown[-1][0], time.perf_counter())
+            del self.shown[:-256]
+
+    def _blit(self, frame: np.ndarray, where: tuple[int, int], size: tuple[int, int]) -> None:
+        h, w = frame.shape[:2]
+        surface = pygame.image.frombuffer(np.ascontiguousarray(frame).tobytes(), (w, h), "RGB")
+        self.window.blit(pygame.transform.scale(surface.convert(self.window), size), where)
+
+    def measured_fps(self) -> float:
+        span = self.tick_times[-1] - self.tick_times[0] if len(self.tick_times) > 1 else 0.0
+        return (len(self.tick_times) - 1) / span if span > 0 else 0.0
+
+    def hud_line(self, twin: np.ndarray | None = None) -> str:
+        """The status line: fps, model ms per frame, denoising steps, context frames (and PSNR to the twin)."""
+        info = self.info
+        ms = info.get("ms_per_frame")
+        parts = [f"{self.measured_fps():4.1f} fps", "-- ms/frame" if ms is None else f"{ms:.0f} ms/frame"]
+        if "denoise_steps" in info:
+            parts += [f"{info['denoise_steps']} steps", f"context {info.get('context_frames', 0)}"]
+        if twin is not None:
+            parts.append(f"PSNR {psnr(self.obs, twin):.1f} dB")
+        return "  ".join(parts)
 
     def overlay_lines(self) -> list[str]:
         """The F3 debug text: measured fps, position, facing, tick, target."""
-        span = self.tick_times[-1] - self.tick_times[0] if len(self.tick_times) > 1 else 0.0
-        fps = (len(self.tick_times) - 1) / span if span > 0 else 0.0
         info = self.info
         x, y, z = info.get("pos", (math.nan,) * 3)
         yaw, pitch = info.get("yaw", math.nan), info.get("pitch", math.nan)
         return [
-            f"{fps:5.1f} fps",
+            f"{self.measured_fps():5.1f} fps",
             f"XYZ {x:.2f} / {y:.2f} / {z:.2f}",
             f"facing {facing_name(yaw)} (yaw {yaw:.1f}, pitch {pitch:.1f})",
             f"tick {info.get('tick', self.ticks)}  slot {info.get('selected_slot', 0) + 1}",

@@ -29,3 +29,15 @@ ARROW_KEYS = {
     pygame.K_LEFT: (0.0, -1.0),
     pygame.K_RIGHT: (0.0, 1.0),
 }
+
+# Keys the game itself answers (not sent to the world) → the Game method's command name.
+GAME_KEYS = {
+    pygame.K_F2: "screenshot",
+    pygame.K_F3: "toggle_overlay",
+    pygame.K_F5: "toggle_twin",
+    pygame.K_r: "toggle_recording",
+    pygame.K_BACKSPACE: "rewind",
+    pygame.K_n: "new_world",
+    pygame.K_LEFTBRACKET: "fewer_steps",
+    pygame.K_RIGHTBRACKET: "more_steps",
+}

@@ -1,0 +1,92 @@
+"""Batched rollouts: N envs equal N single envs with the same seeds, written trajectories, the policy kinds
+(names, make_policy factories, batch callables) and a clear error for an import path that does not resolve."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worldsim.data.interchange import list_trajectories, read_trajectory
+from worldsim.data.policies import make_policy
+from worldsim.engine.env import EngineConfig, VoxelVectorEnv
+from worldsim.envs.world_model import WorldModelEnv, WorldModelVectorEnv, random_world
+from worldsim.rollout import EpisodeWriters, is_factory, make_batch_policy, rollout, unbatch
+
+from test_dynamics import one_thread  # noqa: F401  (autouse: one torch thread)
+from test_world_model_env import tiny_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return str(random_world(tmp_path_factory.mktemp("world"), *tiny_configs()))
+
+
+def forward_batch(obs):
+    """A batch policy: everyone walks forward and turns right a little."""
+    n = len(obs)
+    return {"forward": np.ones(n, np.int64), "camera": np.tile(np.array([0.0, 2.0], np.float32), (n, 1))}
+
+
+def test_n_env_rollouts_equal_n_single_env_rollouts(world):
+    n, steps, seed = 3, 6, 20
+    vec = WorldModelVectorEnv(n, checkpoint=world, timing=False)
+    policy = make_batch_policy("explore", n, seed)
+    obs, infos = vec.reset(seed=seed)
+    batched = [obs]
+    for _ in range(steps):
+        obs, *_, infos = vec.step(policy(obs, infos))
+        batched.append(obs)
+    batched = np.stack(batched, axis=1)  # (n, steps + 1, H, W, 3)
+    for i in range(n):
+        env, single_policy = WorldModelEnv(checkpoint=world, timing=False), make_policy("explore", seed=seed + i)
+        obs, info = env.reset(seed=seed + i)
+        frames = [obs]
+        for _ in range(steps):
+            obs, *_, info = env.step(single_policy.act(obs, info))
+            frames.append(obs)
+        assert np.abs(batched[i].astype(int) - np.stack(frames)).max() <= 1  # batched matmuls may round apart
+
+
+def test_rollout_writes_one_trajectory_per_episode(world, tmp_path):
+    vec = WorldModelVectorEnv(2, checkpoint=world, max_episode_steps=4)
+    writers = EpisodeWriters(tmp_path, "model", 20, {"world": "model"})
+    result = rollout(vec, make_batch_policy("random", 2, 0), steps=7, seed=3, writers=writers)
+    assert result["frames"] == 14 and result["fps"] > 0
+    stems = list_trajectories(tmp_path)
+    assert len(stems) == 4 == len(result["trajectories"])  # 2 envs × (4 frames, then a new episode of 2)
+    first = read_trajectory(stems[0])
+    assert first.source == "model" and len(first) == 4 and first.seed == 3
+    assert sorted(len(read_trajectory(s)) for s in stems) == [2, 2, 4, 4]
+
+
+def test_batch_callables_and_factories_by_import_path():
+    engine = VoxelVectorEnv(2, EngineConfig(width=32, height=32, view_distance=16), render_device="cpu")
+    policy = make_batch_policy("test_rollout:forward_batch", 2, 0)
+    result = rollout(engine, policy, steps=10, seed=0)
+    assert result["frames"] == 20
+    obs, infos = engine.reset(seed=0)
+    assert unbatch(infos, 1)["seed"] == 1
+    assert is_factory(make_policy.__globals__["RandomPolicy"]) and not is_factory(forward_batch)
+    factory = make_batch_policy("worldsim.data.policies:RandomPolicy", 2, 5)
+    actions = factory(obs, infos)
+    assert actions["camera"].shape == (2, 2) and set(actions) >= {"forward", "camera"}
+
+
+@pytest.mark.parametrize("path, problem", [("no_such_module:act", "cannot import module 'no_such_module'"),
+                                           ("worldsim.data.policies:nothing", "has no attribute 'nothing'"),
+                                           ("nonsense", "neither")])
+def test_unresolvable_policy_is_a_clear_error_naming_it(path, problem):
+    with pytest.raises(ValueError, match=problem) as e:
+        make_batch_policy(path, 2, 0)
+    assert path in str(e.value)
+
+
+def test_mode_rollout_with_a_bad_policy_fails_before_writing(tmp_path):
+    result = subprocess.run([sys.executable, "run_world.py", "mode=rollout", "world=engine", "policy=nope.mod:act",
+                             f"rollout.out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "policy 'nope.mod:act' does not resolve" in result.stderr
+    assert not any(tmp_path.iterdir())

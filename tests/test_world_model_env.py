@@ -1,0 +1,233 @@
+"""The world model behind the engine's interface: check_env, seeded determinism, info keys, the twin,
+snapshot/restore, the vector env against single envs, prompts from seeds, trajectories and images, bad input."""
+import warnings
+
+import gymnasium
+import gymnasium.utils.env_checker
+import numpy as np
+import pytest
+import torch
+
+import worldsim  # noqa: F401  (registers the environments)
+from worldsim.engine import actions
+from worldsim.engine.env import VoxelEnv
+from worldsim.envs.world_model import (WorldModelEnv, WorldModelVectorEnv, load_world, random_world)
+from worldsim.models.autoencoder import AutoencoderConfig
+from worldsim.models.dynamics import DynamicsConfig
+from worldsim.training.checkpoint import CheckpointError
+
+from test_dynamics import one_thread  # noqa: F401  (autouse: one torch thread)
+
+ENGINE = {"view_distance": 16}
+
+
+def tiny_configs(**dynamics_changes):
+    dynamics = DynamicsConfig(latent_channels=8, latent_height=4, latent_width=4, n_layer=2, n_head=2, n_embd=64,
+                              **{"context_frames": 6, **dynamics_changes})
+    autoencoder = AutoencoderConfig(height=32, width=32, latent_channels=8, enc_channels=(16, 32, 32),
+                                    dec_channels=(32, 32, 16))
+    return dynamics, autoencoder
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A tiny untrained world checkpoint: 32×32 frames, 4×4×8 latents, 2 layers."""
+    return str(random_world(tmp_path_factory.mktemp("world"), *tiny_configs()))
+
+
+def make(world, **kw):
+    from worldsim.engine.env import EngineConfig
+    return WorldModelEnv(checkpoint=world, engine=EngineConfig(**ENGINE), **kw)
+
+
+def walk(n, seed=0):
+    space = actions.action_space()
+    space.seed(seed)
+    out = []
+    for _ in range(n):
+        a = space.sample()
+        a["camera"] = np.clip(a["camera"], -10, 10)
+        out.append(a)
+    return out
+
+
+def test_check_env_passes(world):
+    env = gymnasium.make("worldsim/WorldModel-v0", checkpoint=world, timing=False, render_mode="rgb_array",
+                         engine=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gymnasium.utils.env_checker.check_env(env.unwrapped)
+    unexpected = [str(w.message) for w in caught if "symmetric and normalized" not in str(w.message)]
+    assert unexpected == []
+    assert env.observation_space == gymnasium.spaces.Box(0, 255, (32, 32, 3), np.uint8)
+    assert env.action_space == VoxelEnv().action_space
+
+
+def test_same_seed_same_frames_other_seed_other_frames(world):
+    runs = []
+    for seed in (3, 3, 4):
+        env = make(world)
+        frames = [env.reset(seed=seed)[0]] + [env.step(a)[0] for a in walk(6)]
+        runs.append(np.stack(frames))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+    assert not np.array_equal(runs[0][1], runs[0][2])  # the world moves
+
+
+def test_info_reports_model_keys_and_the_twin_engine_keys(world):
+    env = make(world)
+    obs, info = env.reset(seed=1)
+    assert info["tick"] == 0 and info["seed"] == 1 and info["ms_per_frame"] is None
+    assert "pos" not in info  # no twin: the model has no position
+    action = {**actions.noop(), "hotbar.3": 1}
+    obs, reward, terminated, truncated, info = env.step(action)
+    assert info["tick"] == info["step"] == 1 and info["selected_slot"] == 2 and info["ms_per_frame"] > 0
+    assert info["denoise_steps"] == 4 and info["context_frames"] == 5  # the cache holds 6 - 1 frames
+    env.set_steps(2)
+    assert env.step(actions.noop())[4]["denoise_steps"] == 2
+
+    twin = make(world, twin=True)
+    engine = VoxelEnv(width=32, height=32, **ENGINE)
+    twin.reset(seed=1)
+    engine.reset(seed=1)
+    for a in [actions.noop()] * (twin.prompt_frames - 1):  # the prompt: P - 1 still frames
+        engine.step(a)
+    for a in walk(4):
+        _, _, _, _, info = twin.step(a)
+        truth, *_, engine_info = engine.step(a)
+    np.testing.assert_array_equal(twin.twin_frame, truth)
+    assert info["pos"] == engine_info["pos"] and info["yaw"] == engine_info["yaw"]
+
+
+def test_snapshot_restore_replays_exactly(world):
+    env = make(world, twin=True)
+    env.reset(seed=2)
+    for a in walk(3):
+        env.step(a)
+    snap = env.snapshot()
+    later = walk(5, seed=1)
+    first = [env.step(a)[0] for a in later]
+    assert np.array_equal(env.restore(snap), snap["frame"])
+    second = [env.step(a)[0] for a in later]
+    np.testing.assert_array_equal(np.stack(first), np.stack(second))
+    assert env.step(actions.noop())[4]["tick"] == 9
+
+
+def test_vector_env_equals_single_envs_with_autoreset(world):
+    n, steps = 3, 7
+    vec = WorldModelVectorEnv(n, checkpoint=world, max_episode_steps=3, timing=False, engine=None)
+    singles = [WorldModelEnv(checkpoint=world, max_episode_steps=3, timing=False) for _ in range(n)]
+    vec_obs, vec_info = vec.reset(seed=11)
+    for i, env in enumerate(singles):
+        obs, info = env.reset(seed=11 + i)
+        np.testing.assert_array_equal(vec_obs[i], obs)
+    done = [False] * n
+    for t in range(steps):
+        batch = [walk(1, seed=100 * t + i)[0] for i in range(n)]
+        vec_obs, _, _, vec_trunc, vec_info = vec.step({k: np.stack([a[k] for a in batch]) for k in batch[0]})
+        for i, env in enumerate(singles):
+            if done[i]:
+                (obs, info), trunc = env.reset(), False
+            else:
+                obs, _, _, trunc, info = env.step(batch[i])
+            assert np.abs(vec_obs[i].astype(int) - obs).max() <= 1  # batched matmuls may round differently
+            assert vec_trunc[i] == trunc and vec_info["seed"][i] == info["seed"] and vec_info["tick"][i] == info["tick"]
+            done[i] = trunc
+    assert vec_info["seed"][0] != 11  # restarted in a new world
+
+
+def test_registered_make_vec(world):
+    vec = gymnasium.make_vec("worldsim/WorldModel-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                             checkpoint=world)
+    assert isinstance(vec.unwrapped, WorldModelVectorEnv)
+    assert vec.metadata["autoreset_mode"] == gymnasium.vector.AutoresetMode.NEXT_STEP
+    obs, info = vec.reset(seed=0)
+    assert obs.shape == (2, 32, 32, 3) and list(info["seed"]) == [0, 1]
+    obs, *_ = vec.step(vec.action_space.sample())
+    assert obs in vec.observation_space
+
+
+def test_chunks_of_several_frames_play_one_frame_per_step(tmp_path):
+    world = random_world(tmp_path / "k2", *tiny_configs(chunk_frames=2, context_frames=6))
+    env = make(str(world))
+    env.reset(seed=0)
+    frames = [env.step(a)[0] for a in walk(5)]
+    assert len({f.tobytes() for f in frames}) == 5
+
+
+def engine_trajectory(path, frames=10, size=32):
+    from worldsim.data.interchange import TrajectoryWriter
+    env = VoxelEnv(width=size, height=size, **ENGINE)
+    obs, info = env.reset(seed=5)
+    with TrajectoryWriter(path, size, size, source="engine", seed=5) as writer:
+        for a in walk(frames):
+            writer.write(obs, a, info)
+            obs, *_, info = env.step(a)
+    return path
+
+
+def test_trajectory_prompt_starts_from_its_frames(world, tmp_path):
+    stem = engine_trajectory(tmp_path / "traj")
+    env = make(world, prompt=str(stem))
+    obs, info = env.reset(seed=0)
+    from worldsim.data.interchange import read_trajectory
+    assert env.prompt_frames == 5  # PROMPT_FRAMES capped by the window of 6 - 1 frames
+    np.testing.assert_array_equal(obs, read_trajectory(stem).frames[4])
+    assert env.step(actions.noop())[0].shape == (32, 32, 3)
+
+
+def test_image_prompt_of_another_size_is_resized_with_a_warning(world, tmp_path):
+    from PIL import Image
+    path = tmp_path / "start.png"
+    Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(path)
+    with pytest.warns(UserWarning, match="64×48 frames resized to the model's 32×32"):
+        env = make(world, prompt=str(path))
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (32, 32, 3) and (obs == 90).all()
+
+
+@pytest.mark.parametrize("damage", ["garbage mp4", "missing jsonl", "too short", "bad image"])
+def test_broken_prompts_are_clear_errors_naming_the_file(world, tmp_path, damage):
+    stem = engine_trajectory(tmp_path / "traj", frames=10 if damage != "too short" else 4)
+    target = str(stem)
+    if damage == "garbage mp4":
+        (tmp_path / "traj.mp4").write_bytes(b"not a video")
+    elif damage == "missing jsonl":
+        (tmp_path / "traj.jsonl").unlink()
+    elif damage == "bad image":
+        (tmp_path / "x.png").write_bytes(b"\x89PNG broken")
+        target = str(tmp_path / "x.png")
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        make(world, prompt=target)
+    assert str(tmp_path) in str(e.value)
+
+
+def test_missing_and_corrupt_checkpoints_are_clear_errors(world, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_world(tmp_path / "nope")
+    with pytest.raises(ValueError, match="checkpoint=PATH"):
+        load_world(None)
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(world, broken)
+    (broken / "dynamics" / "model.safetensors").write_bytes(b"\0" * 100)
+    with pytest.raises(CheckpointError, match="dynamics/model.safetensors"):
+        load_world(broken)
+    shutil.rmtree(broken / "autoencoder")
+    with pytest.raises(FileNotFoundError, match="autoencoder"):
+        load_world(broken)
+
+
+def test_mismatched_autoencoder_is_named(tmp_path):
+    dynamics, autoencoder = tiny_configs()
+    world = random_world(tmp_path / "w", DynamicsConfig(**{**vars(dynamics), "latent_channels": 16}), autoencoder)
+    with pytest.raises(CheckpointError, match="latents"):
+        load_world(world)
+
+
+def test_bad_actions_raise_naming_the_problem(world):
+    env = make(world)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="forward"):
+        env.step({"forward": 2})
+    assert torch.get_num_threads() == 1

@@ -1,0 +1,592 @@
+"""The world model as gymnasium environments: `WorldModelEnv` (one imagined world) and `WorldModelVectorEnv`.
+
+Both have the engine's action space and observations (uint8 (H, W, 3) at the autoencoder's resolution), so
+the game, the recorder and the rollouts drive them exactly as they drive `VoxelEnv`. Each step: the action is
+validated, turned into the model's 25-dim vector, the sampler makes the next latent frame, the autoencoder
+decodes it.
+
+A world checkpoint is a directory holding two run directories, `dynamics/` and `autoencoder/` (each
+`model.safetensors` + `model.json`, or `ema.*`, as the training modes write them; `save_world` writes one).
+A dynamics run directory works too when the autoencoder's directory is given separately.
+
+Where an episode starts (`prompt`):
+    None or "seed"   P frames the engine renders at the spawn point of the episode's seed, the player still
+                     (prompt_motion="still") or turning slowly ("look"); the reset seed also seeds the noise
+    a trajectory     NAME (or NAME.mp4 / NAME.jsonl) of an interchange trajectory: its first P frames and the
+                     P - 1 actions between them
+    an image file    .png/.jpg/...: that frame held P times with no-op actions; another size is resized (warned)
+
+With `chunk_frames` K > 1 the model makes K frames per pass: the action of the step that starts a chunk is
+held for its K frames, and the actions of the next K - 1 steps are not seen by the model (they still reach the
+twin and the hotbar slot). The CPU and GPU interactive configs have K = 1.
+
+`info` of reset and step:
+    tick, step       frames since reset (the model's clock; tick is the engine's name for it)
+    seed             the episode seed (the world the prompt was rendered in, and the sampler's noise)
+    selected_slot    0..8, tracked from the hotbar keys, as the engine does
+    denoise_steps    Euler steps per chunk now (set_steps changes it)
+    context_frames   frames the model sees besides the one it makes (grows to the cache's window)
+    ms_per_frame     wall-clock ms of sampling + decoding this frame (None after reset; absent with timing=False,
+                     which makes info bit-reproducible, as check_env wants)
+    edits            [] (the model keeps no block list)
+  only while a twin engine runs (twin=True and a seed prompt), the engine's values after the same actions:
+    pos, yaw, pitch, target_block, crack_stage, on_ground, in_water, and `edits` from the engine.
+  Without a twin these keys are absent: the model has no position.
+"""
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector.utils import batch_space
+
+from worldsim.engine import actions
+from worldsim.engine.env import SEED_BOUND, EngineConfig, VoxelEnv
+from worldsim.engine.player import TICKS_PER_SECOND
+from worldsim.sampling import Sampler
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+PROMPT_FRAMES = 8           # default prompt length (capped by the cache's window, rounded to whole chunks)
+LOOK_DEGREES = 3.0          # yaw per frame of the "look" prompt motion
+TWIN_KEYS = ("pos", "yaw", "pitch", "target_block", "crack_stage", "on_ground", "in_water", "edits")
+PROMPT_MOTIONS = ("still", "look")
+
+
+@dataclass
+class WorldModelConfig:
+    checkpoint: str | None = None     # world directory (dynamics/ + autoencoder/) or a dynamics run directory
+    autoencoder: str | None = None    # autoencoder run directory, when checkpoint is a dynamics run directory
+    device: str = "auto"              # auto | cpu | cuda[:i]
+    steps: int | None = None          # denoising (Euler) steps per chunk; None: the model's sample_steps
+    prompt: str | None = None         # None/"seed" | trajectory NAME | image file (see the module docstring)
+    prompt_frames: int | None = None  # P; None: PROMPT_FRAMES capped by the window
+    prompt_motion: str = "still"      # still | look: what the player does during a seed prompt
+    twin: bool = False                # run the engine beside the model on the same actions (seed prompts;
+                                      # with a file prompt it is turned off with a warning)
+    timing: bool = True               # report ms_per_frame in info
+    max_episode_steps: int | None = None
+    torch_threads: int | None = 1     # torch's CPU threads (see pin_torch_threads); None leaves them alone
+
+    def __post_init__(self):
+        if self.prompt_motion not in PROMPT_MOTIONS:
+            raise ValueError(f"prompt_motion must be one of {PROMPT_MOTIONS}, got {self.prompt_motion!r}")
+        if self.steps is not None and (int(self.steps) != self.steps or self.steps < 1):
+            raise ValueError(f"steps must be None or a positive whole number, got {self.steps!r}")
+        if self.prompt_frames is not None and (int(self.prompt_frames) != self.prompt_frames or self.prompt_frames < 1):
+            raise ValueError(f"prompt_frames must be None or a positive whole number, got {self.prompt_frames!r}")
+        if self.max_episode_steps is not None and (int(self.max_episode_steps) != self.max_episode_steps
+                                                   or self.max_episode_steps < 1):
+            raise ValueError(f"max_episode_steps must be None or a positive whole number, "
+                             f"got {self.max_episode_steps!r}")
+
+    @property
+    def seed_prompt(self) -> bool:
+        return self.prompt in (None, "", "seed")
+
+    @classmethod
+    def with_overrides(cls, config: "WorldModelConfig | None", overrides: dict) -> "WorldModelConfig":
+        """`config` (or the defaults) with some fields replaced; an unknown field name raises TypeError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown world model config field(s) {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(config or cls(), **overrides)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+def pin_torch_threads(threads: int | None) -> None:
+    """Keep torch at `threads` CPU threads. The engine's numba renderer shares the OpenMP runtime with torch:
+    its first parallel call sets the thread count torch reads (to the core count), and once numba's pool
+    exists, every small torch op with more than one thread waits on it (measured on the 2-core machine:
+    5 to 12 ms per layer_norm instead of 5 us). So the model runs single-threaded beside the engine."""
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _run_name(directory: Path) -> str:
+    return "ema" if (directory / "ema.safetensors").exists() else "model"
+
+
+def load_world(checkpoint, autoencoder=None, device: str = "cpu"):
+    """(dynamics, autoencoder) from a world directory, or from a dynamics run plus an autoencoder run.
+
+    Missing paths raise FileNotFoundError and unreadable or mismatched files CheckpointError, naming them."""
+    from worldsim.models.dynamics import load_dynamics
+    from worldsim.models.train_autoencoder import load_autoencoder
+    from worldsim.training.checkpoint import CheckpointError
+    if not checkpoint:
+        raise ValueError("the world model needs a checkpoint: checkpoint=PATH (a directory with dynamics/ and "
+                         "autoencoder/ runs)")
+    root = Path(checkpoint)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such world checkpoint directory")
+    dynamics_dir = root / "dynamics" if (root / "dynamics").is_dir() else root
+    autoencoder_dir = Path(autoencoder) if autoencoder else root / "autoencoder"
+    if not autoencoder_dir.is_dir():
+        raise FileNotFoundError(f"{autoencoder_dir}: no autoencoder run directory (a world checkpoint holds "
+                                f"dynamics/ and autoencoder/; or give world.autoencoder=PATH)")
+    if not (dynamics_dir / f"{_run_name(dynamics_dir)}.json").exists():
+        raise FileNotFoundError(f"{dynamics_dir}: no dynamics model (model.json + model.safetensors) in it")
+    dynamics = load_dynamics(dynamics_dir, name=_run_name(dynamics_dir), device=device).eval()
+    ae = load_autoencoder(autoencoder_dir, device=device).eval()
+    d = dynamics.config
+    if tuple(ae.config.latent_shape) != (d.latent_channels, d.latent_height, d.latent_width):
+        raise CheckpointError(f"{autoencoder_dir} makes latents {tuple(ae.config.latent_shape)} but the dynamics "
+                              f"model in {dynamics_dir} takes {(d.latent_channels, d.latent_height, d.latent_width)}")
+    return dynamics, ae
+
+
+def save_world(directory, dynamics, autoencoder) -> Path:
+    """Write a world checkpoint: DIRECTORY/dynamics and DIRECTORY/autoencoder runs."""
+    from worldsim.training.checkpoint import save_checkpoint
+    directory = Path(directory)
+    save_checkpoint(directory / "dynamics", dynamics, dynamics.config)
+    save_checkpoint(directory / "autoencoder", autoencoder, autoencoder.config)
+    return directory
+
+
+def random_world(directory, dynamics_config, autoencoder_config, seed: int = 0, scale: float = 0.05) -> Path:
+    """Save an untrained world (weights perturbed so that AdaLN-zero does not make the dynamics output 0):
+    for tests and for timing before any model is trained."""
+    from worldsim.models.autoencoder import Autoencoder
+    from worldsim.models.dynamics import DynamicsModel
+    torch.manual_seed(seed)
+    dynamics, autoencoder = DynamicsModel(dynamics_config), Autoencoder(autoencoder_config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in dynamics.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return save_world(directory, dynamics, autoencoder)
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+@dataclass
+class Prompt:
+    """Where an episode starts: frames (P, H, W, 3) uint8 and the P - 1 actions between them."""
+    frames: np.ndarray
+    actions: list
+    twin: VoxelEnv | None = None    # the engine after the prompt (seed prompts with a twin)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        rows = [actions.to_vector(a) for a in self.actions]
+        return np.stack(rows) if rows else np.zeros((0, actions.ACTION_DIM), np.float32)
+
+
+def prompt_length(requested: int | None, dynamics_config) -> int:
+    """P: whole chunks, at least one, at most the cache's window (or `requested`, which must be whole chunks)."""
+    K, window = dynamics_config.chunk_frames, dynamics_config.cache_frames
+    if requested is None:
+        return max(K, min(PROMPT_FRAMES, window) // K * K)
+    if requested % K:
+        raise ValueError(f"prompt_frames={requested} must be a multiple of the model's chunk_frames={K}")
+    return requested
+
+
+def engine_prompt(engine: EngineConfig, seed: int, frames: int, motion: str, keep_twin: bool) -> Prompt:
+    """P frames rendered by the engine at the spawn point of `seed`."""
+    env = VoxelEnv(engine, render_mode="rgb_array")
+    obs, _ = env.reset(seed=seed)
+    shown, taken = [obs], []
+    for i in range(frames - 1):
+        action = actions.noop()
+        if motion == "look":  # half the frames turning right, then back
+            action["camera"] = np.array([0.0, LOOK_DEGREES if i < (frames - 1) / 2 else -LOOK_DEGREES], np.float32)
+        obs, *_ = env.step(action)
+        shown.append(obs)
+        taken.append(action)
+    return Prompt(np.stack(shown), taken, env if keep_twin else None)
+
+
+def _resized(frame: np.ndarray, size: tuple[int, int], source) -> np.ndarray:
+    """`frame` at (height, width) `size`; another size is resized with a warning naming `source`."""
+    if frame.shape[:2] == size:
+        return frame
+    from PIL import Image
+    warnings.warn(f"{source}: {frame.shape[1]}×{frame.shape[0]} frames resized to the model's {size[1]}×{size[0]}",
+                  stacklevel=3)
+    return np.asarray(Image.fromarray(frame).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def image_prompt(path, size: tuple[int, int], frames: int) -> Prompt:
+    """An image file held for P frames with no-op actions."""
+    from PIL import Image, UnidentifiedImageError
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as image:
+            frame = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    frame = _resized(frame, size, path)
+    return Prompt(np.repeat(frame[None], frames, axis=0), [actions.noop() for _ in range(frames - 1)])
+
+
+def trajectory_prompt(stem, size: tuple[int, int], frames: int) -> Prompt:
+    """The first P frames of an interchange trajectory and the actions between them."""
+    from worldsim.data.interchange import read_trajectory
+    trajectory = read_trajectory(stem)  # TrajectoryError / TrajectoryNotFoundError name the file
+    if len(trajectory) < frames:
+        raise ValueError(f"{stem}: {len(trajectory)} frames, too short for a prompt of {frames}")
+    shown = np.stack([_resized(f, size, stem) for f in trajectory.frames[:frames]])
+    return Prompt(shown, list(trajectory.actions[:frames - 1]))
+
+
+def file_prompt(prompt: str, size: tuple[int, int], frames: int) -> Prompt:
+    """A trajectory or image prompt, by the file's name."""
+    if Path(prompt).suffix.lower() in IMAGE_SUFFIXES:
+        return image_prompt(prompt, size, frames)
+    return trajectory_prompt(prompt, size, frames)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+class RowSeededSampler(Sampler):
+    """A Sampler whose noise comes from one generator per batch row, so that row i of a batch replays a batch-1
+    sampler seeded alike (Sampler's one generator ties each row's noise to the batch size)."""
+
+    def __init__(self, model, batch_size: int, steps: int | None = None):
+        super().__init__(model, batch_size=batch_size, steps=steps)
+        self.row_generators = [torch.Generator(self.device) for _ in range(batch_size)]
+
+    def seed_rows(self, seeds) -> None:
+        for generator, seed in zip(self.row_generators, seeds, strict=True):
+            generator.manual_seed(int(seed))
+
+    def _noise(self, frames: int):
+        c = self.config
+        shape = (frames, c.latent_channels, c.latent_height, c.latent_width)
+        dtype = self.model.head.weight.dtype
+        return torch.stack([torch.randn(shape, generator=g, device=self.device, dtype=dtype)
+                            for g in self.row_generators])  # (B, K, C, h, w)
+
+
+class Imagination:
+    """B imagined worlds stepped together: prompts encoded, the sampler's chunks decoded to uint8 frames."""
+
+    def __init__(self, dynamics, autoencoder, batch: int, steps: int | None = None):
+        self.autoencoder = autoencoder.eval()
+        self.sampler = RowSeededSampler(dynamics, batch, steps)
+        self.chunk_frames = dynamics.config.chunk_frames
+        self.window = dynamics.config.cache_frames
+        self.queue: list[np.ndarray] = []   # decoded frames of the current chunk not shown yet (K > 1)
+        self.last_ms: float | None = None   # wall-clock ms per frame of the last chunk
+
+    @property
+    def steps(self) -> int:
+        return self.sampler.steps
+
+    def set_steps(self, steps: int) -> None:
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"denoising steps must be a positive whole number, got {steps!r}")
+        self.sampler.steps = int(steps)
+
+    @property
+    def context_frames(self) -> int:
+        return min(self.sampler.frame, self.window)
+
+    @torch.inference_mode()
+    def reset(self, frames: np.ndarray, vectors: np.ndarray, seeds) -> None:
+        """Prompt frames (B, P, H, W, 3) uint8 and vectors (B, P - 1, 25); `seeds` seed each row's noise."""
+        B, P = frames.shape[:2]
+        self.sampler.seed_rows(seeds)
+        device = self.autoencoder.latent_std.device
+        flat = np.ascontiguousarray(frames.reshape(B * P, *frames.shape[2:]))  # (B·P, H, W, 3)
+        latents = self.autoencoder.encode(torch.from_numpy(flat).to(device))     # (B·P, C, h, w)
+        dtype = self.sampler.model.head.weight.dtype
+        self.sampler.reset(latents.reshape(B, P, *latents.shape[1:]).to(self.sampler.device, dtype),
+                           torch.from_numpy(np.ascontiguousarray(vectors)).to(self.sampler.device, dtype))
+        self.queue = []
+        self.last_ms = None
+
+    @torch.inference_mode()
+    def step(self, vectors: np.ndarray) -> np.ndarray:
+        """The next frames (B, H, W, 3) uint8 under actions (B, 25)."""
+        if not self.queue:
+            from worldsim.models.autoencoder import to_uint8
+            start = time.perf_counter()
+            B, K = vectors.shape[0], self.chunk_frames
+            dtype = self.sampler.model.head.weight.dtype
+            held = torch.from_numpy(vectors).to(self.sampler.device, dtype)[:, None].expand(B, K, -1)  # (B, K, 25)
+            latents = self.sampler.step(held.contiguous())                                            # (B, K, C, h, w)
+            device = self.autoencoder.latent_std.device
+            decoded = self.autoencoder.decode(latents.flatten(0, 1).to(device, self.autoencoder.latent_std.dtype))
+            frames = to_uint8(decoded).cpu().numpy()                                                  # (B·K, H, W, 3)
+            frames = frames.reshape(B, K, *frames.shape[1:])
+            self.queue = [frames[:, k] for k in range(K)]
+            self.last_ms = (time.perf_counter() - start) * 1000.0 / K
+        return self.queue.pop(0)
+
+    def snapshot(self) -> dict:
+        return {"sampler": self.sampler.snapshot(), "rows": [g.get_state() for g in self.sampler.row_generators],
+                "queue": list(self.queue)}
+
+    def restore(self, state: dict) -> None:
+        self.sampler.restore(state["sampler"])
+        for generator, rng in zip(self.sampler.row_generators, state["rows"], strict=True):
+            generator.set_state(rng)
+        self.queue = list(state["queue"])
+
+
+def _draw_seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(SEED_BOUND))
+
+
+def _selected_slot(slot: int, action: dict) -> int:
+    """The hotbar slot after `action`: the lowest pressed hotbar key wins, as in the engine."""
+    for i in range(9):
+        if action[f"hotbar.{i + 1}"]:
+            return i
+    return slot
+
+
+class _ModelWorld:
+    """What both envs share: config, models, prompt making."""
+
+    def _setup(self, config, overrides, engine, models):
+        self.config = WorldModelConfig.with_overrides(config, overrides)
+        c = self.config
+        self.device = resolve_device(c.device)
+        self.torch_threads = c.torch_threads if self.device == "cpu" else None
+        pin_torch_threads(self.torch_threads)
+        dynamics, autoencoder = models if models is not None else load_world(c.checkpoint, c.autoencoder, self.device)
+        self.dynamics_config = dynamics.config
+        ae = autoencoder.config
+        self.size = (ae.height, ae.width)
+        self.engine_config = EngineConfig.with_overrides(engine, {"width": ae.width, "height": ae.height})
+        self.prompt_frames = prompt_length(c.prompt_frames, dynamics.config)
+        if c.twin and not c.seed_prompt:
+            warnings.warn(f"no twin engine: it starts only from a seed, not from {c.prompt}", stacklevel=3)
+            self.config = c = dataclasses.replace(c, twin=False)
+        # file prompts are read once, so that a bad file fails here, before anything starts
+        self.file_prompt = None if c.seed_prompt else file_prompt(c.prompt, self.size, self.prompt_frames)
+        return dynamics, autoencoder
+
+    def _prompt(self, seed: int) -> Prompt:
+        if self.file_prompt is not None:
+            return self.file_prompt
+        prompt = engine_prompt(self.engine_config, seed, self.prompt_frames, self.config.prompt_motion,
+                               keep_twin=self.config.twin)
+        pin_torch_threads(self.torch_threads)
+        return prompt
+
+
+class WorldModelEnv(_ModelWorld, gymnasium.Env):
+    """The imagined voxel world: the engine's interface, frames from the dynamics model and the autoencoder."""
+
+    frame_source = "model"   # recordings of it say source=model
+    metadata = {"render_modes": ["rgb_array"], "render_fps": TICKS_PER_SECOND}
+
+    def __init__(self, config: WorldModelConfig | None = None, engine: EngineConfig | None = None,
+                 render_mode: str | None = None, *, models=None, **overrides):
+        dynamics, autoencoder = self._setup(config, overrides, engine, models)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.render_mode = render_mode
+        self.observation_space = spaces.Box(0, 255, shape=(*self.size, 3), dtype=np.uint8)
+        self.action_space = actions.action_space()
+        self.imagination = Imagination(dynamics, autoencoder, 1, self.config.steps)
+        self.twin: VoxelEnv | None = None
+        self._frame: np.ndarray | None = None
+        self._twin_info: dict = {}
+        self._seed = self._tick = self._slot = 0
+
+    @property
+    def twin_frame(self) -> np.ndarray | None:
+        """The engine's frame after the same actions, or None without a twin."""
+        return None if self.twin is None else self.twin.render()
+
+    def set_steps(self, steps: int) -> None:
+        """Denoising steps from the next frame on."""
+        self.imagination.set_steps(steps)
+
+    @property
+    def steps(self) -> int:
+        return self.imagination.steps
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start from the prompt; a seed prompt is rendered in the world of `seed` (drawn when None)."""
+        super().reset(seed=seed)
+        self._seed = seed if seed is not None else _draw_seed(self.np_random)
+        prompt = self._prompt(self._seed)
+        self.imagination.reset(prompt.frames[None], prompt.vectors[None], [self._seed])
+        self.twin = prompt.twin
+        self._twin_info = {} if self.twin is None else self.twin.sim.info()
+        self._frame, self._tick, self._slot = prompt.frames[-1].copy(), 0, 0
+        for action in prompt.actions:
+            self._slot = _selected_slot(self._slot, action)
+        return self._frame.copy(), self._info()
+
+    def step(self, action):
+        if self._frame is None:
+            raise RuntimeError("call reset() before using the environment")
+        action = actions.validate(action)
+        self._frame = self.imagination.step(actions.to_vector(action)[None])[0]
+        self._tick += 1
+        self._slot = _selected_slot(self._slot, action)
+        if self.twin is not None:
+            *_, self._twin_info = self.twin.step(action)
+            pin_torch_threads(self.torch_threads)
+        limit = self.config.max_episode_steps
+        truncated = limit is not None and self._tick >= limit
+        return self._frame.copy(), 0.0, False, truncated, self._info()
+
+    def _info(self) -> dict:
+        info = {"tick": self._tick, "step": self._tick, "seed": self._seed, "selected_slot": self._slot,
+                "denoise_steps": self.imagination.steps, "context_frames": self.imagination.context_frames,
+                "edits": []}
+        if self.config.timing:
+            info["ms_per_frame"] = self.imagination.last_ms if self._tick else None
+        info.update({k: self._twin_info[k] for k in TWIN_KEYS if k in self._twin_info})
+        return info
+
+    def render(self):
+        """The last frame (a copy), or None when render_mode is None."""
+        if self.render_mode is None or self._frame is None:
+            return None
+        return self._frame.copy()
+
+    def snapshot(self) -> dict:
+        """Everything needed to continue exactly from here: sampler, last frame, step count, twin state."""
+        if self._frame is None:
+            raise RuntimeError("call reset() before snapshot()")
+        return {"imagination": self.imagination.snapshot(), "frame": self._frame.copy(), "tick": self._tick,
+                "slot": self._slot, "seed": self._seed,
+                "twin": None if self.twin is None else self.twin.get_state()}
+
+    def restore(self, state: dict) -> np.ndarray:
+        """Go back to a snapshot of this env; returns its frame. What follows replays what followed it."""
+        self.imagination.restore(state["imagination"])
+        self._frame = state["frame"].copy()
+        self._tick, self._slot, self._seed = state["tick"], state["slot"], state["seed"]
+        if state["twin"] is not None and self.twin is not None:
+            self.twin.set_state(state["twin"])
+            self._twin_info = self.twin.sim.info()
+        return self._frame.copy()
+
+
+class WorldModelVectorEnv(_ModelWorld, gymnasium.vector.VectorEnv):
+    """`num_envs` imagined worlds sampled as one batch; sub-env i equals a WorldModelEnv reset with seed s + i.
+
+    Autoreset is NEXT_STEP, as in VoxelVectorEnv. All sub-envs start and truncate together (they are stepped
+    together and share max_episode_steps), so an autoreset restarts the whole batch, each sub-env with a seed
+    drawn from its own generator. No twins: rollouts want speed.
+    """
+
+    frame_source = "model"
+    metadata = {"render_modes": ["rgb_array"], "render_fps": TICKS_PER_SECOND,
+                "autoreset_mode": gymnasium.vector.AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 1, config: WorldModelConfig | None = None, engine: EngineConfig | None = None,
+                 render_mode: str | None = None, *, models=None, **overrides):
+        if int(num_envs) != num_envs or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive whole number, got {num_envs!r}")
+        self.num_envs = int(num_envs)
+        overrides["twin"] = False
+        dynamics, autoencoder = self._setup(config, overrides, engine, models)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.render_mode = render_mode
+        self.single_observation_space = spaces.Box(0, 255, shape=(*self.size, 3), dtype=np.uint8)
+        self.single_action_space = actions.action_space()
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.imagination = Imagination(dynamics, autoencoder, self.num_envs, self.config.steps)
+        self._rngs: list[np.random.Generator] = []
+        self._seeds: list[int] = []
+        self._needs_reset = False
+        self._frames: np.ndarray | None = None
+        self._ticks = np.zeros(self.num_envs, dtype=np.int64)
+        self._slots = np.zeros(self.num_envs, dtype=np.int64)
+
+    def set_steps(self, steps: int) -> None:
+        self.imagination.set_steps(steps)
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        """Reset every sub-env: seed s gives sub-env i the seed s + i; a list gives one seed each."""
+        super().reset(seed=seed if isinstance(seed, int) else None)
+        if seed is None:
+            if not self._rngs:
+                self._rngs = [gymnasium.utils.seeding.np_random()[0] for _ in range(self.num_envs)]
+            seeds = None
+        else:
+            seeds = [int(seed) + i for i in range(self.num_envs)] if isinstance(seed, (int, np.integer)) else list(seed)
+            if len(seeds) != self.num_envs or any(s is None for s in seeds):
+                raise ValueError(f"reset(seed=...) needs one seed per sub-env ({self.num_envs}), got {seed!r}")
+            self._rngs = [gymnasium.utils.seeding.np_random(s)[0] for s in seeds]
+        return self._start(seeds)
+
+    def _start(self, seeds: list[int] | None):
+        # a single env draws its episode seed from np_random seeded with its reset seed; so does row i here
+        self._seeds = [int(s) for s in seeds] if seeds is not None else [_draw_seed(rng) for rng in self._rngs]
+        prompts = [self._prompt(s) for s in self._seeds]
+        self.imagination.reset(np.stack([p.frames for p in prompts]), np.stack([p.vectors for p in prompts]),
+                               self._seeds)
+        self._frames = np.stack([p.frames[-1] for p in prompts])
+        self._ticks[:] = 0
+        self._slots[:] = 0
+        self._needs_reset = False
+        return self._frames.copy(), self._infos()
+
+    def step(self, action: dict):
+        if self._frames is None:
+            raise RuntimeError("call reset() before step()")
+        per_env = self._split(action)
+        if self._needs_reset:
+            obs, infos = self._start(None)
+            return obs, np.zeros(self.num_envs), np.zeros(self.num_envs, np.bool_), \
+                np.zeros(self.num_envs, np.bool_), infos
+        vectors = np.stack([actions.to_vector(a) for a in per_env])
+        self._frames = self.imagination.step(vectors)
+        self._ticks += 1
+        self._slots = np.array([_selected_slot(int(s), a) for s, a in zip(self._slots, per_env)])
+        limit = self.config.max_episode_steps
+        truncations = np.full(self.num_envs, limit is not None and int(self._ticks[0]) >= limit)
+        self._needs_reset = bool(truncations[0])
+        return (self._frames.copy(), np.zeros(self.num_envs, dtype=np.float64), np.zeros(self.num_envs, dtype=np.bool_),
+                truncations, self._infos())
+
+    def _split(self, action: dict) -> list[dict]:
+        """Validated per-env actions from a dict of batched arrays (buttons (N,), camera (N, 2))."""
+        if not isinstance(action, dict):
+            raise ValueError(f"a batched action must be a dict of arrays, got {type(action).__name__}")
+        batched = {}
+        for key, value in action.items():
+            value = np.asarray(value)
+            if value.ndim == 0 or value.shape[0] != self.num_envs:
+                raise ValueError(f"action[{key!r}] must have a leading dimension of num_envs={self.num_envs}, "
+                                 f"got shape {value.shape}")
+            batched[key] = value
+        return [actions.validate({k: v[i] for k, v in batched.items()}) for i in range(self.num_envs)]
+
+    def _infos(self) -> dict:
+        infos = {}
+        ms = self.imagination.last_ms if int(self._ticks[0]) else None
+        for i in range(self.num_envs):
+            info = {"tick": int(self._ticks[i]), "step": int(self._ticks[i]), "seed": self._seeds[i],
+                    "selected_slot": int(self._slots[i]), "denoise_steps": self.imagination.steps,
+                    "context_frames": self.imagination.context_frames}
+            if self.config.timing:
+                info["ms_per_frame"] = ms
+            infos = self._add_info(infos, info, i)
+        return infos
+
+    def render(self):
+        """The last frames as a tuple, one per sub-env, or None when render_mode is None."""
+        if self.render_mode is None or self._frames is None:
+            return None
+        return tuple(frame.copy() for frame in self._frames)

@@ -1,0 +1,176 @@
+"""Play speed, input-to-screen latency and a soak of the world model; prints a table and saves JSON.
+
+    python -m worldsim.play.bench                        # untrained CPU world, 10 s of play, 2,000-frame soak
+    python -m worldsim.play.bench --soak-frames 72000     # the full soak: an hour of play time at 20 fps
+    python -m worldsim.play.bench --checkpoint assets/world
+
+Without --checkpoint it times an untrained world of the play sizes (configs/dynamics/tiny.yaml, configs/
+autoencoder/cpu.yaml): the weights do not change the time. The game runs headless (SDL's dummy driver) with
+generation in its worker thread, exactly as when playing:
+- play: frames made per second at the game's pace (20 fps target) and unpaced (the worker back to back),
+  with the model's ms per frame (sampling + decoding) and display redraws per second;
+- latency: a mouse-motion event is posted every PROBE_EVERY seconds; its latency is the time from posting
+  to the first drawn frame whose action included it, in ms and in frames of 1/fps;
+- soak: N frames of the env alone (a scripted walk, the game's rewind snapshots kept as in play), resident
+  memory after warm-up and at the end, and the per-frame time of the first and last tenth and its trend.
+"""
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROBE_EVERY = 0.5        # seconds between latency probes
+WARMUP_FRAMES = 150      # soak frames before the memory baseline: the rewind ring (11 × 10 frames) is full
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MB (Linux /proc)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def untrained_world(directory) -> str:
+    import yaml
+
+    from worldsim.envs.world_model import random_world
+    from worldsim.models.autoencoder import AutoencoderConfig
+    from worldsim.models.dynamics import DynamicsConfig
+    dynamics = DynamicsConfig(**yaml.safe_load((CONFIGS / "dynamics" / "tiny.yaml").read_text()))
+    autoencoder = AutoencoderConfig(**yaml.safe_load((CONFIGS / "autoencoder" / "cpu.yaml").read_text()))
+    return str(random_world(directory, dynamics, autoencoder))
+
+
+def play_session(checkpoint: str, seconds: float, fps: int, probe: bool) -> dict:
+    """Play headless for `seconds` with the worker thread; returns rates and, with `probe`, latencies."""
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    import pygame
+
+    from worldsim.envs.world_model import WorldModelEnv
+    from worldsim.play.game import Game, PlayConfig
+    env = WorldModelEnv(checkpoint=checkpoint, twin=False)
+    game = Game(env, PlayConfig(scale=4, fps=fps, generation="thread", record_dir=tempfile.mkdtemp()), seed=0)
+    game.mouse.set(True)
+    clock = pygame.time.Clock()
+    probes, latencies, ms, draws = [], [], [], 0
+    game.tick([pygame.event.Event(pygame.KEYDOWN, key=pygame.K_w, mod=0, unicode="w", scancode=0)])
+    game.worker.start()
+    start = next_probe = time.perf_counter()
+    try:
+        while time.perf_counter() - start < seconds:
+            now = time.perf_counter()
+            if probe and now >= next_probe:
+                pygame.event.post(pygame.event.Event(pygame.MOUSEMOTION, rel=(8, 0), pos=(0, 0), buttons=(0, 0, 0)))
+                posted = time.perf_counter()
+                game.tick(pygame.event.get())
+                probes.append((game.input.events_seen, posted))
+                next_probe += PROBE_EVERY
+            else:
+                game.tick(pygame.event.get())
+            draws += 1
+            if game.info.get("ms_per_frame") is not None:
+                ms.append(game.info["ms_per_frame"])
+            clock.tick(game.config.display_fps)
+        elapsed = time.perf_counter() - start
+        frames = game.ticks
+    finally:
+        game.close()
+    for serial, posted in probes:
+        shown = [t for seen, t in game.shown if seen >= serial and t == t]
+        if shown:
+            latencies.append((shown[0] - posted) * 1000.0)
+    out = {"fps": frames / elapsed, "frames": frames, "seconds": elapsed, "redraws_per_s": draws / elapsed,
+           "model_ms_per_frame_median": statistics.median(ms) if ms else None}
+    if probe:
+        frame_ms = 1000.0 / fps
+        out.update({"latency_ms_median": statistics.median(latencies) if latencies else None,
+                    "latency_ms_max": max(latencies) if latencies else None,
+                    "latency_frames_median": statistics.median(latencies) / frame_ms if latencies else None,
+                    "latency_frames_max": max(latencies) / frame_ms if latencies else None,
+                    "probes": len(probes), "probes_seen": len(latencies)})
+    return out
+
+
+def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring: int = 11) -> dict:
+    """`frames` env steps of a scripted walk with rewind snapshots kept; memory and per-frame time trend."""
+    import collections
+
+    from worldsim.envs.world_model import WorldModelEnv
+    from worldsim.play.headless import scripted_walk
+    env = WorldModelEnv(checkpoint=checkpoint, twin=False)
+    env.reset(seed=0)
+    script = scripted_walk(20 * fps, fps)  # 20 s of walking and turning, repeated
+    snapshots = collections.deque(maxlen=ring)
+    times = np.empty(frames)
+    baseline = None
+    for t in range(frames):
+        if t == WARMUP_FRAMES:
+            baseline = rss_mb()
+        start = time.perf_counter()
+        env.step(script[t % len(script)])
+        times[t] = time.perf_counter() - start
+        if t % snapshot_every == 0:
+            snapshots.append(env.snapshot())
+    end = rss_mb()
+    tenth = max(1, frames // 10)
+    slope = np.polyfit(np.arange(frames), times * 1000.0, 1)[0] * 1000.0 if frames > 1 else 0.0
+    return {"frames": frames, "rss_mb_after_warmup": baseline, "rss_mb_end": end,
+            "rss_growth_mb": None if baseline is None else end - baseline,
+            "ms_per_frame_first_tenth": float(times[:tenth].mean() * 1000.0),
+            "ms_per_frame_last_tenth": float(times[-tenth:].mean() * 1000.0),
+            "trend_ms_per_1000_frames": float(slope)}
+
+
+def print_table(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title="WorldSim play: world model on this machine")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for section, values in results.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            text = f"{value:.2f}" if isinstance(value, float) else str(value)
+            table.add_row(f"{section}.{key}", text)
+    Console().print(table)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="world checkpoint (default: an untrained world of the CPU sizes)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of play per session")
+    parser.add_argument("--fps", type=int, default=20)
+    parser.add_argument("--soak-frames", type=int, default=2000, help="72000: an hour of play time")
+    parser.add_argument("--out", default="bench_results/play.json")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or untrained_world(Path(tmp) / "world")
+        import torch
+        results = {
+            "setup": {"checkpoint": args.checkpoint or "untrained: dynamics tiny + autoencoder cpu",
+                      "torch_threads": 1, "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
+                      "torch": torch.__version__},
+            "play": play_session(checkpoint, args.seconds, args.fps, probe=True),
+            "play_unpaced": play_session(checkpoint, args.seconds, 1000, probe=False),
+            "soak": soak(checkpoint, args.soak_frames, args.fps),
+        }
+    results["setup"]["load_average_1min_end"] = os.getloadavg()[0]
+    print_table(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"saved {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
