@@ -11,6 +11,7 @@ generation in its worker thread, exactly as when playing:
   with the model's ms per frame (sampling + decoding) and display redraws per second;
 - latency: a mouse-motion event is posted every PROBE_EVERY seconds; its latency is the time from posting
   to the first drawn frame whose action included it, in ms and in frames of 1/fps;
+- rollout: frames per second of a batch of worlds under the random policy (no files written);
 - soak: N frames of the env alone (a scripted walk, the game's rewind snapshots kept as in play), resident
   memory after warm-up and at the end, and the per-frame time of the first and last tenth and its trend.
 """
@@ -129,6 +130,17 @@ def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring:
             "trend_ms_per_1000_frames": float(slope)}
 
 
+def rollout_speed(checkpoint: str, num_envs: int, steps: int) -> dict:
+    """Frames per second of a batched rollout (random policy) in the world model, at batch `num_envs`."""
+    from worldsim.envs.world_model import WorldModelVectorEnv
+    from worldsim.rollout import make_batch_policy, rollout
+    env = WorldModelVectorEnv(num_envs, checkpoint=checkpoint)
+    rollout(env, make_batch_policy("random", num_envs, 0), steps=2, seed=0)  # warm-up
+    result = rollout(env, make_batch_policy("random", num_envs, 0), steps=steps, seed=0)
+    return {"num_envs": num_envs, "frames": result["frames"], "fps": result["fps"],
+            "ms_per_batch_step": result["seconds"] / steps * 1000.0}
+
+
 def print_table(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -150,19 +162,24 @@ def main(argv=None) -> dict:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of play per session")
     parser.add_argument("--fps", type=int, default=20)
     parser.add_argument("--soak-frames", type=int, default=2000, help="72000: an hour of play time")
+    parser.add_argument("--soak-checkpoint", help="world checkpoint for the soak (default: the play one)")
+    parser.add_argument("--skip-play", action="store_true", help="only the soak")
+    parser.add_argument("--rollout-envs", type=int, default=16, help="batch of the rollout timing (0: skip)")
     parser.add_argument("--out", default="bench_results/play.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or untrained_world(Path(tmp) / "world")
         import torch
-        results = {
-            "setup": {"checkpoint": args.checkpoint or "untrained: dynamics tiny + autoencoder cpu",
-                      "torch_threads": 1, "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
-                      "torch": torch.__version__},
-            "play": play_session(checkpoint, args.seconds, args.fps, probe=True),
-            "play_unpaced": play_session(checkpoint, args.seconds, 1000, probe=False),
-            "soak": soak(checkpoint, args.soak_frames, args.fps),
-        }
+        results = {"setup": {"checkpoint": args.checkpoint or "untrained: dynamics tiny + autoencoder cpu",
+                             "soak_checkpoint": args.soak_checkpoint or "the play checkpoint", "torch_threads": 1,
+                             "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
+                             "torch": torch.__version__}}
+        if not args.skip_play:
+            results["play"] = play_session(checkpoint, args.seconds, args.fps, probe=True)
+            results["play_unpaced"] = play_session(checkpoint, args.seconds, 1000, probe=False)
+        if args.rollout_envs:
+            results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20)
+        results["soak"] = soak(args.soak_checkpoint or checkpoint, args.soak_frames, args.fps)
     results["setup"]["load_average_1min_end"] = os.getloadavg()[0]
     print_table(results)
     out = Path(args.out)
