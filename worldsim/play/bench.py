@@ -79,7 +79,7 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool) -> dict
             draws += 1
             if game.info.get("ms_per_frame") is not None:
                 ms.append(game.info["ms_per_frame"])
-            clock.tick(game.config.display_fps)
+            game.wait(clock)
         elapsed = time.perf_counter() - start
         frames = game.ticks
     finally:

@@ -256,12 +256,18 @@ class Game:
         self.mouse.set(True)
         if self.worker is not None:
             self.worker.start()
-        rate = self.config.display_fps if self.worker is not None else self.config.fps
         try:
             while self.tick(pygame.event.get()):
-                clock.tick(rate)
+                self.wait(clock)
         finally:
             self.close()
+
+    def wait(self, clock) -> None:
+        """Until the next tick: 1/fps inline; with a worker 1/display_fps, or less when a new frame is ready."""
+        if self.worker is None:
+            clock.tick(self.config.fps)
+        else:
+            self.worker.wait(1.0 / self.config.display_fps)
 
     def close(self) -> None:
         """Stop generating, keep a recording in progress, close the window."""

@@ -42,6 +42,7 @@ class FrameWorker:
         self.env, self.input, self.period = env, input_state, 1.0 / fps
         self.lock = threading.Lock()
         self.results: queue.Queue[StepResult] = queue.Queue()
+        self.ready = threading.Event()     # set when a result is queued: the display draws it at once
         self.after_step = after_step       # called under the lock after each step (the game's snapshots)
         self.epoch = 0
         self._slot = info.get("selected_slot", 0)
@@ -79,10 +80,16 @@ class FrameWorker:
                         self.after_step(obs, info, reset)
                     self.results.put(StepResult(action, obs, info, reset, events_seen, started,
                                                 time.perf_counter(), self.epoch))
+                self.ready.set()
                 # late frames start at once, but no time is banked: the world never runs ahead of real time
                 next_start = max(next_start + self.period, time.perf_counter() - self.period)
         except BaseException as e:  # noqa: BLE001 - handed to the game thread, which raises it
             self.error = e
+
+    def wait(self, timeout: float) -> None:
+        """Until a new result is queued or `timeout` seconds have passed."""
+        self.ready.wait(timeout)
+        self.ready.clear()
 
     def drain(self) -> list[StepResult]:
         """Results of the current epoch since the last drain, in order."""
