@@ -403,10 +403,12 @@ class Game:
         self.window = pygame.display.set_mode(self._window_size(self.show_twin))
 
     def rewind(self) -> None:
-        """Back about rewind_seconds: to the newest snapshot at least that old (else the oldest)."""
+        """Back about rewind_seconds: to the newest snapshot at least that old (else the oldest). A recording
+        stops first: each of its frames must follow from the one before."""
         if not self.snapshots:
             print("nothing to rewind to")
             return
+        self.stop_recording()
         target = self.info.get("tick", self.ticks) - round(self.config.rewind_seconds * self.config.fps)
         with self._exclusive():
             older = [s for s in self.snapshots if s.info.get("tick", 0) <= target]
