@@ -50,14 +50,14 @@ def untrained_world(directory) -> str:
     return str(random_world(directory, dynamics, autoencoder))
 
 
-def play_session(checkpoint: str, seconds: float, fps: int, probe: bool) -> dict:
+def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: int | None = None) -> dict:
     """Play headless for `seconds` with the worker thread; returns rates and, with `probe`, latencies."""
     os.environ["SDL_VIDEODRIVER"] = "dummy"
     import pygame
 
     from worldsim.envs.world_model import WorldModelEnv
     from worldsim.play.game import Game, PlayConfig
-    env = WorldModelEnv(checkpoint=checkpoint, twin=False)
+    env = WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps)
     game = Game(env, PlayConfig(scale=4, fps=fps, generation="thread", record_dir=tempfile.mkdtemp()), seed=0)
     game.mouse.set(True)
     clock = pygame.time.Clock()
@@ -161,7 +161,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpoint", help="world checkpoint (default: an untrained world of the CPU sizes)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of play per session")
     parser.add_argument("--fps", type=int, default=20)
-    parser.add_argument("--soak-frames", type=int, default=2000, help="72000: an hour of play time")
+    parser.add_argument("--steps", type=int, help="denoising steps in play (default: the model's)")
+    parser.add_argument("--soak-frames", type=int, default=2000, help="72000: an hour of play time; 0: skip")
     parser.add_argument("--soak-checkpoint", help="world checkpoint for the soak (default: the play one)")
     parser.add_argument("--skip-play", action="store_true", help="only the soak")
     parser.add_argument("--rollout-envs", type=int, default=16, help="batch of the rollout timing (0: skip)")
@@ -172,14 +173,16 @@ def main(argv=None) -> dict:
         import torch
         results = {"setup": {"checkpoint": args.checkpoint or "untrained: dynamics tiny + autoencoder cpu",
                              "soak_checkpoint": args.soak_checkpoint or "the play checkpoint", "torch_threads": 1,
+                             "steps": args.steps,
                              "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                              "torch": torch.__version__}}
         if not args.skip_play:
-            results["play"] = play_session(checkpoint, args.seconds, args.fps, probe=True)
-            results["play_unpaced"] = play_session(checkpoint, args.seconds, 1000, probe=False)
+            results["play"] = play_session(checkpoint, args.seconds, args.fps, probe=True, steps=args.steps)
+            results["play_unpaced"] = play_session(checkpoint, args.seconds, 1000, probe=False, steps=args.steps)
         if args.rollout_envs:
             results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20)
-        results["soak"] = soak(args.soak_checkpoint or checkpoint, args.soak_frames, args.fps)
+        if args.soak_frames:
+            results["soak"] = soak(args.soak_checkpoint or checkpoint, args.soak_frames, args.fps)
     results["setup"]["load_average_1min_end"] = os.getloadavg()[0]
     print_table(results)
     out = Path(args.out)
