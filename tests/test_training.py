@@ -283,7 +283,7 @@ def test_two_process_gloo_ddp_ends_with_identical_weights_and_resumes_exactly(tm
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                f"--master_port={free_port()}", str(script), str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_weights(weights(out / "rank0.safetensors"), weights(out / "rank1.safetensors"))
