@@ -66,6 +66,20 @@ def validate(action) -> dict:
     return out
 
 
+def split_batch(action, num_envs: int) -> list[dict]:
+    """Validated per-env actions from a vector env's batched action (buttons (N,), camera (N, 2))."""
+    if not isinstance(action, dict):
+        raise ValueError(f"a batched action must be a dict of arrays, got {type(action).__name__}")
+    batched = {}
+    for key, value in action.items():
+        value = np.asarray(value)
+        if value.ndim == 0 or value.shape[0] != num_envs:
+            raise ValueError(f"action[{key!r}] must have a leading dimension of num_envs={num_envs}, "
+                             f"got shape {value.shape}")
+        batched[key] = value
+    return [validate({k: v[i] for k, v in batched.items()}) for i in range(num_envs)]
+
+
 def to_vector(action: dict) -> np.ndarray:
     """The model's float32 (25,) vector for one action; camera scaled by CAMERA_MAX_DEGREES and clipped to [-1, 1]."""
     action = validate(action)

@@ -289,7 +289,7 @@ class VoxelVectorEnv(gymnasium.vector.VectorEnv):
     def step(self, action: dict):
         if not self.sims:
             raise RuntimeError("call reset() before step()")
-        per_env = self._split(action)
+        per_env = actions.split_batch(action, self.num_envs)
         truncations = np.zeros(self.num_envs, dtype=np.bool_)
         limit = self.config.max_episode_steps
         for i, sim in enumerate(self.sims):
@@ -305,19 +305,6 @@ class VoxelVectorEnv(gymnasium.vector.VectorEnv):
             infos = self._add_info(infos, sim.info(), i)
         return (self._frames, np.zeros(self.num_envs, dtype=np.float64), np.zeros(self.num_envs, dtype=np.bool_),
                 truncations, infos)
-
-    def _split(self, action: dict) -> list[dict]:
-        """Validated per-env actions from a dict of batched arrays (buttons (N,), camera (N, 2))."""
-        if not isinstance(action, dict):
-            raise ValueError(f"a batched action must be a dict of arrays, got {type(action).__name__}")
-        batched = {}
-        for key, value in action.items():
-            value = np.asarray(value)
-            if value.ndim == 0 or value.shape[0] != self.num_envs:
-                raise ValueError(f"action[{key!r}] must have a leading dimension of num_envs={self.num_envs}, "
-                                 f"got shape {value.shape}")
-            batched[key] = value
-        return [actions.validate({k: v[i] for k, v in batched.items()}) for i in range(self.num_envs)]
 
     def _render_all(self) -> np.ndarray:
         """Frames of every sub-env, (N, H, W, 3) uint8; the one place a batched renderer plugs in."""

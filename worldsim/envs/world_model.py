@@ -545,7 +545,7 @@ class WorldModelVectorEnv(_ModelWorld, gymnasium.vector.VectorEnv):
     def step(self, action: dict):
         if self._frames is None:
             raise RuntimeError("call reset() before step()")
-        per_env = self._split(action)
+        per_env = actions.split_batch(action, self.num_envs)
         if self._needs_reset:
             obs, infos = self._start(None)
             return obs, np.zeros(self.num_envs), np.zeros(self.num_envs, np.bool_), \
@@ -559,19 +559,6 @@ class WorldModelVectorEnv(_ModelWorld, gymnasium.vector.VectorEnv):
         self._needs_reset = bool(truncations[0])
         return (self._frames.copy(), np.zeros(self.num_envs, dtype=np.float64), np.zeros(self.num_envs, dtype=np.bool_),
                 truncations, self._infos())
-
-    def _split(self, action: dict) -> list[dict]:
-        """Validated per-env actions from a dict of batched arrays (buttons (N,), camera (N, 2))."""
-        if not isinstance(action, dict):
-            raise ValueError(f"a batched action must be a dict of arrays, got {type(action).__name__}")
-        batched = {}
-        for key, value in action.items():
-            value = np.asarray(value)
-            if value.ndim == 0 or value.shape[0] != self.num_envs:
-                raise ValueError(f"action[{key!r}] must have a leading dimension of num_envs={self.num_envs}, "
-                                 f"got shape {value.shape}")
-            batched[key] = value
-        return [actions.validate({k: v[i] for k, v in batched.items()}) for i in range(self.num_envs)]
 
     def _infos(self) -> dict:
         infos = {}
