@@ -250,24 +250,23 @@ def test_trains_on_a_clip_dataset(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- DDP
 
-def run_ddp_worker(out_dir: str) -> None:
-    """Body of the torchrun script: 2 gloo processes train, are killed and resume; each rank saves what it ends with."""
+def run_ddp_worker(out_dir: str, phase: str) -> None:
+    """Body of the torchrun script, one phase per launch (a process group is created once per process, as in
+    real use): "full" trains 8 steps; "cut" is killed after step 6; "resume" continues the cut run."""
     import os
 
     import torch.distributed as dist
     rank = int(os.environ["RANK"])
     config = TrainConfig(out_dir=out_dir, steps=8, batch_size=4, lr=1e-2, warmup_steps=2, ckpt_every=4,
                          log_every=2, sample_every=4, seed=5, ema=0.5)
-    task = TinyTask(seed=rank)  # different initial weights: DDP must broadcast rank 0's
+    if phase == "cut":
+        assert train(TinyTask(seed=rank), Regression(), config, progress=False, stop_after=6)["stopped"]
+        return
+    task = TinyTask(seed=rank if phase == "full" else rank + 7)  # different weights: rank 0's or the checkpoint's win
     train(task, Regression(), config, progress=False)
     assert not dist.is_initialized()
     from safetensors.torch import save_file
     save_file(task.model.state_dict(), str(Path(out_dir) / f"rank{rank}.safetensors"))
-    cut = TrainConfig(**{**config.__dict__, "out_dir": out_dir + "-cut"})
-    assert train(TinyTask(seed=rank), Regression(), cut, progress=False, stop_after=6)["stopped"]
-    task = TinyTask(seed=rank + 7)
-    train(task, Regression(), cut, progress=False)
-    save_file(task.model.state_dict(), str(Path(cut.out_dir) / f"rank{rank}.safetensors"))
 
 
 def free_port() -> int:
@@ -279,19 +278,20 @@ def free_port() -> int:
 def test_two_process_gloo_ddp_ends_with_identical_weights_and_resumes_exactly(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\nsys.path.insert(0, {str(REPO)!r})\n"
-                      "from test_training import run_ddp_worker\nrun_ddp_worker(sys.argv[1])\n")
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", str(script), str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+                      "from test_training import run_ddp_worker\nrun_ddp_worker(sys.argv[1], sys.argv[2])\n")
+    out, resumed = tmp_path / "run", tmp_path / "run-cut"
+    for run_dir, phase in ((out, "full"), (resumed, "cut"), (resumed, "resume")):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                   f"--master_port={free_port()}", str(script), str(run_dir), phase]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, f"{phase}: {done.stderr[-3000:]}"
     assert_same_weights(weights(out / "rank0.safetensors"), weights(out / "rank1.safetensors"))
     assert_same_weights(weights(out / "rank0.safetensors"), weights(out / "model.safetensors"))
     state = json.loads((out / "checkpoints" / "step_00000008" / "training_state.json").read_text())
     assert len(state["rng"]) == 2 and state["data"]["world_size"] == 2
     assert (out / "curves.csv").exists() and (out / "samples" / "step_000008.png").exists()
-    resumed = tmp_path / "run-cut"  # killed after step 6, resumed from step 4
+    # the cut run was killed after step 6 and resumed from its step-4 checkpoint
     for rank in range(2):
         assert_same_weights(weights(out / "rank0.safetensors"), weights(resumed / f"rank{rank}.safetensors"))
     assert_same_weights(weights(out / "ema.safetensors"), weights(resumed / "ema.safetensors"))
