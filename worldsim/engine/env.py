@@ -40,6 +40,15 @@ MIN_VIEW_DISTANCE = 16  # one column on each side of the player's: anything less
 SEED_BOUND = 2 ** 31    # seeds drawn for unseeded episodes lie in [0, SEED_BOUND)
 
 
+def config_with_overrides(cls, config, overrides: dict, what: str):
+    """`config` (or cls's defaults) with some fields replaced; an unknown field name raises TypeError naming it."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown {what} config field(s) {unknown}; known: {sorted(known)}")
+    return dataclasses.replace(config or cls(), **overrides)
+
+
 @dataclass
 class EngineConfig:
     width: int = 128
@@ -71,11 +80,7 @@ class EngineConfig:
     @classmethod
     def with_overrides(cls, config: "EngineConfig | None", overrides: dict) -> "EngineConfig":
         """`config` (or the defaults) with some fields replaced; an unknown field name raises TypeError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise TypeError(f"unknown engine config field(s) {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(config or cls(), **overrides)
+        return config_with_overrides(cls, config, overrides, "engine")
 
 
 class Simulation:

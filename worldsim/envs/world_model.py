@@ -46,7 +46,7 @@ from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
 from worldsim.engine import actions
-from worldsim.engine.env import SEED_BOUND, EngineConfig, VoxelEnv
+from worldsim.engine.env import SEED_BOUND, EngineConfig, VoxelEnv, config_with_overrides
 from worldsim.engine.player import TICKS_PER_SECOND
 from worldsim.sampling import Sampler
 
@@ -91,11 +91,7 @@ class WorldModelConfig:
     @classmethod
     def with_overrides(cls, config: "WorldModelConfig | None", overrides: dict) -> "WorldModelConfig":
         """`config` (or the defaults) with some fields replaced; an unknown field name raises TypeError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise TypeError(f"unknown world model config field(s) {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(config or cls(), **overrides)
+        return config_with_overrides(cls, config, overrides, "world model")
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
