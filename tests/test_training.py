@@ -222,6 +222,23 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     assert sorted(p.name for p in (Path(cut.out_dir) / "checkpoints").iterdir()) == ["step_00000004"]
 
 
+def test_a_spent_time_budget_checkpoints_and_a_rerun_finishes_as_one_run(tmp_path):
+    dataset = Regression()
+    whole = config_for(tmp_path / "whole")
+    train(TinyTask(seed=0), dataset, whole, progress=False)
+    timed = config_for(tmp_path / "timed", max_minutes=1e-9)  # spent at the first log step (2), off the ckpt grid
+    result = train(TinyTask(seed=0), dataset, timed, progress=False)
+    assert result["stopped"] and result["step"] == 2
+    assert sorted(p.name for p in (Path(timed.out_dir) / "checkpoints").iterdir()) == ["step_00000002"]
+    result = train(TinyTask(seed=5), dataset, config_for(tmp_path / "timed"), progress=False)
+    assert not result["stopped"] and result["step"] == 12
+    for name in ("model", "ema"):
+        assert_same_weights(weights(Path(whole.out_dir) / f"{name}.safetensors"),
+                            weights(Path(timed.out_dir) / f"{name}.safetensors"))
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=-1.0)
+
+
 def test_trains_on_a_clip_dataset(tmp_path):
     from worldsim.data.cache import CacheWriter, ClipDataset
     rng = np.random.default_rng(0)

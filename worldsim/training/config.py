@@ -26,6 +26,8 @@ class TrainConfig:
     compile: bool = False           # torch.compile the model for training
     ema: float = 0.0                # EMA decay of the weights (0: off), e.g. 0.999
     precision: str = "auto"         # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    max_minutes: float = 0.0        # wall-clock budget of this call: checkpoint and stop when spent (0: none);
+                                    # a rerun resumes, so a long run can be trained in timed pieces
 
     def __post_init__(self):
         for f in fields(self):
@@ -49,6 +51,8 @@ class TrainConfig:
         _check(self.sample_every >= 0, "sample_every", "must be ≥ 0 (0: never)", self.sample_every)
         _check(self.num_workers >= 0, "num_workers", "must be ≥ 0", self.num_workers)
         _check(0.0 <= self.ema < 1.0, "ema", "must be in [0, 1) (0: off)", self.ema)
+        _check(math.isfinite(self.max_minutes) and self.max_minutes >= 0, "max_minutes", "must be ≥ 0 (0: no limit)",
+               self.max_minutes)
         _check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}", self.precision)
 
 

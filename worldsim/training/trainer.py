@@ -42,7 +42,7 @@ MIN_LR_FRACTION = 0.1      # the cosine schedule ends at this fraction of lr
 KEEP_CHECKPOINTS = 2       # step directories kept: the latest, and one before it in case the disk lies
 SAMPLE_BATCH_ITEMS = 8     # dataset items in the default sample batch
 CHECKPOINTS = "checkpoints"
-RESUME_FREE = {"out_dir", "resume", "num_workers", "log_every", "sample_every", "ckpt_every"}  # no effect on the weights
+RESUME_FREE = {"out_dir", "resume", "num_workers", "log_every", "sample_every", "ckpt_every", "max_minutes"}  # no effect on the weights
 
 
 class TrainTask(Protocol):
@@ -289,21 +289,36 @@ class _Run:
             shutil.rmtree(old, ignore_errors=True)
         self.curves.plot(self.out_dir / "curves.png")
 
+    def out_of_time(self, started: float) -> bool:
+        """Whether train.max_minutes is spent; every process takes rank 0's answer so that all stop together."""
+        if not self.config.max_minutes:
+            return False
+        spent = torch.tensor([float(time.perf_counter() - started > 60.0 * self.config.max_minutes)])
+        if self.dist.enabled:
+            spent = spent.to(self.dist.device)
+            torch.distributed.broadcast(spent, src=0)
+        return bool(spent.item())
+
     def run(self, stop_after: int | None) -> dict:
         config = self.config
-        batches = iter(self.loader)
+        batches, started = iter(self.loader), time.perf_counter()
         while self.step < config.steps:
             if stop_after is not None and self.step >= stop_after:
                 return self.summary(stopped=True)
             self.train_step(next(batches))
             self.bar.update(1)
             done = self.step == config.steps
+            timed_out = not done and self.step % config.log_every == 0 and self.out_of_time(started)
             if self.step % config.log_every == 0 or done:
                 self.log_row()
-            if (config.sample_every and self.step % config.sample_every == 0) or done:
+            if (config.sample_every and self.step % config.sample_every == 0) or done or timed_out:
                 self.save_samples()
-            if (config.ckpt_every and self.step % config.ckpt_every == 0) or done:
+            if (config.ckpt_every and self.step % config.ckpt_every == 0) or done or timed_out:
                 self.save_checkpoint()
+            if timed_out:
+                log.info("train.max_minutes=%g spent at step %d of %d: checkpoint saved; rerun to resume",
+                         config.max_minutes, self.step, config.steps)
+                return self.summary(stopped=True)
         return self.summary(stopped=False)
 
     def summary(self, stopped: bool) -> dict:
