@@ -2,6 +2,7 @@
 
     python -m worldsim.models.bench_dynamics [--config tiny] [--steps 4] [--batches 1 16 64] [--threads 1]
                                              [--context-frames W] [--autoencoder cpu] [--out PATH]
+                                             [--train-batch 64]   # also training tokens/s and MFU
 
 Weights are random (speed does not depend on them). Decode uses the autoencoder config named by
 --autoencoder (configs/autoencoder/NAME.yaml, random weights) or a trained run directory; `none` times the
@@ -75,6 +76,59 @@ def time_case(config, batch, steps, frames, warmup, decode, device, seed=0):
     return step_s, decode_s
 
 
+H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM: the MFU denominator
+
+
+def attention_pairs(config: DynamicsConfig, frames: int) -> int:
+    """(query, key) token pairs the block-causal windowed mask allows in a clip of `frames` frames."""
+    K, n = config.chunk_frames, config.tokens_per_frame
+    window_chunks = max(1, config.context_frames // K)
+    pairs = 0
+    for f in range(frames):
+        chunk = f // K
+        first = max(0, chunk - window_chunks + 1) * K
+        pairs += n * n * (min(frames, (chunk + 1) * K) - first)
+    return pairs
+
+
+def train_flops_per_clip(config: DynamicsConfig, model: DynamicsModel, frames: int) -> float:
+    """Forward+backward FLOPs of one clip: 6·params·tokens for the matrices, 12·pairs·width per layer for attention."""
+    tokens = frames * config.tokens_per_frame
+    params = sum(p.numel() for p in model.parameters())
+    return 6.0 * params * tokens + 12.0 * attention_pairs(config, frames) * config.n_embd * config.n_layer
+
+
+def time_training(config: DynamicsConfig, batch: int, device, steps: int = 20, warmup: int = 5,
+                  peak_tflops: float = H100_BF16_TFLOPS) -> dict:
+    """Training throughput of flow_matching_loss + backward + AdamW on random clips of context_frames frames:
+    bf16 autocast on CUDA (fp32 on the CPU), tokens/s and model FLOPs utilisation."""
+    from worldsim.models.dynamics import flow_matching_loss
+    torch.manual_seed(0)
+    model = DynamicsModel(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    c, T = config, config.context_frames
+    latents = torch.randn(batch, T, c.latent_channels, c.latent_height, c.latent_width, device=device)
+    actions = torch.zeros(batch, T, ACTION_DIM, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        with autocast:
+            loss, _ = flow_matching_loss(model, config, latents, actions)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    flops = batch * train_flops_per_clip(config, model, T) / seconds
+    return {"batch": batch, "frames_per_clip": T, "ms_per_step": 1e3 * seconds,
+            "tokens_per_s": batch * T * config.tokens_per_frame / seconds, "tflops": flops / 1e12,
+            "mfu": flops / (peak_tflops * 1e12) if device.type == "cuda" else None}
+
+
 def run(args) -> list[dict]:
     device = torch.device(args.device)
     if args.threads:
@@ -110,9 +164,15 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--autoencoder", default="cpu", help="configs/autoencoder/NAME.yaml, a run dir, or none")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--train-batch", type=int, default=0, help="also time training at this batch (0: skip)")
+    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS, help="the MFU denominator")
     parser.add_argument("--out", default="bench_results/dynamics.json")
     args = parser.parse_args(argv)
     rows = run(args)
+    training = None
+    if args.train_batch:
+        config = load_yaml_config("dynamics", args.config, DynamicsConfig)
+        training = time_training(config, args.train_batch, torch.device(args.device), peak_tflops=args.peak_tflops)
 
     table = Table(title=f"dynamics sampler, {args.config} (window {rows[0]['context_frames']}), "
                         f"{args.steps} Euler steps per chunk (commit fused), "
@@ -123,13 +183,18 @@ def main(argv=None) -> None:
         table.add_row(str(r["batch"]), f"{r['ms_per_frame_dynamics']:.2f}", f"{r['ms_per_frame_decode']:.2f}",
                       f"{r['ms_per_frame_total']:.2f}", f"{r['frames_per_s']:.1f}", f"{r['ms_per_step_p90']:.2f}")
     Console().print(table)
+    if training is not None:
+        mfu = "n/a (CPU)" if training["mfu"] is None else f"{100 * training['mfu']:.1f}% of {args.peak_tflops:g} TFLOP/s"
+        print(f"training, batch {training['batch']} × {training['frames_per_clip']} frames: "
+              f"{training['ms_per_step']:.1f} ms/step, {training['tokens_per_s']:,.0f} tokens/s, "
+              f"{training['tflops']:.1f} TFLOP/s, MFU {mfu}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
             "threads": torch.get_num_threads(), "torch": torch.__version__, "autoencoder": args.autoencoder,
             "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(),
             "timing": "median of perf_counter around Sampler.step and decode, ring buffer wrapped"}
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    out.write_text(json.dumps({"meta": meta, "rows": rows, "training": training}, indent=1) + "\n")
     print(f"saved {out}")
 
 
