@@ -176,9 +176,14 @@ def run_train_dynamics(cfg: DictConfig) -> None:
     train_dynamics(DynamicsConfig(**to_dict(cfg.dynamics)), TrainConfig(**to_dict(cfg.train)))
 
 
+def run_ship(cfg: DictConfig) -> None:
+    from worldsim.envs.ship import ship_config_from, ship_world
+    ship_world(ship_config_from(to_dict(cfg.ship)))
+
+
 MODES = {"play": run_play, "bench": run_bench, "generate": run_generate, "convert": run_convert,
          "train_autoencoder": run_train_autoencoder, "encode": run_encode, "train_dynamics": run_train_dynamics,
-         "rollout": run_rollout, "eval": run_eval, "train_idm": run_train_idm}
+         "rollout": run_rollout, "eval": run_eval, "train_idm": run_train_idm, "ship": run_ship}
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")

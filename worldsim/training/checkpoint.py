@@ -100,16 +100,29 @@ def _qualname(obj) -> str:
 
 # ---------------------------------------------------------------------------------------------- model weights
 
-def save_checkpoint(directory, model: nn.Module, config, *, name: str = "model", extra: dict | None = None) -> Path:
-    """Write DIR/NAME.safetensors (the unwrapped model's state dict) and DIR/NAME.json (class, config, extra)."""
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def save_checkpoint(directory, model: nn.Module, config, *, name: str = "model", extra: dict | None = None,
+                    storage_dtype: str | None = None) -> Path:
+    """Write DIR/NAME.safetensors (the unwrapped model's state dict) and DIR/NAME.json (class, config, extra).
+
+    storage_dtype ("float16" | "bfloat16") stores fp32 tensors at half size (for shipped models); the JSON
+    records it and load_weights casts back to the model's dtype."""
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"config must be a dataclass instance, got {type(config).__name__}")
+    if storage_dtype is not None and storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {sorted(STORAGE_DTYPES)} or None, got {storage_dtype!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     module = unwrap(model)
-    write_tensors(directory / f"{name}.safetensors", module.state_dict())
+    state = module.state_dict()
+    if storage_dtype is not None:
+        state = {k: v.to(STORAGE_DTYPES[storage_dtype]) if v.dtype == torch.float32 else v for k, v in state.items()}
+    write_tensors(directory / f"{name}.safetensors", state)
     meta = {"format": FORMAT, "class": _qualname(module), "config_class": _qualname(config),
-            "config": dataclasses.asdict(config), **(extra or {})}
+            "config": dataclasses.asdict(config), **({"storage_dtype": storage_dtype} if storage_dtype else {}),
+            **(extra or {})}
     write_json(directory / f"{name}.json", meta)
     return directory / f"{name}.safetensors"
 
@@ -161,11 +174,29 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
         raise CheckpointError(f"{source}: does not fit the model: " + "; ".join(problems[:MAX_LISTED]) + more)
 
 
+def storage_dtype_of(path) -> torch.dtype | None:
+    """The storage dtype recorded in the JSON beside a safetensors file (None: tensors stored as the model's)."""
+    meta_path = Path(path).with_suffix(".json")
+    if not meta_path.exists():
+        return None
+    name = read_json(meta_path).get("storage_dtype")
+    if name is not None and name not in STORAGE_DTYPES:
+        raise CheckpointError(f"{meta_path}: unknown storage_dtype {name!r} (known: {sorted(STORAGE_DTYPES)})")
+    return STORAGE_DTYPES.get(name)
+
+
 def load_weights(model: nn.Module, path) -> nn.Module:
-    """Load a safetensors state dict into `model` strictly (every tensor present, same shapes and dtypes)."""
+    """Load a safetensors state dict into `model` strictly (every tensor present, same shapes and dtypes).
+
+    A checkpoint saved with a storage_dtype holds its fp32 tensors in that dtype: exactly those are expected
+    so, and cast back on loading."""
     module = unwrap(model)
     tensors = read_tensors(path)
-    check_state_dict(module.state_dict(), tensors, str(path))
+    expected = module.state_dict()
+    stored = storage_dtype_of(path)
+    if stored is not None:
+        expected = {k: v.to(stored) if v.dtype == torch.float32 else v for k, v in expected.items()}
+    check_state_dict(expected, tensors, str(path))
     module.load_state_dict(tensors, strict=True)
     return model
 

@@ -1,0 +1,80 @@
+"""Shipping a world: half-size weights that load strictly and behave as the runs', with their provenance."""
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from worldsim.envs.ship import ShipConfig, ship_world
+from worldsim.envs.world_model import load_world, random_world
+from worldsim.models.autoencoder import AutoencoderConfig
+from worldsim.models.dynamics import DynamicsConfig
+from worldsim.training.checkpoint import CheckpointError
+
+
+def tiny_world(directory):
+    dynamics = DynamicsConfig(latent_channels=8, latent_height=4, latent_width=4, n_layer=2, n_head=2, n_embd=64,
+                              context_frames=4, sample_steps=2)
+    autoencoder = AutoencoderConfig(height=32, width=32, latent_channels=8, enc_channels=(16, 32, 32),
+                                    dec_channels=(32, 32, 16))
+    return random_world(directory, dynamics, autoencoder)
+
+
+def ship(runs, out, **kw):
+    return ship_world(ShipConfig(dynamics=str(runs / "dynamics"), autoencoder=str(runs / "autoencoder"),
+                                 out=str(out), notes="test", **kw))
+
+
+def test_shipped_world_is_half_size_loads_back_and_records_its_source(tmp_path):
+    runs = tiny_world(tmp_path / "runs")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "report.json").write_text(json.dumps({"fidelity": {}}))
+    out = ship(runs, tmp_path / "assets" / "world", eval=str(tmp_path / "eval"))
+    for part in ("dynamics", "autoencoder"):
+        with safe_open(str(out / part / "model.safetensors"), "pt") as f:
+            dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+        assert torch.float32 not in dtypes and torch.float16 in dtypes
+        full = (runs / part / "model.safetensors").stat().st_size
+        assert (out / part / "model.safetensors").stat().st_size < 0.55 * full
+    dynamics, autoencoder = load_world(out)
+    source_dynamics, source_autoencoder = load_world(runs)
+    assert next(dynamics.parameters()).dtype == torch.float32  # cast back on loading
+    for (name, a), b in zip(dynamics.state_dict().items(), source_dynamics.state_dict().values()):
+        assert torch.equal(a, b.half().float()), name
+    z = torch.randn(2, *autoencoder.config.latent_shape)
+    with torch.no_grad():
+        assert (autoencoder.decode(z) - source_autoencoder.decode(z)).abs().max() < 0.02
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["runs"]["dynamics"]["source"] == str(runs / "dynamics")
+    assert provenance["storage_dtype"] == "float16" and provenance["notes"] == "test"
+    assert provenance["max_relative_output_difference"] < 0.05
+    assert json.loads((out / "eval" / "report.json").read_text()) == {"fidelity": {}}
+    # shipping again replaces the directory whole
+    (out / "stale.txt").write_text("x")
+    ship(runs, out)
+    assert not (out / "stale.txt").exists() and not (out / "eval").exists()
+
+
+def test_half_size_weights_without_their_record_or_with_a_bad_one_are_refused(tmp_path):
+    out = ship(tiny_world(tmp_path / "runs"), tmp_path / "world")
+    meta_path = out / "dynamics" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["storage_dtype"] = "int3"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="storage_dtype"):
+        load_world(out)
+    del meta["storage_dtype"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="dtype torch.float16"):
+        load_world(out)
+
+
+def test_bad_ship_settings_name_the_problem(tmp_path):
+    runs = tiny_world(tmp_path / "runs")
+    with pytest.raises(FileNotFoundError, match="ship.dynamics"):
+        ShipConfig(dynamics=str(tmp_path / "nope"), autoencoder=str(runs / "autoencoder"))
+    with pytest.raises(FileNotFoundError, match="report.json"):
+        ship(runs, tmp_path / "w", eval=str(tmp_path))
+    with pytest.raises(ValueError, match="ship.dtype"):
+        ship(runs, tmp_path / "w", dtype="int8")
+    assert not (tmp_path / "w").exists()

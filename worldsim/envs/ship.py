@@ -1,0 +1,150 @@
+"""Ship a trained world (`mode=ship`): a dynamics run and an autoencoder run, copied at half size into a world
+directory (assets/world by default) together with the record of how they were made and how they scored.
+
+    python run_world.py mode=ship ship.dynamics=runs/dyn ship.autoencoder=runs/ae ship.eval=eval/model
+
+The world directory holds dynamics/model.{safetensors,json} and autoencoder/model.{safetensors,json} (the EMA
+weights where the run has them, stored as float16 and cast back on loading), eval/ (the evaluation's report.json
+and sheet.png when given) and provenance.json: the source runs, their model and training configs, steps, the
+training data's statistics, the evaluation summary and free-form notes (which machine trained what). The
+directory is replaced atomically; it is checked by loading it back and comparing its outputs with the runs'.
+"""
+import dataclasses
+import datetime
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from worldsim.training.checkpoint import STORAGE_DTYPES, read_json, save_checkpoint, write_json
+
+RECIPE = [
+    "python run_world.py mode=generate generate.fmt=cache generate.out_dir=data/train generate.episodes=N seed=0",
+    "python run_world.py mode=train_autoencoder autoencoder=cpu train.data=data/train/cache train.out_dir=runs/ae ...",
+    "python run_world.py mode=encode encode.checkpoint=runs/ae encode.cache=data/train/cache",
+    "python run_world.py mode=train_dynamics dynamics=tiny train.data=data/train/cache train.out_dir=runs/dyn ...",
+    "python run_world.py mode=eval eval.checkpoint=runs/dyn eval.autoencoder=runs/ae eval.idm=runs/idm",
+    "python run_world.py mode=ship ship.dynamics=runs/dyn ship.autoencoder=runs/ae ship.eval=eval/model",
+]
+
+
+@dataclass
+class ShipConfig:
+    dynamics: str = "runs/dyn"          # a dynamics run directory (mode=train_dynamics)
+    autoencoder: str = "runs/ae"        # the autoencoder run whose latents the dynamics was trained on
+    out: str = "assets/world"           # the world directory written (replaced)
+    eval: str | None = None             # an eval out_dir (report.json, sheet.png) to keep beside the world
+    data_stats: str | None = None       # the training data's stats.json (default: beside the runs' train.data)
+    dtype: str = "float16"              # storage dtype: float16 | bfloat16
+    notes: str = ""                     # free text kept in provenance.json (machines, hours, commands)
+
+    def __post_init__(self):
+        if self.dtype not in STORAGE_DTYPES:
+            raise ValueError(f"ship.dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.dtype!r}")
+        for name in ("dynamics", "autoencoder"):
+            if not Path(getattr(self, name)).is_dir():
+                raise FileNotFoundError(f"ship.{name}={getattr(self, name)}: no such run directory")
+        if self.eval is not None and not (Path(self.eval) / "report.json").exists():
+            raise FileNotFoundError(f"ship.eval={self.eval}: no report.json in it (run mode=eval first)")
+
+
+def _run_record(run: Path, name: str) -> dict:
+    """What a run's checkpoint JSON says about how it was made (config, step, training config)."""
+    meta = read_json(run / f"{name}.json")
+    return {"source": str(run), "weights": name, "class": meta.get("class"), "config": meta.get("config"),
+            "step": meta.get("step"), "train_config": meta.get("train_config"), "ema": meta.get("ema")}
+
+
+def _data_stats(config: ShipConfig, records: dict) -> dict | None:
+    candidates = [Path(config.data_stats)] if config.data_stats else []
+    for record in records.values():
+        data = (record.get("train_config") or {}).get("data")
+        if data:
+            candidates.append(Path(data).parent / "stats.json")
+    for path in candidates:
+        if path.exists():
+            stats = json.loads(path.read_text())
+            keep = ("episodes", "frames_made", "frames_per_episode", "width", "height", "seed", "workers", "device")
+            return {"source": str(path), **{k: stats[k] for k in keep if k in stats}}
+    if config.data_stats:
+        raise FileNotFoundError(f"ship.data_stats={config.data_stats}: no such file")
+    return None
+
+
+@torch.no_grad()
+def _same_outputs(a_dynamics, a_autoencoder, b_dynamics, b_autoencoder, dtype: str, tolerance: float = 0.05) -> float:
+    """Largest difference between two worlds' decoded frames and one dynamics pass on fixed inputs (the shipped
+    half-size weights must behave as the run's)."""
+    from worldsim.models.dynamics import ACTION_DIM
+    g = torch.Generator().manual_seed(0)
+    c = a_dynamics.config
+    latents = torch.randn(1, 2, c.latent_channels, c.latent_height, c.latent_width, generator=g)
+    actions, levels = torch.zeros(1, 2, ACTION_DIM), torch.full((1, 2), 0.5)
+    worst = 0.0
+    for model in ("dynamics", "decode"):
+        if model == "dynamics":
+            x, y = a_dynamics(latents, actions, levels), b_dynamics(latents, actions, levels)
+        else:
+            x, y = a_autoencoder.decode(latents[0]), b_autoencoder.decode(latents[0])
+        worst = max(worst, float((x - y).abs().max() / (x.abs().max() + 1e-6)))
+    if worst > tolerance:
+        raise RuntimeError(f"the shipped world's outputs differ from the runs' by {worst:.3f} (relative): "
+                           f"ship.dtype={dtype} may be too coarse for these weights")
+    return worst
+
+
+def ship_world(config: ShipConfig) -> Path:
+    from worldsim.envs.world_model import _run_name, load_world
+    dynamics_run, autoencoder_run = Path(config.dynamics), Path(config.autoencoder)
+    dynamics, autoencoder = load_world(dynamics_run, autoencoder_run)
+    names = {"dynamics": _run_name(dynamics_run),
+             "autoencoder": "ema" if (autoencoder_run / "ema.safetensors").exists() else "model"}
+    records = {"dynamics": _run_record(dynamics_run, names["dynamics"]),
+               "autoencoder": _run_record(autoencoder_run, names["autoencoder"])}
+
+    out = Path(config.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for part, model in (("dynamics", dynamics), ("autoencoder", autoencoder)):
+        save_checkpoint(tmp / part, model, model.config, storage_dtype=config.dtype,
+                        extra={"source": records[part]["source"], "step": records[part]["step"]})
+    shipped = load_world(tmp)
+    difference = _same_outputs(dynamics, autoencoder, *shipped, dtype=config.dtype)
+    report = None
+    if config.eval is not None:
+        (tmp / "eval").mkdir()
+        for name in ("report.json", "sheet.png"):
+            if (Path(config.eval) / name).exists():
+                shutil.copyfile(Path(config.eval) / name, tmp / "eval" / name)
+        report = json.loads((Path(config.eval) / "report.json").read_text())
+    provenance = {
+        "shipped": datetime.datetime.now().isoformat(timespec="seconds"),
+        "storage_dtype": config.dtype, "max_relative_output_difference": difference,
+        "bytes": {part: (tmp / part / "model.safetensors").stat().st_size for part in names},
+        "runs": records, "data": _data_stats(config, records),
+        "eval": None if report is None else {"source": str(config.eval), "report": "eval/report.json"},
+        "recipe": RECIPE, "notes": config.notes,
+    }
+    write_json(tmp / "provenance.json", provenance)
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    total = sum(provenance["bytes"].values())
+    print(f"shipped {out}: dynamics step {records['dynamics']['step']}, autoencoder step "
+          f"{records['autoencoder']['step']}, {total / 2**20:.1f} MiB as {config.dtype} "
+          f"(outputs within {difference:.1e} of the runs')")
+    return out
+
+
+def ship_config_from(values: dict) -> ShipConfig:
+    known = {f.name for f in dataclasses.fields(ShipConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown ship settings {unknown}; known: {sorted(known)}")
+    return ShipConfig(**values)
+
