@@ -167,6 +167,17 @@ def test_conversion_round_trip(tmp_path):
         assert (back.seed, back.source, back.options["fov"]) == (e, "engine", 70.0)
 
 
+def test_the_cache_is_the_same_for_any_number_of_reader_threads(tmp_path):
+    from worldsim.data.convert import interchange_to_cache
+    engine_trajectory_dir(tmp_path / "src", episodes=5, steps=4)
+    for threads in (1, 3):
+        interchange_to_cache(tmp_path / "src", tmp_path / f"cache{threads}", threads=threads)
+    one, three = Cache(tmp_path / "cache1"), Cache(tmp_path / "cache3")
+    assert [e["name"] for e in three.episodes] == [f"ep{i}" for i in range(5)]
+    assert np.array_equal(np.asarray(one.frames), np.asarray(three.frames))
+    assert np.array_equal(np.asarray(one.actions), np.asarray(three.actions))
+
+
 def test_one_bad_episode_is_skipped_with_a_warning(tmp_path):
     engine_trajectory_dir(tmp_path / "src", episodes=3, steps=6)
     bad = tmp_path / "src" / "ep1.jsonl"

@@ -5,8 +5,12 @@
 The direction follows SRC: a cache (it has index.json) becomes trajectories, a directory of trajectories
 becomes a cache. An episode that cannot be read is skipped with a warning naming it; the rest convert.
 """
+import os
 import sys
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +21,38 @@ from worldsim.data.interchange import (DEFAULT_FPS, TrajectoryError, TrajectoryN
 from worldsim.data.vpt import SOURCES
 
 
-def interchange_to_cache(src_dir, cache_dir, overwrite: bool = False) -> dict:
-    """Read every trajectory in `src_dir` (unfinished recordings give their prefix) into a new cache."""
+def _read_quietly(stem):
+    """(trajectory, None) or (None, the error) for one trajectory; run in reader threads."""
+    try:
+        return read_trajectory(stem, warn_unfinished=False), None  # an unfinished recording's prefix is expected
+    except (TrajectoryError, FileNotFoundError) as e:
+        return None, e
+
+
+def _read_ahead(stems, threads: int):
+    """(stem, trajectory, error) in order, decoded by `threads` threads at most 2·threads ahead (PyAV decodes
+    without the GIL, so the mp4s of a directory decode in parallel while memory stays bounded)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending, queue = deque(), iter(stems)
+        for stem in islice(queue, 2 * threads):
+            pending.append((stem, pool.submit(_read_quietly, stem)))
+        while pending:
+            stem, future = pending.popleft()
+            for more in islice(queue, 1):
+                pending.append((more, pool.submit(_read_quietly, more)))
+            yield (stem, *future.result())
+
+
+def interchange_to_cache(src_dir, cache_dir, overwrite: bool = False, threads: int | None = None) -> dict:
+    """Read every trajectory in `src_dir` (unfinished recordings give their prefix) into a new cache, decoding
+    with `threads` threads (default: one per core, at most 8); the cache is the same for any number."""
     stems = list_trajectories(src_dir, include_unfinished=True)
+    threads = threads or min(8, os.cpu_count() or 1)
     writer, skipped, frames = None, [], 0
     try:
-        for stem in stems:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # an unfinished recording's prefix is expected here
-                    trajectory = read_trajectory(stem)
-            except (TrajectoryError, FileNotFoundError) as e:
-                warnings.warn(f"skipping trajectory {stem}: {e}", stacklevel=2)
+        for stem, trajectory, error in _read_ahead(stems, threads):
+            if error is not None:
+                warnings.warn(f"skipping trajectory {stem}: {error}", stacklevel=2)
                 skipped.append(str(stem))
                 continue
             height, width = trajectory.frames.shape[1:3]

@@ -276,11 +276,12 @@ def read_video(path: Path, tolerate_truncation: bool = False) -> np.ndarray:
     return np.stack(frames)
 
 
-def read_trajectory(stem) -> Trajectory:
+def read_trajectory(stem, warn_unfinished: bool = True) -> Trajectory:
     """Read NAME.mp4 + NAME.jsonl (+ NAME-options.json when present: VPT data has none).
 
     Our files give exact actions and infos. A recording that never closed ("complete": false, a crash) gives
-    the frames that both files hold, with a warning; otherwise a count mismatch is an error.
+    the frames that both files hold, with a warning (unless warn_unfinished is False); otherwise a count
+    mismatch is an error.
     """
     stem = stem_of(stem)
     paths = TrajectoryPaths.of(stem)
@@ -295,7 +296,8 @@ def read_trajectory(stem) -> Trajectory:
         n = min(len(frames), len(records))
         if not unfinished:
             raise TrajectoryError(f"{paths.jsonl}:{len(records) + 1}: last line cut short")
-        warnings.warn(f"{stem}: recording was not finished; reading its first {n} frames", stacklevel=2)
+        if warn_unfinished:
+            warnings.warn(f"{stem}: recording was not finished; reading its first {n} frames", stacklevel=2)
         frames, records = frames[:n], records[:n]
     elif len(frames) != len(records):
         raise TrajectoryError(f"{paths.jsonl}: {len(records)} lines for the {len(frames)} frames of {paths.mp4}; "
