@@ -143,6 +143,17 @@ def test_noise_levels_and_context_prefix():
     assert abs(float(uniform.mean()) - 0.5) < 0.03
 
 
+def test_sparse_targets_are_whole_chunks_among_context():
+    config = tiny_config(context_prob=1.0, context_noise_max=0.01, target_prob=0.3, chunk_frames=2, context_frames=8)
+    t = sample_noise_levels(config, 4096, 8, torch.Generator().manual_seed(0))
+    context = t <= 0.01  # logit-normal levels fall below 0.01 with a chance of about 2e-6
+    assert torch.equal(context[:, 0::2], context[:, 1::2])  # a chunk is all target or all context
+    assert not bool(context[:, -1].any())  # the last chunk is always a target
+    assert abs(float(context[:, :6].float().mean()) - 0.7) < 0.03
+    mixed = sample_noise_levels(dataclasses.replace(config, context_prob=0.0), 4096, 8, torch.Generator())
+    assert float((mixed <= 0.01).float().mean()) < 0.001  # no context clips: independent levels
+
+
 def test_autocast_bf16_forward_and_backward():
     config = tiny_config(latent_height=8, latent_width=8, n_layer=2)
     model = randomized(DynamicsModel(config))

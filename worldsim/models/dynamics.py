@@ -210,8 +210,11 @@ class DynamicsConfig:
     context_frames: int = 16    # W: frames a token sees, its own chunk included; a multiple of K, > K
     # objective (training)
     noise_schedule: str = "logit_normal"  # logit_normal | uniform: per-frame noise level t
-    context_prob: float = 0.5   # chance a clip gets a clean prefix (context) instead of independent levels
-    context_noise_max: float = 0.1  # that prefix's levels are drawn from U[0, context_noise_max]
+    context_prob: float = 0.5   # chance a clip gets nearly clean context instead of independent levels
+    context_noise_max: float = 0.1  # context frames' levels are drawn from U[0, context_noise_max]
+    target_prob: float = 0.0    # in a context clip: 0 -> a clean prefix, then independent levels; > 0 -> each
+                                # chunk is a noisy target with this chance, the rest context (many targets
+                                # per clip see the clean past that sampling gives them)
     # sampling
     context_noise: float = 0.05     # level at which finished frames are written into the cache
     sample_steps: int = 4           # Euler steps per chunk (the sampler may change it between chunks)
@@ -248,6 +251,8 @@ class DynamicsConfig:
              "and larger than it")
         need(self.noise_schedule in ("logit_normal", "uniform"),
              f"noise_schedule must be logit_normal or uniform, got {self.noise_schedule!r}")
+        need(0.0 <= self.context_prob <= 1.0, f"context_prob must lie in [0, 1], got {self.context_prob}")
+        need(0.0 <= self.target_prob <= 1.0, f"target_prob must lie in [0, 1], got {self.target_prob}")
         need(0.0 <= self.context_noise < 1.0, f"context_noise must lie in [0, 1), got {self.context_noise}")
         need(self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}")
 
@@ -353,9 +358,11 @@ def shift_actions(actions):
 
 
 def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generator=None, device=None):
-    """Diffusion forcing: an independent noise level per frame (B, F); with probability `context_prob` a clip
-    instead gets a random-length prefix at small levels U[0, context_noise_max] (context noise
-    augmentation), the situation the sampler meets: nearly clean context, then a noisy chunk."""
+    """Diffusion forcing: an independent noise level per frame (B, F). With probability `context_prob` a clip
+    instead gets context at small levels U[0, context_noise_max] (context noise augmentation), the situation
+    the sampler meets (nearly clean past, then a noisy chunk): with target_prob = 0 a random-length prefix,
+    then independent levels; with target_prob > 0 each chunk is a target (independent level) with that
+    chance and context otherwise, the last chunk always a target."""
     kw = dict(generator=generator, device=device)
     if config.noise_schedule == "logit_normal":
         t = torch.sigmoid(torch.randn(batch, frames, **kw))
@@ -363,9 +370,16 @@ def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generat
         t = torch.rand(batch, frames, **kw)
     if frames > 1:
         has_context = torch.rand(batch, 1, **kw) < config.context_prob
-        n_context = torch.randint(1, frames, (batch, 1), **kw)
-        in_prefix = has_context & (torch.arange(frames, device=device)[None] < n_context)
-        t = torch.where(in_prefix, torch.rand(batch, frames, **kw) * config.context_noise_max, t)
+        if config.target_prob > 0:
+            K = config.chunk_frames
+            chunks = -(-frames // K)
+            target = torch.rand(batch, chunks, **kw) < config.target_prob
+            target[:, -1] = True
+            in_context = has_context & ~target.repeat_interleave(K, dim=1)[:, :frames]
+        else:
+            n_context = torch.randint(1, frames, (batch, 1), **kw)
+            in_context = has_context & (torch.arange(frames, device=device)[None] < n_context)
+        t = torch.where(in_context, torch.rand(batch, frames, **kw) * config.context_noise_max, t)
     return t
 
 
