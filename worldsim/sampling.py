@@ -74,6 +74,12 @@ def context_noised(model, latents, noise):
     return (1 - s) * latents + s * noise, levels
 
 
+def last_frame(model, latents, noise):
+    """(latents, levels) of a finished chunk's last frame as it enters the caches: the `prev_frame` of the
+    frame after it (models with prev_input embed it)."""
+    return context_noised(model, latents[:, -1:], noise[:, -1:])
+
+
 @torch.inference_mode()
 def prefill(model, caches, latents, actions, noise):
     """Write the prompt (B, P, C, h, w), P a multiple of chunk_frames, into empty caches; actions (B, P, 25)
@@ -82,12 +88,13 @@ def prefill(model, caches, latents, actions, noise):
     model(x, actions, levels, _positions(0, latents.shape[1], latents.device), caches, mode="prefill")
 
 
-def _euler(model, caches, actions, frame: int, x, ts: list):
+def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None):
     """Euler steps of the chunk x (B, K, ...) through the noise levels ts against read-only caches."""
     B, K = x.shape[:2]
     pos = _positions(frame, K, x.device)
     for t, t_next in zip(ts[:-1], ts[1:]):
-        v = model(x, actions, torch.full((B, K), t, device=x.device), pos, caches, mode="read")
+        v = model(x, actions, torch.full((B, K), t, device=x.device), pos, caches, mode="read",
+                  prev_frame=prev_frame)
         x = x + (t_next - t) * v
     return x
 
@@ -97,30 +104,35 @@ def _levels(steps: int) -> list:
 
 
 @torch.inference_mode()
-def denoise_chunk(model, caches, actions, frame: int, noise, steps: int):
+def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_frame=None):
     """Euler-integrate the chunk (B, K, ...) starting at `frame` from noise (t = 1) to t = 0 against the
-    caches, which are read only. actions (B, K, 25) in model order. Returns the clean latents."""
-    return _euler(model, caches, actions, frame, noise, _levels(steps))
+    caches, which are read only. actions (B, K, 25) in model order; prev_frame: `last_frame` of the frame
+    before the chunk. Returns the clean latents."""
+    return _euler(model, caches, actions, frame, noise, _levels(steps), prev_frame)
 
 
 @torch.inference_mode()
-def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, frame: int, noise, steps: int):
+def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, frame: int, noise, steps: int,
+                       before=None):
     """`commit_chunk` of the finished chunk `prev` (frames frame - K ..) and `denoise_chunk` of the next one,
-    with the commit sharing a pass with the first Euler step: S passes per chunk instead of S + 1."""
+    with the commit sharing a pass with the first Euler step: S passes per chunk instead of S + 1.
+    before: `last_frame` of the frame before `prev`."""
     B, K = noise.shape[:2]
     ts = _levels(steps)
     context, context_levels = context_noised(model, prev, prev_noise)
     levels = torch.cat([context_levels, torch.full((B, K), ts[0], device=noise.device)], dim=1)  # (B, 2K)
     v = model(torch.cat([context, noise], dim=1), torch.cat([prev_actions, actions], dim=1), levels,
-              _positions(frame - K, 2 * K, noise.device), caches, mode="commit_read")[:, K:]
-    return _euler(model, caches, actions, frame, noise + (ts[1] - ts[0]) * v, ts[1:])
+              _positions(frame - K, 2 * K, noise.device), caches, mode="commit_read", prev_frame=before)[:, K:]
+    return _euler(model, caches, actions, frame, noise + (ts[1] - ts[0]) * v, ts[1:],
+                  (context[:, -1:], context_levels[:, -1:]))
 
 
 @torch.inference_mode()
-def commit_chunk(model, caches, latents, actions, frame: int, noise):
+def commit_chunk(model, caches, latents, actions, frame: int, noise, prev_frame=None):
     """One pass of the finished chunk at the context noise level that writes its keys and values."""
     x, levels = context_noised(model, latents, noise)
-    model(x, actions, levels, _positions(frame, latents.shape[1], latents.device), caches, mode="write")
+    model(x, actions, levels, _positions(frame, latents.shape[1], latents.device), caches, mode="write",
+          prev_frame=prev_frame)
 
 
 @dataclass
@@ -132,6 +144,7 @@ class SamplerState:
     rng: torch.Tensor
     steps: int
     pending: tuple | None
+    last: tuple | None
 
 
 class Sampler:
@@ -152,6 +165,7 @@ class Sampler:
         self.fuse_commit = fuse_commit
         self.frame = 0
         self.pending = None  # (latents, actions, commit noise) of the last chunk while it is not in the caches
+        self.last = None     # `last_frame` of the last frame in the caches (the next chunk's prev_frame)
 
     def _noise(self, frames: int):
         c = self.config
@@ -179,7 +193,9 @@ class Sampler:
         for cache in self.caches:
             cache.reset()
         self.pending = None
-        prefill(self.model, self.caches, prompt_latents.to(self.device), actions, self._noise(P))
+        noise, prompt_latents = self._noise(P), prompt_latents.to(self.device)
+        prefill(self.model, self.caches, prompt_latents, actions, noise)
+        self.last = last_frame(self.model, prompt_latents, noise)
         self.frame = P
 
     def step(self, actions, steps: int | None = None):
@@ -194,13 +210,16 @@ class Sampler:
         actions = actions.to(self.device)
         steps = steps or self.steps
         if self.pending is None:
-            x = denoise_chunk(self.model, self.caches, actions, self.frame, self._noise(K), steps)
+            x = denoise_chunk(self.model, self.caches, actions, self.frame, self._noise(K), steps, self.last)
         else:
-            x = commit_and_denoise(self.model, self.caches, *self.pending, actions, self.frame, self._noise(K), steps)
+            x = commit_and_denoise(self.model, self.caches, *self.pending, actions, self.frame, self._noise(K), steps,
+                                   before=self.last)
+            self.last = last_frame(self.model, self.pending[0], self.pending[2])
         # Copies: the caller may reuse its action buffer or edit the returned latents before the commit.
         self.pending = (x.clone(), actions.clone(), self._noise(K))
         if not self.fuse_commit:
-            commit_chunk(self.model, self.caches, *self.pending[:2], self.frame, self.pending[2])
+            commit_chunk(self.model, self.caches, *self.pending[:2], self.frame, self.pending[2], self.last)
+            self.last = last_frame(self.model, self.pending[0], self.pending[2])
             self.pending = None
         self.frame += K
         return x
@@ -208,7 +227,7 @@ class Sampler:
     def snapshot(self) -> SamplerState:
         """A copy of the whole state, for rewind and branching (cheap: the cache is W frames)."""
         caches = [{name: buf.clone() for name, buf in cache.named_buffers()} for cache in self.caches]
-        return SamplerState(caches, self.frame, self.generator.get_state(), self.steps, self.pending)
+        return SamplerState(caches, self.frame, self.generator.get_state(), self.steps, self.pending, self.last)
 
     def restore(self, state: SamplerState) -> None:
         """Continue from `state`: what follows replays exactly what followed the snapshot."""
@@ -216,5 +235,6 @@ class Sampler:
             for cache, saved in zip(self.caches, state.caches, strict=True):
                 for name, buf in cache.named_buffers():
                     buf.copy_(saved[name])
-        self.frame, self.steps, self.pending = state.frame, state.steps, state.pending  # pending: never mutated
+        # pending and last are never mutated in place
+        self.frame, self.steps, self.pending, self.last = state.frame, state.steps, state.pending, state.last
         self.generator.set_state(state.rng)

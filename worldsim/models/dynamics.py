@@ -207,6 +207,8 @@ class DynamicsConfig:
     n_embd: int = 128           # head dim n_embd / n_head must be one the kernels take: 32, 64, 128
     mlp_ratio: float = 4.0
     chunk_frames: int = 1       # K: frames denoised together, full attention inside a chunk
+    prev_input: bool = False    # each frame's tokens also embed the previous frame's input latents (at its
+                                # noise level, which the conditioning gets too): copying is one linear map
     context_frames: int = 16    # W: frames a token sees, its own chunk included; a multiple of K, > K
     # objective (training)
     noise_schedule: str = "logit_normal"  # logit_normal | uniform: per-frame noise level t
@@ -267,6 +269,9 @@ class DynamicsModel(nn.Module):
         self.patch_embed = nn.Linear(config.patch_dim, d)
         self.time_embed = TimestepEmbedding(d)
         self.action_embed = nn.Sequential(nn.Linear(ACTION_DIM, d), nn.SiLU(), nn.Linear(d, d))
+        if config.prev_input:
+            self.prev_embed = nn.Linear(config.patch_dim, d)
+            self.prev_time_embed = TimestepEmbedding(d)
         self.rotary = Rotary3D(d // config.n_head, *config.grid)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(d)
@@ -297,9 +302,25 @@ class DynamicsModel(nn.Module):
         x = x.reshape(B, Fr, gh, gw, c, p, p).permute(0, 1, 4, 2, 5, 3, 6)  # (B, F, C, gh, p, gw, p)
         return x.reshape(B, Fr, c, gh * p, gw * p)
 
-    def forward(self, latents, actions, noise_levels, frame_pos=None, caches=None, mode="train"):
+    def previous(self, latents, noise_levels, prev_frame=None):
+        """Each frame's previous frame and its level, (B, F, C, h, w) and (B, F): the frames shifted by one, the
+        first one's from `prev_frame` = (latents (B, 1, C, h, w), levels (B, 1)), or zeros at level 1 (unknown)
+        at the start of a clip."""
+        if prev_frame is None:
+            first, first_level = torch.zeros_like(latents[:, :1]), noise_levels.new_ones(noise_levels.shape[0], 1)
+        else:
+            first, first_level = prev_frame
+            check_latents(first, self.config)
+            if first.shape[:2] != (latents.shape[0], 1) or tuple(first_level.shape) != (latents.shape[0], 1):
+                raise ValueError(f"prev_frame must be latents (B, 1, C, h, w) and levels (B, 1) for B = "
+                                 f"{latents.shape[0]}, got {tuple(first.shape)} and {tuple(first_level.shape)}")
+        return (torch.cat([first.to(latents.dtype), latents[:, :-1]], dim=1),
+                torch.cat([first_level.to(noise_levels.dtype), noise_levels[:, :-1]], dim=1))
+
+    def forward(self, latents, actions, noise_levels, frame_pos=None, caches=None, mode="train", prev_frame=None):
         """latents (B, F, C, h, w) at their noise levels (B, F); actions (B, F, 25), row i = the action that
         produced frame i; frame_pos (F,) absolute frame indices (default 0..F-1). Returns velocity (B, F, C, h, w).
+        prev_frame: (latents, levels) of the frame before the first, for `prev_input` (None: a clip's start).
 
         mode: train (whole clip, block-causal) | prefill (whole prompt, writes `caches`) | read (one chunk
         against `caches`) | write (one chunk against `caches`, then stores its keys and values) | commit_read
@@ -310,8 +331,13 @@ class DynamicsModel(nn.Module):
             frame_pos = torch.arange(Fr, device=latents.device)
         rope = self.rotary(frame_pos)
         dtype = self.head.weight.dtype
-        cond = F.silu(self.time_embed(noise_levels) + self.action_embed(actions.to(dtype)))  # (B, F, C)
+        cond = self.time_embed(noise_levels) + self.action_embed(actions.to(dtype))  # (B, F, C)
         x = self.patch_embed(self.patchify(latents).to(dtype))  # (B, F, N, C)
+        if self.config.prev_input:
+            prev, prev_levels = self.previous(latents, noise_levels, prev_frame)
+            x = x + self.prev_embed(self.patchify(prev).to(dtype))
+            cond = cond + self.prev_time_embed(prev_levels)
+        cond = F.silu(cond)
         for i, block in enumerate(self.blocks):
             if mode in ("prefill", "write") and i == len(self.blocks) - 1:
                 block.store_keys(x, cond, rope, caches[i])
