@@ -207,7 +207,7 @@ class DynamicsConfig:
     n_embd: int = 128           # head dim n_embd / n_head must be one the kernels take: 32, 64, 128
     mlp_ratio: float = 4.0
     chunk_frames: int = 1       # K: frames denoised together, full attention inside a chunk
-    prev_input: bool = False    # each frame's tokens also embed the previous frame's input latents (at its
+    prev_input: bool = True     # each frame's tokens also embed the previous frame's input latents (at its
                                 # noise level, which the conditioning gets too): copying is one linear map
     context_frames: int = 16    # W: frames a token sees, its own chunk included; a multiple of K, > K
     # objective (training)
