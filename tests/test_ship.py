@@ -28,7 +28,10 @@ def ship(runs, out, **kw):
 def test_shipped_world_is_half_size_loads_back_and_records_its_source(tmp_path):
     runs = tiny_world(tmp_path / "runs")
     (tmp_path / "eval").mkdir()
-    (tmp_path / "eval" / "report.json").write_text(json.dumps({"fidelity": {}}))
+    report = {"fidelity": {"worlds": {"candidate": {"psnr": {"1": {"mean": 20.0}, "4": {"mean": 15.0}}},
+                                      "copy_last": {"psnr": {"1": {"mean": 23.0}, "4": {"mean": 14.0}}}}},
+              "action_following": {"relative": {"move": {"accuracy": 0.9}}}}
+    (tmp_path / "eval" / "report.json").write_text(json.dumps(report))
     out = ship(runs, tmp_path / "assets" / "world", eval=str(tmp_path / "eval"))
     for part in ("dynamics", "autoencoder"):
         with safe_open(str(out / part / "model.safetensors"), "pt") as f:
@@ -48,7 +51,10 @@ def test_shipped_world_is_half_size_loads_back_and_records_its_source(tmp_path):
     assert provenance["runs"]["dynamics"]["source"] == str(runs / "dynamics")
     assert provenance["storage_dtype"] == "float16" and provenance["notes"] == "test"
     assert provenance["max_relative_output_difference"] < 0.05
-    assert json.loads((out / "eval" / "report.json").read_text()) == {"fidelity": {}}
+    assert json.loads((out / "eval" / "report.json").read_text()) == report
+    summary = provenance["eval"]["summary"]
+    assert summary["beats_copy_last"] == {"1": False, "4": True}
+    assert summary["action_following_relative"] == {"move": 0.9}
     # shipping again replaces the directory whole
     (out / "stale.txt").write_text("x")
     ship(runs, out)

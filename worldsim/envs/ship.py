@@ -57,6 +57,25 @@ def _run_record(run: Path, name: str) -> dict:
             "step": meta.get("step"), "train_config": meta.get("train_config"), "ema": meta.get("ema")}
 
 
+def eval_summary(report: dict) -> dict:
+    """The bar's numbers from an eval report.json: PSNR per horizon of the model beside copy-last-frame and the
+    autoencoder, whether it beats copy-last at each, action following (generated / real accuracy per group),
+    the consistency tests' end-frame PSNR and the long rollout's fraction of frames out of the real range."""
+    worlds = report.get("fidelity", {}).get("worlds", {})
+    psnr = {name: {h: round(v["mean"], 2) for h, v in w.get("psnr", {}).items()} for name, w in worlds.items()}
+    model, floor = psnr.get("candidate", {}), psnr.get("copy_last", {})
+    relative = report.get("action_following", {}).get("relative", {})
+    return {
+        "psnr": psnr,
+        "beats_copy_last": {h: model[h] > floor[h] for h in model if h in floor},
+        "action_following_relative": {g: round(v["accuracy"], 3) for g, v in relative.items()},
+        "consistency_end_psnr": {t: round(v["candidate_vs_engine"]["psnr"], 2)
+                                 for t, v in report.get("consistency", {}).items() if "candidate_vs_engine" in v},
+        "stability": {k: report.get("stability", {}).get(k) for k in ("frames", "fraction_out_of_range")},
+        "fps": report.get("timing", {}).get("fps", {}).get("candidate"),
+    }
+
+
 def _data_stats(config: ShipConfig, records: dict) -> dict | None:
     candidates = [Path(config.data_stats)] if config.data_stats else []
     for record in records.values():
@@ -124,7 +143,8 @@ def ship_world(config: ShipConfig) -> Path:
         "storage_dtype": config.dtype, "max_relative_output_difference": difference,
         "bytes": {part: (tmp / part / "model.safetensors").stat().st_size for part in names},
         "runs": records, "data": _data_stats(config, records),
-        "eval": None if report is None else {"source": str(config.eval), "report": "eval/report.json"},
+        "eval": None if report is None else {"source": str(config.eval), "report": "eval/report.json",
+                                             "summary": eval_summary(report)},
         "recipe": RECIPE, "notes": config.notes,
     }
     write_json(tmp / "provenance.json", provenance)
