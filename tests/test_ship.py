@@ -84,3 +84,19 @@ def test_bad_ship_settings_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="ship.dtype"):
         ship(runs, tmp_path / "w", dtype="int8")
     assert not (tmp_path / "w").exists()
+
+
+def test_the_shipped_default_world_loads_strictly_and_its_record_fits_it():
+    from worldsim.envs import shipped_world
+    world = shipped_world()
+    if world is None:
+        pytest.skip("no world ships in assets/")
+    dynamics, autoencoder = load_world(world)
+    provenance = json.loads((world / "provenance.json").read_text())
+    assert provenance["runs"]["dynamics"]["config"] == json.loads((world / "dynamics" / "model.json").read_text())["config"]
+    assert sum(provenance["bytes"].values()) < 40 * 2 ** 20  # the size budget
+    z = torch.randn(1, 2, *autoencoder.config.latent_shape)
+    with torch.no_grad():
+        v = dynamics(z, torch.zeros(1, 2, 25), torch.full((1, 2), 0.5))
+        frames = autoencoder.decode(z[0])
+    assert torch.isfinite(v).all() and frames.shape == (2, 3, 128, 128)
