@@ -50,7 +50,8 @@ def untrained_world(directory) -> str:
     return str(random_world(directory, dynamics, autoencoder))
 
 
-def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: int | None = None) -> dict:
+def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: int | None = None,
+                 display_fps: int = 60) -> dict:
     """Play headless for `seconds` with the worker thread; returns rates and, with `probe`, latencies."""
     os.environ["SDL_VIDEODRIVER"] = "dummy"
     import pygame
@@ -58,7 +59,8 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
     from worldsim.envs.world_model import WorldModelEnv
     from worldsim.play.game import Game, PlayConfig
     env = WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps)
-    game = Game(env, PlayConfig(scale=4, fps=fps, generation="thread", record_dir=tempfile.mkdtemp()), seed=0)
+    game = Game(env, PlayConfig(scale=4, fps=fps, generation="thread", display_fps=display_fps,
+                                 record_dir=tempfile.mkdtemp()), seed=0)
     game.mouse.set(True)
     clock = pygame.time.Clock()
     probes, latencies, ms, draws = [], [], [], 0
@@ -162,6 +164,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of play per session")
     parser.add_argument("--fps", type=int, default=20)
     parser.add_argument("--steps", type=int, help="denoising steps in play (default: the model's)")
+    parser.add_argument("--display-fps", type=int, default=60, help="redraws per second (play.display_fps)")
     parser.add_argument("--soak-frames", type=int, default=2000, help="72000: an hour of play time; 0: skip")
     parser.add_argument("--soak-checkpoint", help="world checkpoint for the soak (default: the play one)")
     parser.add_argument("--skip-play", action="store_true", help="only the soak")
@@ -177,8 +180,10 @@ def main(argv=None) -> dict:
                              "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                              "torch": torch.__version__}}
         if not args.skip_play:
-            results["play"] = play_session(checkpoint, args.seconds, args.fps, probe=True, steps=args.steps)
-            results["play_unpaced"] = play_session(checkpoint, args.seconds, 1000, probe=False, steps=args.steps)
+            results["play"] = play_session(checkpoint, args.seconds, args.fps, probe=True, steps=args.steps,
+                                           display_fps=args.display_fps)
+            results["play_unpaced"] = play_session(checkpoint, args.seconds, 1000, probe=False, steps=args.steps,
+                                                   display_fps=args.display_fps)
         if args.rollout_envs:
             results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20)
         if args.soak_frames:
