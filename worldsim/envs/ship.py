@@ -118,8 +118,7 @@ def ship_world(config: ShipConfig) -> Path:
     from worldsim.envs.world_model import _run_name, load_world
     dynamics_run, autoencoder_run = Path(config.dynamics), Path(config.autoencoder)
     dynamics, autoencoder = load_world(dynamics_run, autoencoder_run)
-    names = {"dynamics": _run_name(dynamics_run),
-             "autoencoder": "ema" if (autoencoder_run / "ema.safetensors").exists() else "model"}
+    names = {"dynamics": _run_name(dynamics_run), "autoencoder": _run_name(autoencoder_run)}
     records = {"dynamics": _run_record(dynamics_run, names["dynamics"]),
                "autoencoder": _run_record(autoencoder_run, names["autoencoder"])}
 
