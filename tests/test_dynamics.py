@@ -61,7 +61,12 @@ def test_adaln_zero_blocks_are_identity_at_init():
     rope = model.rotary(torch.arange(latents.shape[1]))
     for block in model.blocks:
         assert torch.equal(block(x, cond, rope), x)
-    assert torch.equal(model(latents, actions, t), torch.zeros_like(latents))
+    velocity = DynamicsModel(dataclasses.replace(config, residual=False))
+    assert torch.equal(velocity(latents, actions, t), torch.zeros_like(latents))
+    # the residual model's velocity is then that of its linear guess alone
+    prev, prev_t = model.previous(latents, t)
+    expected = dynamics.residual_velocity(torch.zeros_like(latents), latents, t, prev, prev_t, config.change_var)
+    torch.testing.assert_close(model(latents, actions, t), expected, rtol=0, atol=0)
 
 
 def hand_mask(frames, tokens_per_frame, chunk_frames, context_frames):
@@ -164,9 +169,10 @@ def test_autocast_bf16_forward_and_backward():
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_flow_matching_loss_trains():
+@pytest.mark.parametrize("residual", [False, True], ids=["velocity", "residual"])
+def test_flow_matching_loss_trains(residual):
     torch.manual_seed(0)
-    config = tiny_config(latent_height=8, latent_width=8, n_layer=2)
+    config = tiny_config(latent_height=8, latent_width=8, n_layer=2, residual=residual)
     model = DynamicsModel(config)
     latents, actions, _ = inputs(config, B=4, T=4)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -179,6 +185,31 @@ def test_flow_matching_loss_trains():
         opt.step()
         losses.append(float(loss.detach()))
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_untrained_residual_model_continues_from_the_last_frame():
+    """With the head at zero (AdaLN-zero init) and a tiny change variance, the guess is the previous frame with
+    its context noise undone by the gain g(s); Euler's last step lands exactly on it, whatever the steps."""
+    from worldsim.sampling import Sampler
+    torch.manual_seed(0)
+    config = tiny_config(latent_height=8, latent_width=8, context_frames=4, change_var=1e-9)
+    model = DynamicsModel(config).eval()
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randn(2, 3, config.latent_channels, 8, 8, generator=g)
+    s = config.context_noise
+    gain = (1 - s) / ((1 - s) ** 2 + s ** 2)
+    for steps in (1, 4):
+        sampler = Sampler(model, batch_size=2, steps=steps, seed=1)
+        sampler.reset(prompt, torch.rand(2, 2, ACTION_DIM, generator=g))
+        last = sampler.last[0]
+        frame = sampler.step(torch.rand(2, ACTION_DIM, generator=g))
+        torch.testing.assert_close(frame, gain * last, rtol=1e-5, atol=1e-5)
+        assert float((frame[:, 0] - prompt[:, -1]).pow(2).mean()) < 0.01  # the last frame, up to its noise
+    # a velocity model starts from zero velocity instead: its output is the noise it started from
+    velocity = DynamicsModel(dataclasses.replace(config, residual=False)).eval()
+    sampler = Sampler(velocity, batch_size=2, steps=4, seed=1)
+    sampler.reset(prompt, torch.rand(2, 2, ACTION_DIM, generator=g))
+    assert float((sampler.step(torch.rand(2, ACTION_DIM, generator=g))[:, 0] - prompt[:, -1]).pow(2).mean()) > 1
 
 
 def test_bad_input_names_the_problem():
@@ -195,6 +226,10 @@ def test_bad_input_names_the_problem():
         DynamicsConfig(n_embd=96, n_head=4)
     with pytest.raises(ValueError, match="context_frames"):
         DynamicsConfig(chunk_frames=2, context_frames=5)
+    with pytest.raises(ValueError, match="residual needs prev_input"):
+        DynamicsConfig(prev_input=False, residual=True)
+    with pytest.raises(ValueError, match="change_var"):
+        DynamicsConfig(residual=True, change_var=0.0)
 
 
 def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):

@@ -48,14 +48,19 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed):
     return torch.cat(out, 1)
 
 
-@pytest.mark.parametrize("prev_input", [False, True], ids=["", "prev-input"])
+VARIANTS = [dict(prev_input=False, residual=False), dict(prev_input=True, residual=False),
+            dict(prev_input=True, residual=True)]
+VARIANT_IDS = ["", "prev-input", "residual"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("fuse_commit", [True, False], ids=["fused-commit", "separate-commit"])
 @pytest.mark.parametrize("chunk_frames,context_frames,prompt_frames,chunks",
                          [(1, 4, 2, 8), (2, 6, 4, 5), (1, 3, 5, 4)],
                          ids=["K1-wraps", "K2-wraps", "prompt-longer-than-cache"])
 def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_frames, prompt_frames, chunks,
-                                                       fuse_commit, prev_input):
-    model = small_model(chunk_frames=chunk_frames, context_frames=context_frames, prev_input=prev_input)
+                                                       fuse_commit, variant):
+    model = small_model(chunk_frames=chunk_frames, context_frames=context_frames, **variant)
     c = model.config
     g = torch.Generator().manual_seed(1)
     B = 2
@@ -126,9 +131,9 @@ def test_action_conditions_the_next_frame():
     assert not torch.allclose(sampler.step(turning), still)
 
 
-@pytest.mark.parametrize("prev_input", [False, True], ids=["", "prev-input"])
-def test_snapshot_restore_replays_identically_and_branches(prev_input):
-    model = small_model(context_frames=4, prev_input=prev_input)
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_snapshot_restore_replays_identically_and_branches(variant):
+    model = small_model(context_frames=4, **variant)
     c = model.config
     g = torch.Generator().manual_seed(5)
     actions = [torch.rand(2, ACTION_DIM, generator=g) for _ in range(6)]

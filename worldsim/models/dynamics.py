@@ -209,6 +209,9 @@ class DynamicsConfig:
     chunk_frames: int = 1       # K: frames denoised together, full attention inside a chunk
     prev_input: bool = True     # each frame's tokens also embed the previous frame's input latents (at its
                                 # noise level, which the conditioning gets too): copying is one linear map
+    residual: bool = False      # predict a correction to the best linear guess from the previous frame and
+                                # the noisy input (needs prev_input): the untrained model copies the last frame
+    change_var: float = 0.3     # residual: mean square change of a latent between frames (0.33 on engine data)
     context_frames: int = 16    # W: frames a token sees, its own chunk included; a multiple of K, > K
     # objective (training)
     noise_schedule: str = "logit_normal"  # logit_normal | uniform: per-frame noise level t
@@ -257,6 +260,8 @@ class DynamicsConfig:
         need(0.0 <= self.target_prob <= 1.0, f"target_prob must lie in [0, 1], got {self.target_prob}")
         need(0.0 <= self.context_noise < 1.0, f"context_noise must lie in [0, 1), got {self.context_noise}")
         need(self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}")
+        need(self.prev_input or not self.residual, "residual needs prev_input (the previous frame it adds to)")
+        need(self.change_var > 0, f"change_var must be > 0, got {self.change_var}")
 
 
 class DynamicsModel(nn.Module):
@@ -344,7 +349,10 @@ class DynamicsModel(nn.Module):
                 return None  # the pass only fills the caches
             x = block(x, cond, rope, None if caches is None else caches[i], mode)
         shift, scale = self.adaln_f(cond)[:, :, None].chunk(2, dim=-1)  # (B, F, 1, C) each
-        return self.unpatchify(self.head(modulate(self.ln_f(x), shift, scale)))
+        out = self.unpatchify(self.head(modulate(self.ln_f(x), shift, scale)))
+        if not self.config.residual:
+            return out
+        return residual_velocity(out, latents, noise_levels, prev, prev_levels, self.config.change_var)
 
     def check_inputs(self, latents, actions, noise_levels):
         """Raise ValueError naming the input whose shape or values do not fit this model."""
@@ -353,6 +361,24 @@ class DynamicsModel(nn.Module):
         if tuple(noise_levels.shape) != tuple(latents.shape[:2]):
             raise ValueError(f"noise_levels must be (B, F) = {tuple(latents.shape[:2])}, "
                              f"got {tuple(noise_levels.shape)}")
+
+
+RESIDUAL_MIN_LEVEL = 0.05  # velocities divide by the level; below it (clean context frames only) by this
+
+
+def residual_velocity(change, latents, levels, prev, prev_levels, change_var: float):
+    """Velocity from a predicted correction to the best linear guess of a frame given its noisy input x_t and
+    the previous frame, for unit-scale latents whose frame-to-frame change has variance `change_var`:
+    p = g(s) * prev undoes the previous frame's level s (g = (1 - s) / ((1 - s)^2 + s^2): 1 clean, 0 noise);
+    guess = p + k(t) * (x_t - (1 - t) p), k = (1 - t) var / ((1 - t)^2 var + t^2) (x_t at t = 0, p at t = 1);
+    x_hat = guess + change, and v = (x_t - x_hat) / t lands on x_hat at t = 0."""
+    f32 = lambda x: x.float()[:, :, None, None, None]
+    s, t = f32(prev_levels), f32(levels)
+    p = (1 - s) / ((1 - s) ** 2 + s ** 2) * prev.float()
+    x_t = latents.float()
+    k = (1 - t) * change_var / ((1 - t) ** 2 * change_var + t ** 2)
+    x_hat = p + k * (x_t - (1 - t) * p) + change.float()
+    return ((x_t - x_hat) / t.clamp(min=RESIDUAL_MIN_LEVEL)).to(change.dtype)
 
 
 def check_latents(latents, config: DynamicsConfig):
