@@ -61,6 +61,22 @@ def test_shipped_world_is_half_size_loads_back_and_records_its_source(tmp_path):
     assert not (out / "stale.txt").exists() and not (out / "eval").exists()
 
 
+def test_the_world_ships_with_the_steps_its_eval_ran_with(tmp_path):
+    runs = tiny_world(tmp_path / "runs")  # the run's default: 2 steps
+    shipped_steps = lambda out: json.loads((out / "dynamics" / "model.json").read_text())["config"]["sample_steps"]
+    assert shipped_steps(ship(runs, tmp_path / "a")) == 2
+    assert shipped_steps(ship(runs, tmp_path / "b", sample_steps=1)) == 1
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "report.json").write_text(json.dumps({"config": {"sample_steps": 3}}))
+    out = ship(runs, tmp_path / "c", eval=str(tmp_path / "eval"))
+    assert shipped_steps(out) == 3 and load_world(out)[0].config.sample_steps == 3
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["runs"]["dynamics"]["config"]["sample_steps"] == 3
+    with pytest.raises(ValueError, match="ran with 3 steps"):
+        ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), sample_steps=4)
+    assert not (tmp_path / "d").exists()
+
+
 def test_half_size_weights_without_their_record_or_with_a_bad_one_are_refused(tmp_path):
     out = ship(tiny_world(tmp_path / "runs"), tmp_path / "world")
     meta_path = out / "dynamics" / "model.json"
@@ -83,6 +99,8 @@ def test_bad_ship_settings_name_the_problem(tmp_path):
         ship(runs, tmp_path / "w", eval=str(tmp_path))
     with pytest.raises(ValueError, match="ship.dtype"):
         ship(runs, tmp_path / "w", dtype="int8")
+    with pytest.raises(ValueError, match="ship.sample_steps"):
+        ship(runs, tmp_path / "w", sample_steps=0)
     assert not (tmp_path / "w").exists()
 
 

@@ -39,6 +39,7 @@ class ShipConfig:
     data_stats: str | None = None       # the training data's stats.json (default: beside the runs' train.data)
     dtype: str = "float16"              # storage dtype: float16 | bfloat16
     notes: str = ""                     # free text kept in provenance.json (machines, hours, commands)
+    sample_steps: int | None = None     # the shipped default Euler steps (None: the eval's, else the run's)
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
@@ -48,6 +49,8 @@ class ShipConfig:
                 raise FileNotFoundError(f"ship.{name}={getattr(self, name)}: no such run directory")
         if self.eval is not None and not (Path(self.eval) / "report.json").exists():
             raise FileNotFoundError(f"ship.eval={self.eval}: no report.json in it (run mode=eval first)")
+        if self.sample_steps is not None and (not isinstance(self.sample_steps, int) or self.sample_steps < 1):
+            raise ValueError(f"ship.sample_steps must be a whole number >= 1 or null, got {self.sample_steps!r}")
 
 
 def _run_record(run: Path, name: str) -> dict:
@@ -74,6 +77,18 @@ def eval_summary(report: dict) -> dict:
         "stability": {k: report.get("stability", {}).get(k) for k in ("frames", "fraction_out_of_range")},
         "fps": report.get("timing", {}).get("fps", {}).get("candidate"),
     }
+
+
+def shipped_steps(config: ShipConfig, run_steps: int, report: dict | None) -> int:
+    """The default Euler steps the world ships with: those its evaluation ran with, so that play gets what was
+    measured; ship.sample_steps may only agree with them. Without an eval: ship.sample_steps, else the run's."""
+    evaluated = None
+    if report is not None:
+        evaluated = (report.get("config") or {}).get("sample_steps") or run_steps
+    if config.sample_steps is not None and evaluated is not None and config.sample_steps != evaluated:
+        raise ValueError(f"ship.sample_steps={config.sample_steps} but the eval in {config.eval} ran with "
+                         f"{evaluated} steps: evaluate with eval.sample_steps={config.sample_steps} first")
+    return config.sample_steps or evaluated or run_steps
 
 
 def _data_stats(config: ShipConfig, records: dict) -> dict | None:
@@ -122,6 +137,12 @@ def ship_world(config: ShipConfig) -> Path:
     records = {"dynamics": _run_record(dynamics_run, names["dynamics"]),
                "autoencoder": _run_record(autoencoder_run, names["autoencoder"])}
 
+    report = json.loads((Path(config.eval) / "report.json").read_text()) if config.eval is not None else None
+    steps = shipped_steps(config, dynamics.config.sample_steps, report)
+    if steps != dynamics.config.sample_steps:
+        dynamics.config = dataclasses.replace(dynamics.config, sample_steps=steps)
+        records["dynamics"]["config"] = {**records["dynamics"]["config"], "sample_steps": steps}
+
     out = Path(config.out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -130,13 +151,11 @@ def ship_world(config: ShipConfig) -> Path:
                         extra={"source": records[part]["source"], "step": records[part]["step"]})
     shipped = load_world(tmp)
     difference = _same_outputs(dynamics, autoencoder, *shipped, dtype=config.dtype)
-    report = None
     if config.eval is not None:
         (tmp / "eval").mkdir()
         for name in ("report.json", "sheet.png"):
             if (Path(config.eval) / name).exists():
                 shutil.copyfile(Path(config.eval) / name, tmp / "eval" / name)
-        report = json.loads((Path(config.eval) / "report.json").read_text())
     provenance = {
         "shipped": datetime.datetime.now().isoformat(timespec="seconds"),
         "storage_dtype": config.dtype, "max_relative_output_difference": difference,
@@ -155,7 +174,7 @@ def ship_world(config: ShipConfig) -> Path:
     shutil.rmtree(old, ignore_errors=True)
     total = sum(provenance["bytes"].values())
     print(f"shipped {out}: dynamics step {records['dynamics']['step']}, autoencoder step "
-          f"{records['autoencoder']['step']}, {total / 2**20:.1f} MiB as {config.dtype} "
+          f"{records['autoencoder']['step']}, {steps} Euler steps, {total / 2**20:.1f} MiB as {config.dtype} "
           f"(outputs within {difference:.1e} of the runs')")
     return out
 
