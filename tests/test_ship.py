@@ -61,19 +61,23 @@ def test_shipped_world_is_half_size_loads_back_and_records_its_source(tmp_path):
     assert not (out / "stale.txt").exists() and not (out / "eval").exists()
 
 
-def test_the_world_ships_with_the_steps_its_eval_ran_with(tmp_path):
+def test_the_world_ships_with_the_sampling_its_eval_ran_with(tmp_path):
     runs = tiny_world(tmp_path / "runs")  # the run's default: 2 steps
     shipped_steps = lambda out: json.loads((out / "dynamics" / "model.json").read_text())["config"]["sample_steps"]
     assert shipped_steps(ship(runs, tmp_path / "a")) == 2
     assert shipped_steps(ship(runs, tmp_path / "b", sample_steps=1)) == 1
     (tmp_path / "eval").mkdir()
-    (tmp_path / "eval" / "report.json").write_text(json.dumps({"config": {"sample_steps": 3}}))
+    (tmp_path / "eval" / "report.json").write_text(json.dumps({"config": {"sample_steps": 3, "context_noise": 0.0}}))
     out = ship(runs, tmp_path / "c", eval=str(tmp_path / "eval"))
-    assert shipped_steps(out) == 3 and load_world(out)[0].config.sample_steps == 3
+    config = load_world(out)[0].config
+    assert shipped_steps(out) == 3 and config.sample_steps == 3 and config.context_noise == 0.0
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["runs"]["dynamics"]["config"]["sample_steps"] == 3
-    with pytest.raises(ValueError, match="ran with 3 steps"):
+    assert provenance["runs"]["dynamics"]["config"]["context_noise"] == 0.0
+    with pytest.raises(ValueError, match="ran with sample_steps=3"):
         ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), sample_steps=4)
+    with pytest.raises(ValueError, match="ran with context_noise=0.0"):
+        ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), context_noise=0.05)
     assert not (tmp_path / "d").exists()
 
 

@@ -40,6 +40,7 @@ class ShipConfig:
     dtype: str = "float16"              # storage dtype: float16 | bfloat16
     notes: str = ""                     # free text kept in provenance.json (machines, hours, commands)
     sample_steps: int | None = None     # the shipped default Euler steps (None: the eval's, else the run's)
+    context_noise: float | None = None  # the shipped context noise level (None: the eval's, else the run's)
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
@@ -51,6 +52,8 @@ class ShipConfig:
             raise FileNotFoundError(f"ship.eval={self.eval}: no report.json in it (run mode=eval first)")
         if self.sample_steps is not None and (not isinstance(self.sample_steps, int) or self.sample_steps < 1):
             raise ValueError(f"ship.sample_steps must be a whole number >= 1 or null, got {self.sample_steps!r}")
+        if self.context_noise is not None and not 0 <= self.context_noise < 1:
+            raise ValueError(f"ship.context_noise must be in [0, 1) or null, got {self.context_noise!r}")
 
 
 def _run_record(run: Path, name: str) -> dict:
@@ -79,16 +82,25 @@ def eval_summary(report: dict) -> dict:
     }
 
 
-def shipped_steps(config: ShipConfig, run_steps: int, report: dict | None) -> int:
-    """The default Euler steps the world ships with: those its evaluation ran with, so that play gets what was
-    measured; ship.sample_steps may only agree with them. Without an eval: ship.sample_steps, else the run's."""
-    evaluated = None
-    if report is not None:
-        evaluated = (report.get("config") or {}).get("sample_steps") or run_steps
-    if config.sample_steps is not None and evaluated is not None and config.sample_steps != evaluated:
-        raise ValueError(f"ship.sample_steps={config.sample_steps} but the eval in {config.eval} ran with "
-                         f"{evaluated} steps: evaluate with eval.sample_steps={config.sample_steps} first")
-    return config.sample_steps or evaluated or run_steps
+SAMPLING = ("sample_steps", "context_noise")  # the dynamics config's sampling defaults, set when shipping
+
+
+def shipped_sampling(config: ShipConfig, run: dict, report: dict | None) -> dict:
+    """The sampling defaults the world ships with (Euler steps, context noise): those its evaluation ran with,
+    so that play gets what was measured; ship.X may only agree with them. Without an eval: ship.X, else the
+    run's (`run`: the run's dynamics config)."""
+    out = {}
+    for key in SAMPLING:
+        wanted = getattr(config, key)
+        evaluated = None
+        if report is not None:
+            evaluated = (report.get("config") or {}).get(key)
+            evaluated = run[key] if evaluated is None else evaluated
+        if wanted is not None and evaluated is not None and wanted != evaluated:
+            raise ValueError(f"ship.{key}={wanted} but the eval in {config.eval} ran with {key}={evaluated}: "
+                             f"evaluate with eval.{key}={wanted} first")
+        out[key] = next(v for v in (wanted, evaluated, run[key]) if v is not None)
+    return out
 
 
 def _data_stats(config: ShipConfig, records: dict) -> dict | None:
@@ -138,10 +150,9 @@ def ship_world(config: ShipConfig) -> Path:
                "autoencoder": _run_record(autoencoder_run, names["autoencoder"])}
 
     report = json.loads((Path(config.eval) / "report.json").read_text()) if config.eval is not None else None
-    steps = shipped_steps(config, dynamics.config.sample_steps, report)
-    if steps != dynamics.config.sample_steps:
-        dynamics.config = dataclasses.replace(dynamics.config, sample_steps=steps)
-        records["dynamics"]["config"] = {**records["dynamics"]["config"], "sample_steps": steps}
+    sampling = shipped_sampling(config, dataclasses.asdict(dynamics.config), report)
+    dynamics.config = dataclasses.replace(dynamics.config, **sampling)
+    records["dynamics"]["config"] = {**records["dynamics"]["config"], **sampling}
 
     out = Path(config.out)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -174,7 +185,7 @@ def ship_world(config: ShipConfig) -> Path:
     shutil.rmtree(old, ignore_errors=True)
     total = sum(provenance["bytes"].values())
     print(f"shipped {out}: dynamics step {records['dynamics']['step']}, autoencoder step "
-          f"{records['autoencoder']['step']}, {steps} Euler steps, {total / 2**20:.1f} MiB as {config.dtype} "
+          f"{records['autoencoder']['step']}, {sampling['sample_steps']} Euler steps, {total / 2**20:.1f} MiB as {config.dtype} "
           f"(outputs within {difference:.1e} of the runs')")
     return out
 

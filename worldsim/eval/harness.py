@@ -55,6 +55,7 @@ class EvalConfig:
     crosshair_fraction: float = 0.25  # side of the region around the crosshair compared, as a fraction of the frame
     stability_frames: int = 6000      # long rollout (5 minutes at 20 fps)
     sample_steps: int | None = None   # Euler steps per chunk for world=model (None: the model's default)
+    context_noise: float | None = None  # level finished frames enter the cache at (None: the model's default)
     device: str = "auto"              # auto | cpu | cuda
     sheet: bool = True                # write sheet.png
     progress: bool = True
@@ -71,6 +72,8 @@ class EvalConfig:
                 raise ValueError(f"eval.{name} must be ≥ 1, got {getattr(self, name)!r}")
         if not 0 < self.crosshair_fraction <= 1:
             raise ValueError(f"eval.crosshair_fraction must be in (0, 1], got {self.crosshair_fraction!r}")
+        if self.context_noise is not None and not 0 <= self.context_noise < 1:
+            raise ValueError(f"eval.context_noise must be in [0, 1) or null, got {self.context_noise!r}")
 
     @property
     def max_horizon(self) -> int:
@@ -152,7 +155,8 @@ class WorldModelPredictor:
         self.max_prompt = dynamics.config.context_frames - self.chunk_frames
 
     @classmethod
-    def from_checkpoints(cls, dynamics_dir, autoencoder_dir, device="cpu", sample_steps=None, seed=0):
+    def from_checkpoints(cls, dynamics_dir, autoencoder_dir, device="cpu", sample_steps=None, seed=0,
+                         context_noise=None):
         from worldsim.models.dynamics import DynamicsConfig, DynamicsModel
         from worldsim.models.train_autoencoder import load_autoencoder
         from worldsim.training.checkpoint import load_model
@@ -160,6 +164,8 @@ class WorldModelPredictor:
             raise ValueError("world=model needs eval.checkpoint=DYNAMICS_RUN_DIR and eval.autoencoder=AUTOENCODER_RUN_DIR")
         name = "ema" if (Path(dynamics_dir) / "ema.safetensors").exists() else "model"
         dynamics = load_model(dynamics_dir, DynamicsModel, DynamicsConfig, name=name, device=device).eval()
+        if context_noise is not None:
+            dynamics.config = dataclasses.replace(dynamics.config, context_noise=context_noise)
         return cls(dynamics, load_autoencoder(autoencoder_dir, device=device), sample_steps, seed)
 
     def _vectors(self, taken: list[dict]):
@@ -210,7 +216,7 @@ def make_world(kind: str, config: EvalConfig, engine_config: EngineConfig) -> Pr
         return AutoencoderReconstruction.from_checkpoint(config.autoencoder, engine_config, _device(config.device))
     if kind == "model":
         return WorldModelPredictor.from_checkpoints(config.checkpoint, config.autoencoder, _device(config.device),
-                                                    config.sample_steps, config.seed)
+                                                    config.sample_steps, config.seed, config.context_noise)
     raise ValueError(f"unknown world {kind!r}; known: {', '.join(WORLDS)}")
 
 
