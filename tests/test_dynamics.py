@@ -192,7 +192,7 @@ def test_untrained_residual_model_continues_from_the_last_frame():
     its context noise undone by the gain g(s); Euler's last step lands exactly on it, whatever the steps."""
     from worldsim.sampling import Sampler
     torch.manual_seed(0)
-    config = tiny_config(latent_height=8, latent_width=8, context_frames=4, change_var=1e-9)
+    config = tiny_config(latent_height=8, latent_width=8, context_frames=4, change_var=1e-9, context_noise=0.05)
     model = DynamicsModel(config).eval()
     g = torch.Generator().manual_seed(0)
     prompt = torch.randn(2, 3, config.latent_channels, 8, 8, generator=g)

@@ -14,6 +14,7 @@ from test_dynamics import one_thread, randomized, tiny_config  # noqa: F401  (on
 
 def small_model(**changes):
     torch.manual_seed(0)
+    changes = {"context_noise": 0.05, **changes}  # noise on the cached frames, so that its plumbing is tested
     config = tiny_config(latent_height=8, latent_width=8, **changes)
     return randomized(DynamicsModel(config)).eval()
 

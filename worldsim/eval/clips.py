@@ -1,0 +1,112 @@
+"""A quick held-out check of a dynamics run on recorded clips, without the engine: prints a table, saves JSON.
+
+    python -m worldsim.eval.clips --checkpoint runs/dyn --autoencoder runs/ae --data data/heldout/cache \
+        --steps 2 --context-noise 0.0
+
+From clips spread evenly over each episode of a training cache (held-out seeds), the model is prompted with
+the clip's first frames (encoded) and rolls on with the recorded actions, all clips as one batch. At each
+horizon its decoded frame is scored (PSNR, the eval's own metric) against the recorded frame, beside copying
+the last prompt frame and the autoencoder's reconstruction; the mean brightness difference shows drift. A
+minute on the CPU where `mode=eval` takes several: for choosing sampling settings and checkpoints, with
+`mode=eval` (engine twin, action following, consistency, stability) for the final word.
+"""
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldsim.eval import metrics
+
+
+def clip_starts(cache, span: int, per_episode: int) -> list[int]:
+    """First frames of `per_episode` clips of `span` frames spread evenly over each episode long enough."""
+    starts = []
+    for e in range(cache.num_episodes):
+        episode = cache.episode_slice(e)
+        if episode.stop - episode.start >= span:
+            starts += sorted(set(np.linspace(episode.start, episode.stop - span, per_episode).astype(int).tolist()))
+    if not starts:
+        raise ValueError(f"no episode of {cache.directory} holds a clip of {span} frames (prompt + horizon)")
+    return starts
+
+
+@torch.no_grad()
+def rollout_clips(dynamics, autoencoder, cache, *, prompt: int = 8, horizons=(1, 4, 16, 64), per_episode: int = 8,
+                  steps: int | None = None, seed: int = 0) -> dict:
+    """PSNR per horizon of the model's rollouts, copy-last and the autoencoder, over clips of `cache`."""
+    from worldsim.models.autoencoder import frames_to_float, to_uint8
+    from worldsim.sampling import Sampler
+    horizons = sorted(int(h) for h in horizons)
+    span = prompt + horizons[-1]
+    starts = clip_starts(cache, span, per_episode)
+    frames = np.stack([np.asarray(cache.frames[s:s + span]) for s in starts])  # (N, span, H, W, 3) uint8
+    acts = torch.from_numpy(np.stack([np.asarray(cache.actions[s:s + span]) for s in starts])).float()
+    N = len(starts)
+    encode = lambda x: autoencoder.encode(frames_to_float(torch.from_numpy(x), autoencoder.config))
+    decode = lambda z: to_uint8(autoencoder.decode(z)).numpy()
+    latents = torch.stack([encode(frames[i, :prompt]) for i in range(N)])  # (N, P, C, h, w)
+    sampler = Sampler(dynamics, batch_size=N, steps=steps, seed=seed)
+    sampler.reset(latents, acts[:, :prompt - 1])
+    rows = {}
+    for h in range(1, horizons[-1] + 1):
+        z = sampler.step(acts[:, prompt - 2 + h])  # the action taken at the frame before the new one
+        if h not in horizons:
+            continue
+        truth, made = frames[:, prompt - 1 + h], decode(z[:, 0])
+        rows[str(h)] = {
+            "model": float(metrics.psnr(made, truth).mean()),
+            "copy_last": float(metrics.psnr(frames[:, prompt - 1], truth).mean()),
+            "autoencoder": float(metrics.psnr(decode(encode(truth)), truth).mean()),
+            "brightness_difference": float(made.astype(np.float32).mean() - truth.astype(np.float32).mean()),
+        }
+    return {"clips": N, "prompt_frames": prompt, "steps": sampler.steps,
+            "context_noise": dynamics.config.context_noise, "psnr": rows}
+
+
+def main(argv=None) -> dict:
+    from rich.console import Console
+    from rich.table import Table
+
+    from worldsim.data.cache import Cache
+    from worldsim.envs.world_model import load_world
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="dynamics run directory (its EMA weights when saved), "
+                                                            "or a world directory")
+    parser.add_argument("--autoencoder", help="autoencoder run directory (not needed for a world directory)")
+    parser.add_argument("--data", required=True, help="a training cache of held-out episodes")
+    parser.add_argument("--steps", type=int, help="Euler steps per frame (default: the model's)")
+    parser.add_argument("--context-noise", type=float, help="level finished frames enter the cache at "
+                                                            "(default: the model's)")
+    parser.add_argument("--prompt", type=int, default=8)
+    parser.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--per-episode", type=int, default=8, help="clips per episode")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", help="JSON path (default: clips.json in the checkpoint directory)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dynamics, autoencoder = load_world(args.checkpoint, args.autoencoder)
+    if args.context_noise is not None:
+        dynamics.config = dataclasses.replace(dynamics.config, context_noise=args.context_noise)
+    cache = Cache(args.data, expect_resolution=(autoencoder.config.height, autoencoder.config.width))
+    result = rollout_clips(dynamics.eval(), autoencoder.eval(), cache, prompt=args.prompt, horizons=args.horizons,
+                           per_episode=args.per_episode, steps=args.steps)
+    result.update(checkpoint=args.checkpoint, autoencoder=args.autoencoder, data=args.data)
+    table = Table(title=f"PSNR dB on {result['clips']} clips of {args.data} ({result['steps']} steps, "
+                        f"context noise {result['context_noise']})")
+    for column in ("world", *(f"t+{h}" for h in result["psnr"])):
+        table.add_column(column, justify="right")
+    for name in ("model", "copy_last", "autoencoder", "brightness_difference"):
+        table.add_row(name, *(f"{row[name]:.2f}" for row in result["psnr"].values()))
+    Console().print(table)
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "clips.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"saved {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
