@@ -109,4 +109,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:  # missing or mismatched inputs: one line naming them
+        raise SystemExit(f"error: {e}") from None
