@@ -146,6 +146,12 @@ def run_encode(cfg: DictConfig) -> None:
     encode_cache(cfg.encode.checkpoint, cfg.encode.cache, batch_size=cfg.encode.batch_size)
 
 
+def run_tune_decoder(cfg: DictConfig) -> None:
+    from worldsim.models.train_autoencoder import DecoderTuneConfig, tune_decoder
+    from worldsim.training import TrainConfig
+    tune_decoder(DecoderTuneConfig(**to_dict(cfg.tune_decoder)), TrainConfig(**to_dict(cfg.train)))
+
+
 def run_eval(cfg: DictConfig) -> None:
     from pathlib import Path
 
@@ -182,7 +188,8 @@ def run_ship(cfg: DictConfig) -> None:
 
 
 MODES = {"play": run_play, "bench": run_bench, "generate": run_generate, "convert": run_convert,
-         "train_autoencoder": run_train_autoencoder, "encode": run_encode, "train_dynamics": run_train_dynamics,
+         "train_autoencoder": run_train_autoencoder, "encode": run_encode, "tune_decoder": run_tune_decoder,
+         "train_dynamics": run_train_dynamics,
          "rollout": run_rollout, "eval": run_eval, "train_idm": run_train_idm, "ship": run_ship}
 
 

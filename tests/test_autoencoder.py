@@ -15,8 +15,8 @@ from worldsim.data.cache import Cache, CacheWriter, ClipDataset, MissingLatentsE
 from worldsim.data.policies import ExplorationPolicy
 from worldsim.engine.env import VoxelEnv
 from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig, psnr, ssim, to_uint8
-from worldsim.models.train_autoencoder import encode_cache, load_autoencoder
-from worldsim.training import CheckpointError, load_weights, save_checkpoint
+from worldsim.models.train_autoencoder import DecoderTuneConfig, encode_cache, load_autoencoder, tune_decoder
+from worldsim.training import CheckpointError, TrainConfig, load_weights, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(height=32, width=32, latent_channels=8, enc_channels=(16, 32, 32), enc_blocks=1,
@@ -171,3 +171,48 @@ def test_run_world_trains_and_encodes(trained, engine_cache, tmp_path):
     subprocess.run([sys.executable, "run_world.py", "mode=encode", f"encode.checkpoint={trained}",
                     f"encode.cache={cache_dir}"], cwd=ROOT, check=True, timeout=120, env=ONE_THREAD)
     assert Cache(cache_dir).latents.shape == (EPISODES * FRAMES, 8, 4, 4)
+
+
+def test_tune_decoder_keeps_the_encoder_and_raises_psnr(trained, engine_cache, tmp_path):
+    cache_dir = shutil.copytree(engine_cache, tmp_path / "cache")
+    tuned = tmp_path / "tuned"
+    config = TrainConfig(out_dir=str(tuned), data=str(cache_dir), steps=150)
+    with pytest.raises(MissingLatentsError, match="mode=encode"):
+        tune_decoder(DecoderTuneConfig(autoencoder=str(trained)), config)
+    encode_cache(trained, cache_dir, batch_size=64)
+    subprocess.run([sys.executable, "run_world.py", "mode=tune_decoder", f"tune_decoder.autoencoder={trained}",
+                    "tune_decoder.l2_weight=4", f"train.data={cache_dir}", f"train.out_dir={tuned}",
+                    "train.steps=150", "train.batch_size=16", "train.lr=2e-3", "train.warmup_steps=10",
+                    "train.ckpt_every=0", "train.sample_every=0", "train.log_every=10", "train.ema=0.0"],
+                   cwd=ROOT, check=True, timeout=300, env=ONE_THREAD)
+    before, after = load_autoencoder(trained), load_autoencoder(tuned)
+    for name, tensor in before.encoder.state_dict().items():
+        assert torch.equal(tensor, after.encoder.state_dict()[name]), name
+    assert torch.equal(before.latent_mean, after.latent_mean) and torch.equal(before.latent_std, after.latent_std)
+    assert after.config.l2_weight == 4.0 and after.config.latent_shape == before.config.latent_shape
+    frames = frames_of(cache_dir)
+    with torch.no_grad():
+        latents = before.encode(frames)
+        assert torch.equal(latents, after.encode(frames))  # every latent made with the original stays valid
+        target = frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        gain = psnr(after.decode(latents), target).mean() - psnr(before.decode(latents), target).mean()
+    assert gain > 1.0, f"tuning the decoder changed PSNR by {gain:.2f} dB"
+    meta = json.loads((tuned / "model.json").read_text())
+    assert meta["decoder_tuned_from"]["autoencoder"] == str(trained) and meta["latent_stats"] is not None
+
+
+def test_tune_decoder_refuses_latents_of_another_autoencoder(trained, engine_cache, tmp_path):
+    cache_dir = shutil.copytree(engine_cache, tmp_path / "cache")
+    encode_cache(trained, cache_dir, batch_size=64)
+    index_path = Path(cache_dir) / "index.json"
+    index = json.loads(index_path.read_text())
+    index["latents"]["std"] = [2 * v for v in index["latents"]["std"]]
+    index_path.write_text(json.dumps(index))
+    config = TrainConfig(out_dir=str(tmp_path / "tuned"), data=str(cache_dir), steps=10)
+    with pytest.raises(ValueError, match="not by .*mode=encode"):
+        tune_decoder(DecoderTuneConfig(autoencoder=str(trained)), config)
+    with pytest.raises(ValueError, match="is the autoencoder being tuned"):
+        tune_decoder(DecoderTuneConfig(autoencoder=str(trained)), TrainConfig(out_dir=str(trained), data=str(cache_dir)))
+    with pytest.raises(ValueError, match="l2_weight"):
+        DecoderTuneConfig(autoencoder=str(trained), l2_weight=-1.0)
+    assert not (tmp_path / "tuned").exists()

@@ -139,8 +139,11 @@ class Autoencoder(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, h, w) → float frames (B, 3, H, W) in [-1, 1]."""
         self._check_latents(latents)
-        z = latents * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
-        return self.decoder(z).clamp(-1.0, 1.0)
+        return self.decode_unclamped(latents).clamp(-1.0, 1.0)
+
+    def decode_unclamped(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents → float frames, not clamped: the decoder's training path (mode=tune_decoder)."""
+        return self.decoder(latents * self.latent_std[:, None, None] + self.latent_mean[:, None, None])
 
     def forward(self, x: torch.Tensor, sample: bool = True):
         """Float frames (B, 3, H, W) → (reconstruction (B, 3, H, W) unclamped, mean, logvar): the training path."""
@@ -175,12 +178,18 @@ def frames_to_float(frames: torch.Tensor, config: AutoencoderConfig) -> torch.Te
 
 def vae_loss(recon, x, mean, logvar, config: AutoencoderConfig) -> tuple[torch.Tensor, dict]:
     """L1 + l2_weight·MSE + grad_weight·gradient L1 + kl_weight·KL (per-element means), and the parts for logging."""
+    loss, parts = reconstruction_loss(recon, x, config)
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+    return loss + config.kl_weight * kl, {**parts, "kl": kl.detach()}
+
+
+def reconstruction_loss(recon, x, config: AutoencoderConfig) -> tuple[torch.Tensor, dict]:
+    """L1 + l2_weight·MSE + grad_weight·gradient L1 (per-element means): vae_loss without the KL term."""
     l1 = (recon - x).abs().mean()
     mse = (recon - x).pow(2).mean()
     grad = gradient_l1(recon, x)
-    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-    loss = l1 + config.l2_weight * mse + config.grad_weight * grad + config.kl_weight * kl
-    parts = {"l1": l1.detach(), "mse": mse.detach(), "grad": grad.detach(), "kl": kl.detach(),
+    loss = l1 + config.l2_weight * mse + config.grad_weight * grad
+    parts = {"l1": l1.detach(), "mse": mse.detach(), "grad": grad.detach(),
              "psnr": psnr(recon.detach().clamp(-1, 1), x).mean()}
     return loss, parts
 

@@ -2,13 +2,19 @@
 
     python run_world.py mode=train_autoencoder autoencoder=cpu train.data=data/cache train.out_dir=runs/ae
     python run_world.py mode=encode encode.checkpoint=runs/ae encode.cache=data/cache
+    python run_world.py mode=tune_decoder tune_decoder.autoencoder=runs/ae train.data=data/cache train.out_dir=runs/ae_dec
 
 Training is the shared loop (worldsim.training.train) on single frames; afterwards the per-channel latent
 statistics are measured on training frames and saved into the published weights (model and EMA), so that
 `encode` gives unit-scale latents.
+
+`tune_decoder` trains only the decoder of a trained autoencoder, on whole frames and the latents its encoder
+already wrote into the cache. The encoder and the normalisation are copied unchanged, so every latent made
+with the original (training caches, dynamics models trained on them) stays valid for the tuned one.
 """
 import logging
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +23,12 @@ from PIL import Image
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from worldsim.data.cache import Cache, ClipDataset, write_latents
-from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig, frames_to_float, to_uint8, vae_loss
+from worldsim.data.cache import Cache, ClipDataset, MissingLatentsError, write_latents
+from worldsim.models.autoencoder import (Autoencoder, AutoencoderConfig, frames_to_float, reconstruction_loss,
+                                         to_uint8, vae_loss)
 from worldsim.training import TrainConfig, train
 from worldsim.training.checkpoint import load_model, read_json, save_checkpoint
+from worldsim.training.wrap import call_module
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +145,84 @@ def encode_cache(checkpoint_dir, cache_dir, batch_size: int = 64, device: str | 
     path = write_latents(cache.directory, batches(), c.latent_shape, info)
     print(f"latents {c.latent_shape} of {cache.num_frames} frames written to {path}")
     return path
+
+
+@dataclass
+class DecoderTuneConfig:
+    """mode=tune_decoder (the `tune_decoder:` section); the data, steps and out_dir come from `train:`."""
+
+    autoencoder: str = "runs/ae"      # the trained run whose decoder is tuned (its EMA weights when it has them)
+    l2_weight: float | None = None    # the loss's MSE weight (None: the run's own); PSNR is an MSE measure
+    grad_weight: float | None = None  # the image-gradient L1 weight (None: the run's own)
+
+    def __post_init__(self):
+        if not self.autoencoder:
+            raise ValueError("tune_decoder.autoencoder must name a trained autoencoder run directory")
+        for name in ("l2_weight", "grad_weight"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"tune_decoder.{name} must be a number ≥ 0 or null, got {value!r}")
+
+
+class DecoderTask:
+    """The TrainTask of decoder tuning: batches carry frames and their cached latents; only the decoder learns."""
+
+    def __init__(self, model: Autoencoder, config: AutoencoderConfig):
+        self.config, self.model = config, model
+        model.config = config
+        model.encoder.requires_grad_(False)
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        x = frames_to_float(batch["frames"][:, 0], self.config)  # (B, 3, H, W)
+        recon = call_module(model, Autoencoder.decode_unclamped, batch["latents"][:, 0])
+        return reconstruction_loss(recon, x, self.config)
+
+    @torch.no_grad()
+    def save_samples(self, model, batch: dict, path: Path) -> None:
+        save_grid(batch["frames"][:, 0], to_uint8(model.decode(batch["latents"][:, 0])), path)
+
+
+def check_latents_match(cache: Cache, model: Autoencoder, source) -> None:
+    """The cache's latents must be this autoencoder's: same normalisation as the one it records."""
+    info = cache.latent_info
+    if info is None:
+        raise MissingLatentsError(cache.directory)
+    same = (tuple(info["shape"]) == model.config.latent_shape and
+            np.allclose(info.get("mean", []), model.latent_mean.tolist(), atol=1e-5) and
+            np.allclose(info.get("std", []), model.latent_std.tolist(), atol=1e-5))
+    if not same:
+        raise ValueError(f"{cache.directory}: its latents were written by {info.get('checkpoint')}, not by {source} "
+                         f"(the shapes or normalisation differ): run python run_world.py mode=encode "
+                         f"encode.checkpoint={source} encode.cache={cache.directory}")
+
+
+def tune_decoder(tune: DecoderTuneConfig, train_config: TrainConfig) -> dict:
+    """Train the decoder of tune.autoencoder on train_config.data's frames and latents into train_config.out_dir."""
+    source, out = Path(tune.autoencoder), Path(train_config.out_dir)
+    if out.resolve() == source.resolve():
+        raise ValueError(f"train.out_dir {out} is the autoencoder being tuned: give the tuned run its own directory")
+    model = load_autoencoder(source)
+    changes = {k: float(v) for k, v in (("l2_weight", tune.l2_weight), ("grad_weight", tune.grad_weight))
+               if v is not None}
+    config = replace(model.config, **changes)
+    cache = Cache(train_config.data, expect_resolution=(config.height, config.width))
+    check_latents_match(cache, model, source)
+    dataset = ClipDataset(cache, frames_per_clip=1, latents=True)
+    summary = train(DecoderTask(model, config), dataset, train_config, sample_batch=sample_batch(dataset))
+    if int(os.environ.get("RANK", "0")) == 0 and not summary.get("stopped"):
+        record_tuned_from(out, source)
+    return summary
+
+
+def record_tuned_from(run_dir: Path, source: Path) -> None:
+    """Add where the encoder and normalisation came from to the tuned run's published model and EMA."""
+    origin = read_json(source / "model.json")
+    for name in ("model", "ema"):
+        if not (run_dir / f"{name}.safetensors").exists():
+            continue
+        meta = read_json(run_dir / f"{name}.json")
+        model = load_model(run_dir, Autoencoder, AutoencoderConfig, name=name).eval()
+        extra = {k: v for k, v in meta.items() if k not in ("format", "class", "config_class", "config")}
+        extra["decoder_tuned_from"] = {"autoencoder": str(source), "step": origin.get("step")}
+        extra["latent_stats"] = origin.get("latent_stats")
+        save_checkpoint(run_dir, model, model.config, name=name, extra=extra)
