@@ -12,7 +12,7 @@ from worldsim.eval import CopyLastFrame, EnginePredictor, EvalConfig, evaluate
 from worldsim.eval.harness import WORLDS, record_episode
 from worldsim.eval.idm import (GROUPS, HEADS, IDMConfig, IDMTrainConfig, action_labels, load_idm, print_idm_table,
                                train_idm)
-from worldsim.eval.metrics import PSNR_CAP_DB, STAT_NAMES, frame_stats, psnr, ssim
+from worldsim.eval.metrics import PSNR_CAP_DB, STAT_NAMES, collapse, frame_stats, psnr, ssim
 from worldsim.eval.report import print_report, write_report, write_sheet
 
 SIZE = 32
@@ -68,6 +68,22 @@ def test_metrics_identical_and_hand_computed():
     assert stats.shape == (2, len(STAT_NAMES)) and stats[0, -1] > 0
 
 
+def test_collapse_catches_a_frozen_and_a_faded_world():
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (200, SIZE, SIZE, 3), dtype=np.uint8)
+    real[50:70] = real[50]  # the player stood still for a second
+    real_stats = frame_stats(real)
+    assert not collapse(real_stats, real_stats, fps=20)["collapsed"]
+    frozen = real.copy()
+    frozen[100:] = frozen[100]  # five seconds without change
+    verdict = collapse(real_stats, frame_stats(frozen), fps=20)
+    assert verdict["frozen"] and not verdict["faded"] and verdict["longest_still_frames"]["real"] == 19
+    faded = real.copy()
+    faded[150:] = (faded[150:] // 8 + 100).astype(np.uint8)  # the last 2.5 s: little contrast left
+    verdict = collapse(real_stats, frame_stats(faded), fps=20)
+    assert verdict["faded"] and not verdict["frozen"] and verdict["collapsed"]
+
+
 def test_action_labels():
     assert action_labels({"forward": 1, "camera": [0.0, 5.0]})["forward_back"] == 1
     labels = action_labels({"back": 1, "left": 1, "camera": [-1.0, 0.0], "hotbar.3": 1, "attack": 1})
@@ -85,6 +101,7 @@ def test_engine_scores_perfectly(engine_report):
         assert test["candidate_vs_engine_every_tick"]["ssim"] == pytest.approx(1.0), name
     assert report["consistency"]["turn_around"]["engine_end_vs_start"]["psnr"] == PSNR_CAP_DB
     assert report["stability"]["fraction_out_of_range"] == 0.0 and report["stability"]["first_out_of_range"] is None
+    assert not report["stability"]["collapse"]["collapsed"]
     for group, ratio in report["action_following"]["relative"].items():
         assert ratio["accuracy"] == pytest.approx(1.0), group
 
@@ -105,6 +122,7 @@ def test_copy_last_scores_the_floor(engine_report, copy_report, tmp_path):
     assert hand == pytest.approx(cell["min"], rel=1e-6) or hand == pytest.approx(cell["max"], rel=1e-6)
     # a frozen world is caught by the stability statistics' motion, and fails the walk's every-tick comparison
     assert copy_report[0]["stability"]["stats"]["motion"]["candidate_max"] == 0.0
+    assert copy_report[0]["stability"]["collapse"]["frozen"], copy_report[0]["stability"]["collapse"]
     walk = copy_report[0]["consistency"]["walk_there_and_back"]
     assert walk["candidate_vs_engine_every_tick"]["psnr"] < PSNR_CAP_DB
 

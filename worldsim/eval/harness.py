@@ -391,8 +391,9 @@ def _series(values: np.ndarray) -> list:
 
 def measure_stability(config: EvalConfig, episode: Episode, candidate: Timed,
                       scorers: dict[str, PairScorer] | None, progress: Progress | None) -> tuple[dict, dict]:
-    """The policy drives the engine on; the candidate gets the same actions. Frame statistics of the candidate
-    against the range of the real frames: where it first leaves the range, and how often it is out."""
+    """The policy drives the engine on; the candidate gets the same actions. Whether the candidate collapses
+    (freezes or fades to one colour, metrics.collapse), and its frame statistics against the range of the real
+    frames: where it first leaves the range, and how often it is out (drift in content, not collapse)."""
     env, policy, info = episode.env, episode.policy, episode.info
     candidate.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
     env.set_state(episode.state)
@@ -424,7 +425,8 @@ def measure_stability(config: EvalConfig, episode: Episode, candidate: Timed,
     per_stat = {name: {"real_min": float(low[j]), "real_max": float(high[j]), "candidate_min": float(gen[:, j].min()),
                        "candidate_max": float(gen[:, j].max()), "fraction_out_of_range": float(out[:, j].mean()),
                        "first_out_of_range": first(out[:, j])} for j, name in enumerate(metrics.STAT_NAMES)}
-    result = {"frames": int(len(gen)), "first_out_of_range": first(out.any(axis=1)),
+    result = {"frames": int(len(gen)), "collapse": metrics.collapse(real, gen, episode.env.metadata["render_fps"]),
+              "first_out_of_range": first(out.any(axis=1)),
               "fraction_out_of_range": float(out.any(axis=1).mean()), "stats": per_stat,
               "series": {"names": list(metrics.STAT_NAMES), "real": _series(real), "candidate": _series(gen)}}
     return result, {"real": real, "candidate": gen}

@@ -15,7 +15,12 @@ PSNR_CAP_DB = 100.0  # identical frames; any real difference of one 8-bit level 
 # A pixel counts as sky when it is bright and clearly blue: the engine's day sky runs from (92, 143, 250) at the
 # zenith to (179, 209, 255) at the horizon; water and blue blocks are darker or less saturated.
 SKY_MIN_BLUE, SKY_BLUE_OVER_RED, SKY_BLUE_OVER_GREEN = 200, 40, 25
-STAT_NAMES = ("mean_r", "mean_g", "mean_b", "sharpness", "sky_fraction", "motion")
+STAT_NAMES = ("mean_r", "mean_g", "mean_b", "sharpness", "contrast", "sky_fraction", "motion")
+# Collapse (the two failures a long rollout must not show). A frame is still when its mean absolute change from
+# the frame before is under STILL_MOTION grey levels; frozen: a still stretch over twice the real run's longest and
+# over FROZEN_MIN_SECONDS (or a quarter of a shorter run). Faded: the contrast (luma standard deviation), averaged
+# over a second, falls under FADE_FRACTION of the real run's lowest one-second average.
+STILL_MOTION, FROZEN_MIN_SECONDS, FADE_FRACTION = 0.5, 5.0, 0.5
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
@@ -51,9 +56,10 @@ def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def frame_stats(frames: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
-    """(N, 6) float64 per frame, in STAT_NAMES order: mean R, G, B (0..255), sharpness (variance of the Laplacian
-    of luma), sky fraction, and motion (mean absolute difference from the frame before; `previous` precedes the
-    first, which scores 0 without it). A frozen world has no motion; flicker has too much."""
+    """(N, 7) float64 per frame, in STAT_NAMES order: mean R, G, B (0..255), sharpness (variance of the Laplacian
+    of luma), contrast (standard deviation of luma), sky fraction, and motion (mean absolute difference from the
+    frame before; `previous` precedes the first, which scores 0 without it). A frozen world has no motion; flicker
+    has too much; a world fading to one colour loses its contrast."""
     frames = np.asarray(frames)
     if frames.ndim == 3:
         frames = frames[None]
@@ -63,9 +69,38 @@ def frame_stats(frames: np.ndarray, previous: np.ndarray | None = None) -> np.nd
     mean = x.mean(dim=(1, 2))                                    # (N, 3)
     luma = (x @ _LUMA.double())[:, None]                         # (N, 1, H, W)
     sharpness = F.conv2d(luma, _LAPLACIAN.double()).var(dim=(1, 2, 3))
+    contrast = luma.std(dim=(1, 2, 3))
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     sky = ((b >= SKY_MIN_BLUE) & (b - r >= SKY_BLUE_OVER_RED) & (b - g >= SKY_BLUE_OVER_GREEN)).double()
-    return torch.cat([mean, sharpness[:, None], sky.mean(dim=(1, 2))[:, None], motion[:, None]], dim=1).numpy()
+    return torch.cat([mean, sharpness[:, None], contrast[:, None], sky.mean(dim=(1, 2))[:, None], motion[:, None]],
+                     dim=1).numpy()
+
+
+def longest_run(flags: np.ndarray) -> int:
+    """Length of the longest stretch of consecutive True values."""
+    best = current = 0
+    for flag in np.asarray(flags, dtype=bool):
+        current = current + 1 if flag else 0
+        best = max(best, current)
+    return best
+
+
+def collapse(real: np.ndarray, candidate: np.ndarray, fps: float) -> dict:
+    """Whether a long rollout froze or faded to one colour, judged against the real run under the same actions.
+
+    real, candidate: frame_stats rows (N, len(STAT_NAMES)). See STILL_MOTION, FROZEN_MIN_SECONDS, FADE_FRACTION."""
+    motion, contrast = STAT_NAMES.index("motion"), STAT_NAMES.index("contrast")
+    still_real = longest_run(real[1:, motion] < STILL_MOTION)  # row 0 has no frame before it in the run
+    still_candidate = longest_run(candidate[1:, motion] < STILL_MOTION)
+    frozen_limit = max(2 * still_real, min(FROZEN_MIN_SECONDS * fps, len(candidate) / 4))
+    window = max(1, min(int(round(fps)), len(real), len(candidate)))
+    smooth = lambda v: np.convolve(v, np.ones(window) / window, mode="valid")
+    contrast_real, contrast_candidate = smooth(real[:, contrast]).min(), smooth(candidate[:, contrast]).min()
+    frozen, faded = still_candidate > frozen_limit, contrast_candidate < FADE_FRACTION * contrast_real
+    return {"collapsed": bool(frozen or faded), "frozen": bool(frozen), "faded": bool(faded),
+            "longest_still_frames": {"real": still_real, "candidate": still_candidate, "limit": float(frozen_limit)},
+            "lowest_contrast_1s": {"real": float(contrast_real), "candidate": float(contrast_candidate),
+                                   "limit": float(FADE_FRACTION * contrast_real)}}
 
 
 class StatsStream:

@@ -150,6 +150,14 @@ def print_report(report: dict, console: Console | None = None) -> None:
     console.print(table)
 
     stability = report["stability"]
+    c = stability["collapse"]
+    verdict = ("[red]collapsed:[/red] " + " and ".join(k for k in ("frozen", "faded") if c[k])) if c["collapsed"] \
+        else "[green]no collapse[/green]"
+    console.print(f"Stability over {stability['frames']} frames: {verdict} (longest still stretch "
+                  f"{c['longest_still_frames']['candidate']} frames, real {c['longest_still_frames']['real']}, "
+                  f"limit {_fmt(c['longest_still_frames']['limit'], 0)}; lowest 1-s contrast "
+                  f"{_fmt(c['lowest_contrast_1s']['candidate'], 1)}, real {_fmt(c['lowest_contrast_1s']['real'], 1)}, "
+                  f"limit {_fmt(c['lowest_contrast_1s']['limit'], 1)})")
     table = Table(title=f"Stability over {stability['frames']} frames: candidate statistics vs the real range "
                         f"(first out of range: {stability['first_out_of_range']}, "
                         f"fraction out: {_fmt(stability['fraction_out_of_range'])})")
