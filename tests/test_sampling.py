@@ -55,12 +55,13 @@ VARIANT_IDS = ["", "prev-input", "residual"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-@pytest.mark.parametrize("fuse_commit", [True, False], ids=["fused-commit", "separate-commit"])
+@pytest.mark.parametrize("fuse_commit,graphs", [(True, False), (False, False), (True, True)],
+                         ids=["fused-commit", "separate-commit", "graphed"])
 @pytest.mark.parametrize("chunk_frames,context_frames,prompt_frames,chunks",
                          [(1, 4, 2, 8), (2, 6, 4, 5), (1, 3, 5, 4)],
                          ids=["K1-wraps", "K2-wraps", "prompt-longer-than-cache"])
 def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_frames, prompt_frames, chunks,
-                                                       fuse_commit, variant):
+                                                       fuse_commit, graphs, variant):
     model = small_model(chunk_frames=chunk_frames, context_frames=context_frames, **variant)
     c = model.config
     g = torch.Generator().manual_seed(1)
@@ -71,7 +72,7 @@ def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_fra
     # The ring must wrap during the rollout for this test to cover it.
     assert prompt_frames + chunks * chunk_frames > 2 * c.cache_frames
 
-    sampler = Sampler(model, batch_size=B, steps=3, seed=7, fuse_commit=fuse_commit)
+    sampler = Sampler(model, batch_size=B, steps=3, seed=7, fuse_commit=fuse_commit, graphs=graphs)
     sampler.reset(prompt, prompt_actions)
     cached = torch.cat([sampler.step(a) for a in step_actions], 1)
     expected = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
@@ -132,13 +133,14 @@ def test_action_conditions_the_next_frame():
     assert not torch.allclose(sampler.step(turning), still)
 
 
+@pytest.mark.parametrize("graphs", [False, True], ids=["plain", "graphed"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_snapshot_restore_replays_identically_and_branches(variant):
+def test_snapshot_restore_replays_identically_and_branches(variant, graphs):
     model = small_model(context_frames=4, **variant)
     c = model.config
     g = torch.Generator().manual_seed(5)
     actions = [torch.rand(2, ACTION_DIM, generator=g) for _ in range(6)]
-    sampler = Sampler(model, batch_size=2, steps=2, seed=11)
+    sampler = Sampler(model, batch_size=2, steps=2, seed=11, graphs=graphs)
     sampler.reset(torch.randn(latent_shape(c, 2, 3), generator=g), torch.rand(2, 2, ACTION_DIM, generator=g))
     for a in actions[:2]:
         sampler.step(a)
@@ -152,6 +154,26 @@ def test_snapshot_restore_replays_identically_and_branches(variant):
     for x, y in zip(first, replay):
         assert torch.equal(x, y)
     assert not torch.equal(branch, first[0])
+
+
+def test_graphed_steps_equal_plain_steps_as_the_step_count_changes():
+    model = small_model(context_frames=4, prev_input=True, residual=True)
+    g = torch.Generator().manual_seed(2)
+    prompt = torch.randn(latent_shape(model.config, 1, 2), generator=g)
+    actions = [torch.rand(1, ACTION_DIM, generator=g) for _ in range(7)]
+    steps = [2, 2, 1, 3, 1, 2, 2]
+    outputs = []
+    for graphs in (False, True):
+        sampler = Sampler(model, steps=2, seed=4, graphs=graphs)
+        sampler.reset(prompt, torch.rand(1, 1, ACTION_DIM, generator=torch.Generator().manual_seed(9)))
+        outputs.append([sampler.step(a, steps=s) for a, s in zip(actions, steps)])
+        sampler.reset(prompt, torch.zeros(1, 1, ACTION_DIM))  # a new prompt after graphed steps starts clean
+        outputs[-1].append(sampler.step(actions[0]))
+        outputs[-1].append(sampler.step(actions[1]))
+    for plain, graphed in zip(*outputs):
+        torch.testing.assert_close(graphed, plain, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="fuse_commit"):
+        Sampler(model, graphs=True, fuse_commit=False)
 
 
 def test_steps_change_between_chunks():

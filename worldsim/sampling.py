@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from worldsim.models.dynamics import DynamicsModel, check_actions, check_latents
+from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, check_actions, check_latents
 
 
 class KVCache(nn.Module):
@@ -63,8 +63,10 @@ def make_caches(model: DynamicsModel, batch: int, device=None, dtype=None) -> nn
                                   dtype or param.dtype, device or param.device) for _ in range(c.n_layer)])
 
 
-def _positions(first: int, frames: int, device):
-    return torch.arange(first, first + frames, device=device)
+def _positions(first, frames: int, device):
+    """Absolute frame indices first .. first + frames - 1; `first` an int or a 0-d int64 device tensor (the
+    graphed sampler's frame counter, so that a replayed CUDA graph reads the current frame)."""
+    return first + torch.arange(frames, device=device)
 
 
 def context_noised(model, latents, noise):
@@ -151,10 +153,15 @@ class Sampler:
     """One play or a batch of rollouts: `reset(prompt)`, then `step(actions)` -> the next chunk's latents.
 
     With `fuse_commit` (the default) a chunk's commit pass runs inside the next `step`, sharing a pass with
-    that chunk's first Euler step (`commit_and_denoise`); the results are those of committing at once."""
+    that chunk's first Euler step (`commit_and_denoise`); the results are those of committing at once.
+
+    With `graphs`, those fused steps read and write only fixed buffers (the caches, the pending chunk, the frame
+    counter as a device tensor, the noise drawn into a buffer) and, on CUDA, replay as one CUDA graph per step
+    count, captured on first use: a step is then one launch instead of hundreds. Elsewhere the same buffered
+    step runs eagerly (the tests check it against the plain one). The results equal the plain sampler's."""
 
     def __init__(self, model: DynamicsModel, batch_size: int = 1, steps: int | None = None, seed: int = 0,
-                 fuse_commit: bool = True):
+                 fuse_commit: bool = True, graphs: bool = False):
         self.model = model.eval()
         self.config = model.config
         self.batch_size = batch_size
@@ -166,6 +173,12 @@ class Sampler:
         self.frame = 0
         self.pending = None  # (latents, actions, commit noise) of the last chunk while it is not in the caches
         self.last = None     # `last_frame` of the last frame in the caches (the next chunk's prev_frame)
+        if graphs and not fuse_commit:
+            raise ValueError("graphs=True replays the fused step: it needs fuse_commit=True")
+        self.graphs = graphs
+        self._buffers = None  # the graphed step's fixed inputs and outputs, made on first use
+        self._buffered = False  # whether pending/last live in the buffers (else in self.pending / self.last)
+        self._graphs: dict = {}  # steps -> torch.cuda.CUDAGraph
 
     def _noise(self, frames: int):
         c = self.config
@@ -192,7 +205,7 @@ class Sampler:
         actions = actions.to(self.device)
         for cache in self.caches:
             cache.reset()
-        self.pending = None
+        self.pending, self._buffered = None, False
         noise, prompt_latents = self._noise(P), prompt_latents.to(self.device)
         prefill(self.model, self.caches, prompt_latents, actions, noise)
         self.last = last_frame(self.model, prompt_latents, noise)
@@ -209,6 +222,8 @@ class Sampler:
         check_actions(actions, (self.batch_size, K))
         actions = actions.to(self.device)
         steps = steps or self.steps
+        if self.graphs and (self.pending is not None or self._buffered):
+            return self._graphed_step(actions, steps)
         if self.pending is None:
             x = denoise_chunk(self.model, self.caches, actions, self.frame, self._noise(K), steps, self.last)
         else:
@@ -224,10 +239,91 @@ class Sampler:
         self.frame += K
         return x
 
+    # -- the graphed step: fixed buffers, one CUDA graph per step count ------------------------------------
+
+    def _make_buffers(self) -> dict:
+        c, B, K = self.config, self.batch_size, self.config.chunk_frames
+        latent = (B, K, c.latent_channels, c.latent_height, c.latent_width)
+        dtype, device = self.model.head.weight.dtype, self.device
+        zeros = lambda *shape, dtype=dtype: torch.zeros(shape, dtype=dtype, device=device)
+        return {"actions": zeros(B, K, ACTION_DIM), "noise": zeros(*latent), "commit_noise": zeros(*latent),
+                "prev": zeros(*latent), "prev_actions": zeros(B, K, ACTION_DIM), "prev_noise": zeros(*latent),
+                "before": zeros(B, 1, *latent[2:]), "before_levels": zeros(B, 1, dtype=torch.float32),
+                "out": zeros(*latent), "frame": torch.zeros((), dtype=torch.int64, device=device)}
+
+    def _graph_body(self, steps: int) -> None:
+        """The fused step on the buffers: commit `prev`, denoise the next chunk from `noise`, move it to `prev`."""
+        b, K = self._buffers, self.config.chunk_frames
+        x = commit_and_denoise(self.model, self.caches, b["prev"], b["prev_actions"], b["prev_noise"], b["actions"],
+                               b["frame"], b["noise"], steps, before=(b["before"], b["before_levels"]))
+        last, last_levels = last_frame(self.model, b["prev"], b["prev_noise"])
+        b["before"].copy_(last)
+        b["before_levels"].copy_(last_levels)
+        b["prev"].copy_(x)
+        b["prev_actions"].copy_(b["actions"])
+        b["prev_noise"].copy_(b["commit_noise"])
+        b["out"].copy_(x)
+        b["frame"].add_(K)
+
+    @torch.inference_mode()
+    def _graphed_step(self, actions, steps: int):
+        K, b = self.config.chunk_frames, self._buffers
+        if b is None:
+            b = self._buffers = self._make_buffers()
+        if not self._buffered:  # pending and last move into the buffers
+            for name, value in zip(("prev", "prev_actions", "prev_noise", "before", "before_levels"),
+                                   (*self.pending, *self.last)):
+                b[name].copy_(value)
+            b["frame"].fill_(self.frame)
+            self.pending = self.last = None
+            self._buffered = True
+        b["actions"].copy_(actions)
+        b["noise"].copy_(self._noise(K))  # drawn in the order of the plain step: the chunk's, then its commit's
+        b["commit_noise"].copy_(self._noise(K))
+        if self.device.type == "cuda":
+            self._replay(steps)
+        else:
+            self._graph_body(steps)
+        self.frame += K
+        return b["out"].clone()
+
+    def _replay(self, steps: int) -> None:
+        graph = self._graphs.get(steps)
+        if graph is None:
+            # warm up (compiles and tunes the kernels) on a side stream, then put the state back and capture
+            saved = self._capture_state()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._graph_body(steps)
+            torch.cuda.current_stream().wait_stream(stream)
+            self._put_state(saved)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._graph_body(steps)
+            self._graphs[steps] = graph
+        graph.replay()
+
+    def _capture_state(self) -> dict:
+        return {"caches": [{name: buf.clone() for name, buf in cache.named_buffers()} for cache in self.caches],
+                "buffers": {name: buf.clone() for name, buf in self._buffers.items()}}
+
+    def _put_state(self, saved: dict) -> None:
+        for cache, buffers in zip(self.caches, saved["caches"], strict=True):
+            for name, buf in cache.named_buffers():
+                buf.copy_(buffers[name])
+        for name, buf in self._buffers.items():
+            buf.copy_(saved["buffers"][name])
+
     def snapshot(self) -> SamplerState:
         """A copy of the whole state, for rewind and branching (cheap: the cache is W frames)."""
         caches = [{name: buf.clone() for name, buf in cache.named_buffers()} for cache in self.caches]
-        return SamplerState(caches, self.frame, self.generator.get_state(), self.steps, self.pending, self.last)
+        pending, last = self.pending, self.last
+        if self._buffered:
+            b = self._buffers
+            pending = (b["prev"].clone(), b["prev_actions"].clone(), b["prev_noise"].clone())
+            last = (b["before"].clone(), b["before_levels"].clone())
+        return SamplerState(caches, self.frame, self.generator.get_state(), self.steps, pending, last)
 
     def restore(self, state: SamplerState) -> None:
         """Continue from `state`: what follows replays exactly what followed the snapshot."""
@@ -235,6 +331,7 @@ class Sampler:
             for cache, saved in zip(self.caches, state.caches, strict=True):
                 for name, buf in cache.named_buffers():
                     buf.copy_(saved[name])
-        # pending and last are never mutated in place
+        # pending and last are never mutated in place (the graphed step copies them into its buffers)
         self.frame, self.steps, self.pending, self.last = state.frame, state.steps, state.pending, state.last
+        self._buffered = False
         self.generator.set_state(state.rng)

@@ -71,6 +71,7 @@ class WorldModelConfig:
     timing: bool = True               # report ms_per_frame in info
     max_episode_steps: int | None = None
     torch_threads: int | None = 1     # torch's CPU threads (see pin_torch_threads); None leaves them alone
+    cuda_graphs: bool = True          # on CUDA, replay each sampler step as a CUDA graph (Sampler(graphs=True))
 
     def __post_init__(self):
         if self.prompt_motion not in PROMPT_MOTIONS:
@@ -255,8 +256,8 @@ class RowSeededSampler(Sampler):
     """A Sampler whose noise comes from one generator per batch row, so that row i of a batch replays a batch-1
     sampler seeded alike (Sampler's one generator ties each row's noise to the batch size)."""
 
-    def __init__(self, model, batch_size: int, steps: int | None = None):
-        super().__init__(model, batch_size=batch_size, steps=steps)
+    def __init__(self, model, batch_size: int, steps: int | None = None, graphs: bool = False):
+        super().__init__(model, batch_size=batch_size, steps=steps, graphs=graphs)
         self.row_generators = [torch.Generator(self.device) for _ in range(batch_size)]
 
     def seed_rows(self, seeds) -> None:
@@ -274,9 +275,10 @@ class RowSeededSampler(Sampler):
 class Imagination:
     """B imagined worlds stepped together: prompts encoded, the sampler's chunks decoded to uint8 frames."""
 
-    def __init__(self, dynamics, autoencoder, batch: int, steps: int | None = None):
+    def __init__(self, dynamics, autoencoder, batch: int, steps: int | None = None, cuda_graphs: bool = True):
         self.autoencoder = autoencoder.eval()
-        self.sampler = RowSeededSampler(dynamics, batch, steps)
+        graphs = cuda_graphs and dynamics.head.weight.device.type == "cuda"
+        self.sampler = RowSeededSampler(dynamics, batch, steps, graphs=graphs)
         self.chunk_frames = dynamics.config.chunk_frames
         self.window = dynamics.config.cache_frames
         self.queue: list[np.ndarray] = []   # decoded frames of the current chunk not shown yet (K > 1)
@@ -395,7 +397,7 @@ class WorldModelEnv(_ModelWorld, gymnasium.Env):
         self.render_mode = render_mode
         self.observation_space = spaces.Box(0, 255, shape=(*self.size, 3), dtype=np.uint8)
         self.action_space = actions.action_space()
-        self.imagination = Imagination(dynamics, autoencoder, 1, self.config.steps)
+        self.imagination = Imagination(dynamics, autoencoder, 1, self.config.steps, self.config.cuda_graphs)
         self.twin: VoxelEnv | None = None
         self._frame: np.ndarray | None = None
         self._twin_info: dict = {}
@@ -501,7 +503,8 @@ class WorldModelVectorEnv(_ModelWorld, gymnasium.vector.VectorEnv):
         self.single_action_space = actions.action_space()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.imagination = Imagination(dynamics, autoencoder, self.num_envs, self.config.steps)
+        self.imagination = Imagination(dynamics, autoencoder, self.num_envs, self.config.steps,
+                                        self.config.cuda_graphs)
         self._rngs: list[np.random.Generator] = []
         self._seeds: list[int] = []
         self._needs_reset = False

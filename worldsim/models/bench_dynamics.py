@@ -3,6 +3,7 @@
     python -m worldsim.models.bench_dynamics [--config tiny] [--steps 4] [--batches 1 16 64] [--threads 1]
                                              [--context-frames W] [--autoencoder cpu] [--out PATH]
                                              [--train-batch 64]   # also training tokens/s and MFU
+                                             [--graphs off|on|both] # CUDA-graph replay of each step
 
 Weights are random (speed does not depend on them). Decode uses the autoencoder config named by
 --autoencoder (configs/autoencoder/NAME.yaml, random weights) or a trained run directory; `none` times the
@@ -47,14 +48,14 @@ def make_decoder(spec: str, device):
     return model.eval().decode
 
 
-def time_case(config, batch, steps, frames, warmup, decode, device, seed=0):
-    """Median and mean seconds per step() (one chunk) and per decode of that chunk."""
+def time_case(config, batch, steps, frames, warmup, decode, device, seed=0, graphs=False):
+    """Seconds per step() (one chunk) and per decode of that chunk, for each timed chunk."""
     torch.manual_seed(seed)
     model = DynamicsModel(config).to(device)
     with torch.no_grad():
         for p in model.parameters():  # AdaLN-zero would make every output 0; timing wants real numbers
             p.add_(0.02 * torch.randn_like(p))
-    sampler = Sampler(model, batch_size=batch, steps=steps, seed=seed)
+    sampler = Sampler(model, batch_size=batch, steps=steps, seed=seed, graphs=graphs)
     c = config
     prompt = torch.randn(batch, c.context_frames, c.latent_channels, c.latent_height, c.latent_width, device=device)
     sampler.reset(prompt, torch.zeros(batch, c.context_frames - 1, ACTION_DIM, device=device))
@@ -138,15 +139,17 @@ def run(args) -> list[dict]:
         config = dataclasses.replace(config, context_frames=args.context_frames)
     decode = make_decoder(args.autoencoder, device)
     rows = []
-    for batch in args.batches:
+    graph_modes = {"off": [False], "on": [True], "both": [False, True]}[args.graphs]
+    for batch, graphs in ((b, g) for b in args.batches for g in graph_modes):
         chunks = max(5, math.ceil(args.frames / (batch * config.chunk_frames)))
         warmup = max(2, math.ceil(args.warmup / batch))
-        step_s, decode_s = time_case(config, batch, args.steps, chunks, warmup, decode, device)
+        step_s, decode_s = time_case(config, batch, args.steps, chunks, warmup, decode, device, graphs=graphs)
         frames_per_step = batch * config.chunk_frames
         dyn = statistics.median(step_s) / frames_per_step
         dec = statistics.median(decode_s) / frames_per_step
         total = statistics.median([a + b for a, b in zip(step_s, decode_s)]) / frames_per_step
-        rows.append({"config": args.config, "batch": batch, "steps": args.steps, "chunk_frames": config.chunk_frames,
+        rows.append({"config": args.config, "batch": batch, "graphs": graphs and device.type == "cuda",
+                     "steps": args.steps, "chunk_frames": config.chunk_frames,
                      "context_frames": config.context_frames, "ms_per_frame_dynamics": 1e3 * dyn,
                      "ms_per_frame_decode": 1e3 * dec, "ms_per_frame_total": 1e3 * total,
                      "frames_per_s": 1.0 / total, "ms_per_step_p90": 1e3 * sorted(step_s)[int(0.9 * len(step_s))]})
@@ -166,6 +169,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--train-batch", type=int, default=0, help="also time training at this batch (0: skip)")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS, help="the MFU denominator")
+    parser.add_argument("--graphs", choices=("off", "on", "both"), default="off",
+                        help="Sampler(graphs=True): each step replays as a CUDA graph (on the CPU it runs eagerly)")
     parser.add_argument("--out", default="bench_results/dynamics.json")
     args = parser.parse_args(argv)
     rows = run(args)
@@ -177,10 +182,10 @@ def main(argv=None) -> None:
     table = Table(title=f"dynamics sampler, {args.config} (window {rows[0]['context_frames']}), "
                         f"{args.steps} Euler steps per chunk (commit fused), "
                         f"decode: {args.autoencoder}, {args.device}, {torch.get_num_threads()} threads")
-    for col in ("batch", "ms/frame dynamics", "ms/frame decode", "ms/frame total", "frames/s", "p90 ms/step"):
+    for col in ("batch", "CUDA graph", "ms/frame dynamics", "ms/frame decode", "ms/frame total", "frames/s", "p90 ms/step"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["batch"]), f"{r['ms_per_frame_dynamics']:.2f}", f"{r['ms_per_frame_decode']:.2f}",
+        table.add_row(str(r["batch"]), "yes" if r["graphs"] else "no", f"{r['ms_per_frame_dynamics']:.2f}", f"{r['ms_per_frame_decode']:.2f}",
                       f"{r['ms_per_frame_total']:.2f}", f"{r['frames_per_s']:.1f}", f"{r['ms_per_step_p90']:.2f}")
     Console().print(table)
     if training is not None:
