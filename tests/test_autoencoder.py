@@ -14,7 +14,7 @@ import torch
 from worldsim.data.cache import Cache, CacheWriter, ClipDataset, MissingLatentsError
 from worldsim.data.policies import ExplorationPolicy
 from worldsim.engine.env import VoxelEnv
-from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig, psnr, ssim, to_uint8
+from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig, GraphedDecode, psnr, ssim, to_uint8
 from worldsim.models.train_autoencoder import DecoderTuneConfig, encode_cache, load_autoencoder, tune_decoder
 from worldsim.training import CheckpointError, TrainConfig, load_weights, save_checkpoint
 
@@ -216,3 +216,9 @@ def test_tune_decoder_refuses_latents_of_another_autoencoder(trained, engine_cac
     with pytest.raises(ValueError, match="l2_weight"):
         DecoderTuneConfig(autoencoder=str(trained), l2_weight=-1.0)
     assert not (tmp_path / "tuned").exists()
+
+
+def test_graphed_decode_refuses_cpu_latents():
+    model = Autoencoder(AutoencoderConfig(**TINY))
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        GraphedDecode(model)(torch.zeros(1, *model.config.latent_shape))

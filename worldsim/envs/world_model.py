@@ -48,6 +48,7 @@ from gymnasium.vector.utils import batch_space
 from worldsim.engine import actions
 from worldsim.engine.env import SEED_BOUND, EngineConfig, VoxelEnv, config_with_overrides
 from worldsim.engine.player import TICKS_PER_SECOND
+from worldsim.models.autoencoder import GraphedDecode
 from worldsim.sampling import Sampler
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -279,6 +280,8 @@ class Imagination:
         self.autoencoder = autoencoder.eval()
         graphs = cuda_graphs and dynamics.head.weight.device.type == "cuda"
         self.sampler = RowSeededSampler(dynamics, batch, steps, graphs=graphs)
+        graph_decode = graphs and self.autoencoder.latent_std.device.type == "cuda"
+        self.decode = GraphedDecode(self.autoencoder) if graph_decode else self.autoencoder.decode
         self.chunk_frames = dynamics.config.chunk_frames
         self.window = dynamics.config.cache_frames
         self.queue: list[np.ndarray] = []   # decoded frames of the current chunk not shown yet (K > 1)
@@ -322,7 +325,7 @@ class Imagination:
             held = torch.from_numpy(vectors).to(self.sampler.device, dtype)[:, None].expand(B, K, -1)  # (B, K, 25)
             latents = self.sampler.step(held.contiguous())                                            # (B, K, C, h, w)
             device = self.autoencoder.latent_std.device
-            decoded = self.autoencoder.decode(latents.flatten(0, 1).to(device, self.autoencoder.latent_std.dtype))
+            decoded = self.decode(latents.flatten(0, 1).to(device, self.autoencoder.latent_std.dtype))
             frames = to_uint8(decoded).cpu().numpy()                                                  # (B·K, H, W, 3)
             frames = frames.reshape(B, K, *frames.shape[1:])
             self.queue = [frames[:, k] for k in range(K)]

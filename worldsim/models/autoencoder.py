@@ -161,6 +161,37 @@ class Autoencoder(nn.Module):
             raise ValueError(f"expected latents (B, {self.config.latent_channels}, h, w), got {tuple(latents.shape)}")
 
 
+class GraphedDecode:
+    """`autoencoder.decode` of a fixed batch of latents on CUDA, replayed as one CUDA graph (a decode at batch 1
+    is hundreds of small kernels: launch-bound without a graph). Captured on the first call; the result is a
+    buffer the next call overwrites (clone it to keep it)."""
+
+    def __init__(self, autoencoder: Autoencoder):
+        self.autoencoder, self.graph, self.inputs, self.outputs = autoencoder.eval(), None, None, None
+
+    @torch.inference_mode()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        if latents.device.type != "cuda":
+            raise ValueError(f"GraphedDecode replays CUDA graphs: latents are on {latents.device}")
+        if self.graph is None or latents.shape != self.inputs.shape or latents.dtype != self.inputs.dtype:
+            self._capture(latents)
+        self.inputs.copy_(latents)
+        self.graph.replay()
+        return self.outputs
+
+    def _capture(self, latents: torch.Tensor) -> None:
+        self.inputs = latents.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up: cuDNN picks its algorithms outside the capture
+            for _ in range(3):
+                self.autoencoder.decode(self.inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = self.autoencoder.decode(self.inputs)
+
+
 def frames_to_float(frames: torch.Tensor, config: AutoencoderConfig) -> torch.Tensor:
     """uint8 (B, H, W, 3) → float (B, 3, H, W) in [-1, 1]; float (B, 3, H, W) passes through, checked."""
     c = config

@@ -5,7 +5,8 @@
 Quality is measured on a cache of frames from world seeds never used in training. Speed: decode of one frame
 at batch 1 on this CPU (torch.inference_mode, channels_last, median of timed calls) with 1 and with 2 threads
 (when another process holds a core, two threads wait for each other and one thread is much faster), and on CUDA
-when there is one, ms at batch 1 and frames/s at batch 256 (CUDA events, after warm-up).
+when there is one, ms at batch 1 and frames/s at batch 256 (CUDA events, after warm-up), eagerly under bf16
+autocast and replayed as a CUDA graph (GraphedDecode, fp32: how play decodes on a GPU).
 """
 import argparse
 import json
@@ -77,6 +78,22 @@ def time_cuda(model: Autoencoder, batch: int, calls: int = 50) -> float:
     return start.elapsed_time(end) / calls
 
 
+def time_cuda_graph(model: Autoencoder, batch: int, calls: int = 200) -> float:
+    """ms per decode of `batch` latents on CUDA replayed as a CUDA graph (GraphedDecode, fp32 weights)."""
+    from worldsim.models.autoencoder import GraphedDecode
+    decode = GraphedDecode(model.cuda().float())
+    z = torch.randn(batch, *model.config.latent_shape, device="cuda")
+    for _ in range(10):
+        decode(z)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        decode(z)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / calls
+
+
 def bench(checkpoint: str, data: str | None, frames: int, out: str) -> dict:
     model = load_autoencoder(checkpoint)
     meta = json.loads((Path(checkpoint) / "model.json").read_text())
@@ -88,7 +105,9 @@ def bench(checkpoint: str, data: str | None, frames: int, out: str) -> dict:
     result["cpu"] = [time_cpu_decode(model, threads) for threads in CPU_THREADS]
     if torch.cuda.is_available():
         result["cuda"] = {"device": torch.cuda.get_device_name(), "decode_ms_batch1": time_cuda(model, 1),
-                          "frames_per_s_batch256": 256 / (time_cuda(model, 256) / 1e3)}
+                          "frames_per_s_batch256": 256 / (time_cuda(model, 256) / 1e3),
+                          "decode_ms_batch1_graph_fp32": time_cuda_graph(model, 1),
+                          "frames_per_s_batch256_graph_fp32": 256 / (time_cuda_graph(model, 256) / 1e3)}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=1) + "\n")
     show(result, out)
@@ -113,6 +132,9 @@ def show(result: dict, out: str) -> None:
         g = result["cuda"]
         table.add_row(f"{g['device']} decode, batch 1", f"{g['decode_ms_batch1']:.3f} ms")
         table.add_row(f"{g['device']} decode, batch 256", f"{g['frames_per_s_batch256']:,.0f} frames/s")
+        table.add_row(f"{g['device']} decode, batch 1, CUDA graph (fp32)", f"{g['decode_ms_batch1_graph_fp32']:.3f} ms")
+        table.add_row(f"{g['device']} decode, batch 256, CUDA graph (fp32)",
+                      f"{g['frames_per_s_batch256_graph_fp32']:,.0f} frames/s")
     Console().print(table)
     Console().print(f"saved {out}")
 
