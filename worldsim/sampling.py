@@ -305,32 +305,34 @@ class Sampler:
         graph.replay()
 
     def _capture_state(self) -> dict:
-        return {"caches": [{name: buf.clone() for name, buf in cache.named_buffers()} for cache in self.caches],
-                "buffers": {name: buf.clone() for name, buf in self._buffers.items()}}
+        return {"caches": self._cache_copies(), "buffers": {name: buf.clone() for name, buf in self._buffers.items()}}
 
     def _put_state(self, saved: dict) -> None:
-        for cache, buffers in zip(self.caches, saved["caches"], strict=True):
-            for name, buf in cache.named_buffers():
-                buf.copy_(buffers[name])
+        self._put_caches(saved["caches"])
         for name, buf in self._buffers.items():
             buf.copy_(saved["buffers"][name])
 
+    def _cache_copies(self) -> list[dict]:
+        return [{name: buf.clone() for name, buf in cache.named_buffers()} for cache in self.caches]
+
+    def _put_caches(self, copies: list[dict]) -> None:
+        with torch.inference_mode():
+            for cache, saved in zip(self.caches, copies, strict=True):
+                for name, buf in cache.named_buffers():
+                    buf.copy_(saved[name])
+
     def snapshot(self) -> SamplerState:
         """A copy of the whole state, for rewind and branching (cheap: the cache is W frames)."""
-        caches = [{name: buf.clone() for name, buf in cache.named_buffers()} for cache in self.caches]
         pending, last = self.pending, self.last
         if self._buffered:
             b = self._buffers
             pending = (b["prev"].clone(), b["prev_actions"].clone(), b["prev_noise"].clone())
             last = (b["before"].clone(), b["before_levels"].clone())
-        return SamplerState(caches, self.frame, self.generator.get_state(), self.steps, pending, last)
+        return SamplerState(self._cache_copies(), self.frame, self.generator.get_state(), self.steps, pending, last)
 
     def restore(self, state: SamplerState) -> None:
         """Continue from `state`: what follows replays exactly what followed the snapshot."""
-        with torch.inference_mode():
-            for cache, saved in zip(self.caches, state.caches, strict=True):
-                for name, buf in cache.named_buffers():
-                    buf.copy_(saved[name])
+        self._put_caches(state.caches)
         # pending and last are never mutated in place (the graphed step copies them into its buffers)
         self.frame, self.steps, self.pending, self.last = state.frame, state.steps, state.pending, state.last
         self._buffered = False

@@ -101,19 +101,28 @@ def raw_latent_means(model: Autoencoder, frames, batch_size: int = 64) -> torch.
 
 def fit_and_save_latent_stats(run_dir, cache_dir, seed: int = STATS_SEED, frames: int = STATS_FRAMES) -> None:
     """Measure per-channel latent mean and std on `frames` training frames; rewrite the run's model and EMA."""
-    run_dir = Path(run_dir)
     cache = Cache(cache_dir)
     picks = np.sort(np.random.default_rng(seed).choice(cache.num_frames, min(frames, cache.num_frames), replace=False))
+
+    def fit(name: str, model: Autoencoder, extra: dict) -> None:
+        model.fit_latent_stats(raw_latent_means(model, cache.frames[picks]))
+        extra["latent_stats"] = {"frames": len(picks), "cache": str(cache_dir)}
+        log.info("%s: latent std per channel %s", name, [round(v, 3) for v in model.latent_std.tolist()])
+
+    rewrite_published(run_dir, fit)
+
+
+def rewrite_published(run_dir, change) -> None:
+    """Load the run's published model and EMA, let change(name, model, extra) edit them, and save them again."""
+    run_dir = Path(run_dir)
     for name in ("model", "ema"):
         if not (run_dir / f"{name}.safetensors").exists():
             continue
         meta = read_json(run_dir / f"{name}.json")
         model = load_model(run_dir, Autoencoder, AutoencoderConfig, name=name).eval()
-        model.fit_latent_stats(raw_latent_means(model, cache.frames[picks]))
         extra = {k: v for k, v in meta.items() if k not in ("format", "class", "config_class", "config")}
-        extra["latent_stats"] = {"frames": len(picks), "cache": str(cache_dir)}
+        change(name, model, extra)
         save_checkpoint(run_dir, model, model.config, name=name, extra=extra)
-        log.info("%s: latent std per channel %s", name, [round(v, 3) for v in model.latent_std.tolist()])
 
 
 def load_autoencoder(checkpoint_dir, device="cpu", prefer_ema: bool = True) -> Autoencoder:
@@ -217,12 +226,9 @@ def tune_decoder(tune: DecoderTuneConfig, train_config: TrainConfig) -> dict:
 def record_tuned_from(run_dir: Path, source: Path) -> None:
     """Add where the encoder and normalisation came from to the tuned run's published model and EMA."""
     origin = read_json(source / "model.json")
-    for name in ("model", "ema"):
-        if not (run_dir / f"{name}.safetensors").exists():
-            continue
-        meta = read_json(run_dir / f"{name}.json")
-        model = load_model(run_dir, Autoencoder, AutoencoderConfig, name=name).eval()
-        extra = {k: v for k, v in meta.items() if k not in ("format", "class", "config_class", "config")}
+
+    def record(name: str, model: Autoencoder, extra: dict) -> None:
         extra["decoder_tuned_from"] = {"autoencoder": str(source), "step": origin.get("step")}
         extra["latent_stats"] = origin.get("latent_stats")
-        save_checkpoint(run_dir, model, model.config, name=name, extra=extra)
+
+    rewrite_published(run_dir, record)
