@@ -11,7 +11,8 @@ import torch
 import worldsim  # noqa: F401  (registers the environments)
 from worldsim.engine import actions
 from worldsim.engine.env import VoxelEnv
-from worldsim.envs.world_model import (WorldModelEnv, WorldModelVectorEnv, load_world, random_world)
+from worldsim.envs.world_model import (WorldModelConfig, WorldModelEnv, WorldModelVectorEnv, load_world,
+                                        random_world)
 from worldsim.models.autoencoder import AutoencoderConfig
 from worldsim.models.dynamics import DynamicsConfig
 from worldsim.training.checkpoint import CheckpointError
@@ -231,3 +232,9 @@ def test_bad_actions_raise_naming_the_problem(world):
     with pytest.raises(ValueError, match="forward"):
         env.step({"forward": 2})
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("field", ["twin", "timing", "cuda_graphs"])
+def test_switches_that_are_not_booleans_are_refused(field):
+    with pytest.raises(ValueError, match=f"world.{field} must be true or false"):
+        WorldModelConfig(checkpoint="x", **{field: "maybe"})

@@ -75,6 +75,9 @@ class WorldModelConfig:
     cuda_graphs: bool = True          # on CUDA, replay each sampler step as a CUDA graph (Sampler(graphs=True))
 
     def __post_init__(self):
+        for name in ("twin", "timing", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"world.{name} must be true or false, got {getattr(self, name)!r}")
         if self.prompt_motion not in PROMPT_MOTIONS:
             raise ValueError(f"prompt_motion must be one of {PROMPT_MOTIONS}, got {self.prompt_motion!r}")
         if self.steps is not None and (int(self.steps) != self.steps or self.steps < 1):
