@@ -159,6 +159,36 @@ def test_sparse_targets_are_whole_chunks_among_context():
     assert float((mixed <= 0.01).float().mean()) < 0.001  # no context clips: independent levels
 
 
+@pytest.mark.parametrize("target_prob", [0.0, 0.3], ids=["prefix", "sparse"])
+def test_context_loss_weighs_context_frames(target_prob):
+    """context_loss = 0: the loss is the mean over target frames only, context outputs get no gradient; the
+    context mask returned is the frames drawn at context levels."""
+    config = tiny_config(latent_height=8, latent_width=8, context_prob=1.0, context_noise_max=0.01,
+                         target_prob=target_prob)
+    latents, actions, _ = inputs(config, B=6, T=8)
+    t, context = sample_noise_levels(config, 6, 8, torch.Generator().manual_seed(3), with_context=True)
+    assert bool(context.any()) and bool((~context).any()) and not bool(context[:, -1].any())
+    assert torch.equal(context, t <= 0.01)  # logit-normal target levels fall below 0.01 with a chance of 2e-6
+    out = torch.randn(latents.shape, requires_grad=True)
+    errors = {}
+    for weight in (0.0, 1.0):
+        loss, _ = flow_matching_loss(lambda x, a, lv: out, dataclasses.replace(config, context_loss=weight),
+                                     latents, actions, torch.Generator().manual_seed(3))
+        grad, = torch.autograd.grad(loss, out)
+        per_frame = grad.abs().sum(dim=(2, 3, 4))
+        assert bool((per_frame[~context] > 0).all())
+        assert bool((per_frame[context] == 0).all()) == (weight == 0.0)
+        errors[weight] = float(loss.detach())
+    g = torch.Generator().manual_seed(3)  # the loss's own draws: levels, then the noise
+    sample_noise_levels(config, 6, 8, g)
+    eps = torch.randn(latents.shape, generator=g)
+    err = (out.detach() - (eps - latents)).pow(2).mean(dim=(2, 3, 4))
+    assert errors[0.0] == pytest.approx(float(err[~context].mean()), rel=1e-5)
+    assert errors[1.0] == pytest.approx(float(err.mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="context_loss"):
+        tiny_config(context_loss=-1.0)
+
+
 def test_autocast_bf16_forward_and_backward():
     config = tiny_config(latent_height=8, latent_width=8, n_layer=2)
     model = randomized(DynamicsModel(config))

@@ -220,6 +220,8 @@ class DynamicsConfig:
     target_prob: float = 0.0    # in a context clip: 0 -> a clean prefix, then independent levels; > 0 -> each
                                 # chunk is a noisy target with this chance, the rest context (many targets
                                 # per clip see the clean past that sampling gives them)
+    context_loss: float = 1.0   # weight of the loss on context frames (levels from the context range); the
+                                # sampler never reads their outputs: 0 spends the whole loss on targets
     # sampling
     context_noise: float = 0.05     # level at which finished frames are written into the cache
     sample_steps: int = 4           # Euler steps per chunk (the sampler may change it between chunks)
@@ -258,6 +260,7 @@ class DynamicsConfig:
              f"noise_schedule must be logit_normal or uniform, got {self.noise_schedule!r}")
         need(0.0 <= self.context_prob <= 1.0, f"context_prob must lie in [0, 1], got {self.context_prob}")
         need(0.0 <= self.target_prob <= 1.0, f"target_prob must lie in [0, 1], got {self.target_prob}")
+        need(self.context_loss >= 0.0, f"context_loss must be >= 0, got {self.context_loss}")
         need(0.0 <= self.context_noise < 1.0, f"context_noise must lie in [0, 1), got {self.context_noise}")
         need(self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}")
         need(self.prev_input or not self.residual, "residual needs prev_input (the previous frame it adds to)")
@@ -409,12 +412,14 @@ def shift_actions(actions):
     return torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], dim=1)
 
 
-def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generator=None, device=None):
+def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generator=None, device=None,
+                        with_context: bool = False):
     """Diffusion forcing: an independent noise level per frame (B, F). With probability `context_prob` a clip
     instead gets context at small levels U[0, context_noise_max] (context noise augmentation), the situation
     the sampler meets (nearly clean past, then a noisy chunk): with target_prob = 0 a random-length prefix,
     then independent levels; with target_prob > 0 each chunk is a target (independent level) with that
-    chance and context otherwise, the last chunk always a target."""
+    chance and context otherwise, the last chunk always a target. with_context: also return the (B, F) mask
+    of context frames."""
     kw = dict(generator=generator, device=device)
     if config.noise_schedule == "logit_normal":
         t = torch.sigmoid(torch.randn(batch, frames, **kw))
@@ -432,20 +437,23 @@ def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generat
             n_context = torch.randint(1, frames, (batch, 1), **kw)
             in_context = has_context & (torch.arange(frames, device=device)[None] < n_context)
         t = torch.where(in_context, torch.rand(batch, frames, **kw) * config.context_noise_max, t)
-    return t
+    else:
+        in_context = torch.zeros(batch, frames, dtype=torch.bool, device=device)
+    return (t, in_context) if with_context else t
 
 
 def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generator=None):
     """Rectified-flow loss on a clip: latents (B, T, C, h, w) clean, actions (B, T, 25) in the data's order
     (row i taken at frame i). `model` is only called (it may be wrapped in DDP). Returns (loss, metrics)."""
     B, T = latents.shape[:2]
-    t = sample_noise_levels(config, B, T, generator, latents.device)  # (B, T)
+    t, in_context = sample_noise_levels(config, B, T, generator, latents.device, with_context=True)  # (B, T)
     eps = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     tb = t[:, :, None, None, None].to(latents.dtype)
     x_t = (1 - tb) * latents + tb * eps
     v = model(x_t, shift_actions(actions), t)
     err = (v.float() - (eps - latents).float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
-    loss = err.mean()
+    weight = torch.where(in_context, config.context_loss, 1.0)  # the last frame is never context: sum > 0
+    loss = (err * weight).sum() / weight.sum()
     noisy = t > 0.5
     metrics = {"loss": loss.detach(),
                "loss_noisy": (err * noisy).sum().detach() / noisy.sum().clamp(min=1),
