@@ -53,3 +53,13 @@ def test_rollout_clips_scores_every_horizon_and_saves_json(world_and_cache, tmp_
     assert result["psnr"]["1"]["model"] < 30
     again = clips.rollout_clips(*load_world(world), Cache(cache), prompt=3, horizons=(1, 2, 8), per_episode=2)
     assert again["psnr"] == result["psnr"]
+
+
+def test_sampling_overrides_reach_the_sampler(world_and_cache, tmp_path):
+    world, cache = world_and_cache
+    args = ["--checkpoint", str(world), "--data", str(cache), "--prompt", "3", "--horizons", "1", "--per-episode",
+            "1", "--threads", "1", "--context-noise", "0.0"]
+    plain = clips.main([*args, "--out", str(tmp_path / "a.json")])
+    shifted = clips.main([*args, "--shift", "4", "--out", str(tmp_path / "b.json")])
+    assert plain["sample_shift"] == 1.0 and shifted["sample_shift"] == 4.0 and shifted["context_noise"] == 0.0
+    assert shifted["psnr"]["1"]["model"] != plain["psnr"]["1"]["model"]  # other levels, another frame

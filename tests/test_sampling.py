@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from worldsim.models.dynamics import ACTION_DIM, DynamicsModel
-from worldsim.sampling import KVCache, Sampler, commit_chunk, denoise_chunk, make_caches, prefill
+from worldsim.sampling import KVCache, Sampler, commit_chunk, denoise_chunk, make_caches, prefill, sample_levels
 
 from test_dynamics import one_thread, randomized, tiny_config  # noqa: F401  (one_thread: autouse fixture)
 
 
 def small_model(**changes):
     torch.manual_seed(0)
-    changes = {"context_noise": 0.05, **changes}  # noise on the cached frames, so that its plumbing is tested
+    changes = {"context_noise": 0.05, "sample_shift": 3.0, **changes}  # cache noise and shifted levels: their
+    # plumbing is tested
     config = tiny_config(latent_height=8, latent_width=8, **changes)
     return randomized(DynamicsModel(config)).eval()
 
@@ -33,7 +34,8 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed):
     context = (1 - s) * prompt + s * torch.randn(prompt.shape, generator=g)
     actions = torch.cat([torch.zeros(B, 1, ACTION_DIM), prompt_actions], dim=1)  # model order
     levels = torch.full((B, P), s)
-    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    ts = [1 - i / steps for i in range(steps + 1)]
+    ts = [c.sample_shift * t / (1 + (c.sample_shift - 1) * t) for t in ts]
     out = []
     with torch.no_grad():
         for a in step_actions:  # (B, K, 25)
@@ -47,6 +49,15 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed):
             context = torch.cat([context, (1 - s) * x + s * torch.randn(x.shape, generator=g)], 1)
             actions, levels = torch.cat([actions, a], 1), torch.cat([levels, torch.full((B, K), s)], 1)
     return torch.cat(out, 1)
+
+
+def test_shifted_levels():
+    assert sample_levels(2) == [1.0, 0.5, 0.0]
+    assert sample_levels(2, 3.0) == pytest.approx([1.0, 0.75, 0.0])
+    levels = sample_levels(5, 6.0)
+    assert levels[0] == 1.0 and levels[-1] == 0.0 and all(a > b for a, b in zip(levels, levels[1:]))
+    with pytest.raises(ValueError, match="sample_shift"):
+        tiny_config(sample_shift=0.0)
 
 
 VARIANTS = [dict(prev_input=False, residual=False), dict(prev_input=True, residual=False),

@@ -67,10 +67,12 @@ def test_the_world_ships_with_the_sampling_its_eval_ran_with(tmp_path):
     assert shipped_steps(ship(runs, tmp_path / "a")) == 2
     assert shipped_steps(ship(runs, tmp_path / "b", sample_steps=1)) == 1
     (tmp_path / "eval").mkdir()
-    (tmp_path / "eval" / "report.json").write_text(json.dumps({"config": {"sample_steps": 3, "context_noise": 0.0}}))
+    (tmp_path / "eval" / "report.json").write_text(json.dumps({"config": {"sample_steps": 3, "context_noise": 0.0,
+                                                                                "sample_shift": 4.0}}))
     out = ship(runs, tmp_path / "c", eval=str(tmp_path / "eval"))
     config = load_world(out)[0].config
     assert shipped_steps(out) == 3 and config.sample_steps == 3 and config.context_noise == 0.0
+    assert config.sample_shift == 4.0
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["runs"]["dynamics"]["config"]["sample_steps"] == 3
     assert provenance["runs"]["dynamics"]["config"]["context_noise"] == 0.0
@@ -78,6 +80,8 @@ def test_the_world_ships_with_the_sampling_its_eval_ran_with(tmp_path):
         ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), sample_steps=4)
     with pytest.raises(ValueError, match="ran with context_noise=0.0"):
         ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), context_noise=0.05)
+    with pytest.raises(ValueError, match="ran with sample_shift=4.0"):
+        ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), sample_shift=1.0)
     assert not (tmp_path / "d").exists()
 
 

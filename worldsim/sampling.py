@@ -101,8 +101,10 @@ def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None):
     return x
 
 
-def _levels(steps: int) -> list:
-    return torch.linspace(1.0, 0.0, steps + 1).tolist()
+def sample_levels(steps: int, shift: float = 1.0) -> list:
+    """The levels 1 = t_0 > t_1 > .. > t_steps = 0 of the Euler steps: even, then shifted t -> s t / (1 + (s - 1) t)
+    (s = config.sample_shift; s > 1 spends the steps at high noise)."""
+    return [shift * t / (1 + (shift - 1) * t) for t in (1 - i / steps for i in range(steps + 1))]
 
 
 @torch.inference_mode()
@@ -110,7 +112,7 @@ def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_fr
     """Euler-integrate the chunk (B, K, ...) starting at `frame` from noise (t = 1) to t = 0 against the
     caches, which are read only. actions (B, K, 25) in model order; prev_frame: `last_frame` of the frame
     before the chunk. Returns the clean latents."""
-    return _euler(model, caches, actions, frame, noise, _levels(steps), prev_frame)
+    return _euler(model, caches, actions, frame, noise, sample_levels(steps, model.config.sample_shift), prev_frame)
 
 
 @torch.inference_mode()
@@ -120,7 +122,7 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
     with the commit sharing a pass with the first Euler step: S passes per chunk instead of S + 1.
     before: `last_frame` of the frame before `prev`."""
     B, K = noise.shape[:2]
-    ts = _levels(steps)
+    ts = sample_levels(steps, model.config.sample_shift)
     context, context_levels = context_noised(model, prev, prev_noise)
     levels = torch.cat([context_levels, torch.full((B, K), ts[0], device=noise.device)], dim=1)  # (B, 2K)
     v = model(torch.cat([context, noise], dim=1), torch.cat([prev_actions, actions], dim=1), levels,

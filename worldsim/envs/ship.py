@@ -41,6 +41,7 @@ class ShipConfig:
     notes: str = ""                     # free text kept in provenance.json (machines, hours, commands)
     sample_steps: int | None = None     # the shipped default Euler steps (None: the eval's, else the run's)
     context_noise: float | None = None  # the shipped context noise level (None: the eval's, else the run's)
+    sample_shift: float | None = None   # the shipped shift of the steps' levels (None: the eval's, else the run's)
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
@@ -54,6 +55,8 @@ class ShipConfig:
             raise ValueError(f"ship.sample_steps must be a whole number >= 1 or null, got {self.sample_steps!r}")
         if self.context_noise is not None and not 0 <= self.context_noise < 1:
             raise ValueError(f"ship.context_noise must be in [0, 1) or null, got {self.context_noise!r}")
+        if self.sample_shift is not None and not self.sample_shift > 0:
+            raise ValueError(f"ship.sample_shift must be > 0 or null, got {self.sample_shift!r}")
 
 
 def _run_record(run: Path, name: str) -> dict:
@@ -82,11 +85,12 @@ def eval_summary(report: dict) -> dict:
     }
 
 
-SAMPLING = ("sample_steps", "context_noise")  # the dynamics config's sampling defaults, set when shipping
+SAMPLING = ("sample_steps", "context_noise", "sample_shift")  # the dynamics config's sampling defaults, set when
+# shipping
 
 
 def shipped_sampling(config: ShipConfig, run: dict, report: dict | None) -> dict:
-    """The sampling defaults the world ships with (Euler steps, context noise): those its evaluation ran with,
+    """The sampling defaults the world ships with (Euler steps, context noise, level shift): those its evaluation ran with,
     so that play gets what was measured; ship.X may only agree with them. Without an eval: ship.X, else the
     run's (`run`: the run's dynamics config)."""
     out = {}

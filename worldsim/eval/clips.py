@@ -63,7 +63,8 @@ def rollout_clips(dynamics, autoencoder, cache, *, prompt: int = 8, horizons=(1,
             "brightness_difference": float(made.astype(np.float32).mean() - truth.astype(np.float32).mean()),
         }
     return {"clips": N, "prompt_frames": prompt, "steps": sampler.steps,
-            "context_noise": dynamics.config.context_noise, "psnr": rows}
+            "context_noise": dynamics.config.context_noise, "sample_shift": dynamics.config.sample_shift,
+            "psnr": rows}
 
 
 def main(argv=None) -> dict:
@@ -80,6 +81,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, help="Euler steps per frame (default: the model's)")
     parser.add_argument("--context-noise", type=float, help="level finished frames enter the cache at "
                                                             "(default: the model's)")
+    parser.add_argument("--shift", type=float, help="shift of the steps' levels (default: the model's)")
     parser.add_argument("--prompt", type=int, default=8)
     parser.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--per-episode", type=int, default=8, help="clips per episode")
@@ -88,14 +90,14 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dynamics, autoencoder = load_world(args.checkpoint, args.autoencoder)
-    if args.context_noise is not None:
-        dynamics.config = dataclasses.replace(dynamics.config, context_noise=args.context_noise)
+    sampling = {k: v for k, v in (("context_noise", args.context_noise), ("sample_shift", args.shift)) if v is not None}
+    dynamics.config = dataclasses.replace(dynamics.config, **sampling)
     cache = Cache(args.data, expect_resolution=(autoencoder.config.height, autoencoder.config.width))
     result = rollout_clips(dynamics.eval(), autoencoder.eval(), cache, prompt=args.prompt, horizons=args.horizons,
                            per_episode=args.per_episode, steps=args.steps)
     result.update(checkpoint=args.checkpoint, autoencoder=args.autoencoder, data=args.data)
-    table = Table(title=f"PSNR dB on {result['clips']} clips of {args.data} ({result['steps']} steps, "
-                        f"context noise {result['context_noise']})")
+    table = Table(title=f"PSNR dB on {result['clips']} clips of {args.data} ({result['steps']} steps, shift "
+                        f"{result['sample_shift']}, context noise {result['context_noise']})")
     for column in ("world", *(f"t+{h}" for h in result["psnr"])):
         table.add_column(column, justify="right")
     for name in ("model", "copy_last", "autoencoder", "brightness_difference"):

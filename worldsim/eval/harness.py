@@ -56,6 +56,7 @@ class EvalConfig:
     stability_frames: int = 6000      # long rollout (5 minutes at 20 fps)
     sample_steps: int | None = None   # Euler steps per chunk for world=model (None: the model's default)
     context_noise: float | None = None  # level finished frames enter the cache at (None: the model's default)
+    sample_shift: float | None = None   # shift of the Euler steps' levels (None: the model's default)
     device: str = "auto"              # auto | cpu | cuda
     sheet: bool = True                # write sheet.png
     progress: bool = True
@@ -74,6 +75,8 @@ class EvalConfig:
             raise ValueError(f"eval.crosshair_fraction must be in (0, 1], got {self.crosshair_fraction!r}")
         if self.context_noise is not None and not 0 <= self.context_noise < 1:
             raise ValueError(f"eval.context_noise must be in [0, 1) or null, got {self.context_noise!r}")
+        if self.sample_shift is not None and not self.sample_shift > 0:
+            raise ValueError(f"eval.sample_shift must be > 0 or null, got {self.sample_shift!r}")
 
     @property
     def max_horizon(self) -> int:
@@ -156,7 +159,7 @@ class WorldModelPredictor:
 
     @classmethod
     def from_checkpoints(cls, dynamics_dir, autoencoder_dir, device="cpu", sample_steps=None, seed=0,
-                         context_noise=None):
+                         context_noise=None, sample_shift=None):
         from worldsim.models.dynamics import DynamicsConfig, DynamicsModel
         from worldsim.models.train_autoencoder import load_autoencoder
         from worldsim.training.checkpoint import load_model
@@ -164,8 +167,8 @@ class WorldModelPredictor:
             raise ValueError("world=model needs eval.checkpoint=DYNAMICS_RUN_DIR and eval.autoencoder=AUTOENCODER_RUN_DIR")
         name = "ema" if (Path(dynamics_dir) / "ema.safetensors").exists() else "model"
         dynamics = load_model(dynamics_dir, DynamicsModel, DynamicsConfig, name=name, device=device).eval()
-        if context_noise is not None:
-            dynamics.config = dataclasses.replace(dynamics.config, context_noise=context_noise)
+        sampling = {k: v for k, v in (("context_noise", context_noise), ("sample_shift", sample_shift)) if v is not None}
+        dynamics.config = dataclasses.replace(dynamics.config, **sampling)
         return cls(dynamics, load_autoencoder(autoencoder_dir, device=device), sample_steps, seed)
 
     def _vectors(self, taken: list[dict]):
@@ -216,7 +219,8 @@ def make_world(kind: str, config: EvalConfig, engine_config: EngineConfig) -> Pr
         return AutoencoderReconstruction.from_checkpoint(config.autoencoder, engine_config, _device(config.device))
     if kind == "model":
         return WorldModelPredictor.from_checkpoints(config.checkpoint, config.autoencoder, _device(config.device),
-                                                    config.sample_steps, config.seed, config.context_noise)
+                                                    config.sample_steps, config.seed, config.context_noise,
+                                                    config.sample_shift)
     raise ValueError(f"unknown world {kind!r}; known: {', '.join(WORLDS)}")
 
 

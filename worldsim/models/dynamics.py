@@ -225,6 +225,7 @@ class DynamicsConfig:
     # sampling
     context_noise: float = 0.05     # level at which finished frames are written into the cache
     sample_steps: int = 4           # Euler steps per chunk (the sampler may change it between chunks)
+    sample_shift: float = 1.0       # the steps' levels t -> s t / (1 + (s - 1) t): s > 1 spends them at high noise
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -263,6 +264,7 @@ class DynamicsConfig:
         need(self.context_loss >= 0.0, f"context_loss must be >= 0, got {self.context_loss}")
         need(0.0 <= self.context_noise < 1.0, f"context_noise must lie in [0, 1), got {self.context_noise}")
         need(self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}")
+        need(self.sample_shift > 0, f"sample_shift must be > 0, got {self.sample_shift}")
         need(self.prev_input or not self.residual, "residual needs prev_input (the previous frame it adds to)")
         need(self.change_var > 0, f"change_var must be > 0, got {self.change_var}")
 
