@@ -85,14 +85,14 @@ def eval_summary(report: dict) -> dict:
     }
 
 
-SAMPLING = ("sample_steps", "context_noise", "sample_shift")  # the dynamics config's sampling defaults, set when
-# shipping
+# the dynamics config's sampling defaults, set when shipping
+SAMPLING = ("sample_steps", "context_noise", "sample_shift")
 
 
 def shipped_sampling(config: ShipConfig, run: dict, report: dict | None) -> dict:
-    """The sampling defaults the world ships with (Euler steps, context noise, level shift): those its evaluation ran with,
-    so that play gets what was measured; ship.X may only agree with them. Without an eval: ship.X, else the
-    run's (`run`: the run's dynamics config)."""
+    """The sampling defaults the world ships with (Euler steps, context noise, level shift): those its
+    evaluation ran with, so that play gets what was measured; ship.X may only agree with them. Without an eval:
+    ship.X, else the run's (`run`: the run's dynamics config)."""
     out = {}
     for key in SAMPLING:
         wanted = getattr(config, key)

@@ -11,7 +11,6 @@ minute on the CPU where `mode=eval` takes several: for choosing sampling setting
 `mode=eval` (engine twin, action following, consistency, stability) for the final word.
 """
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -73,6 +72,7 @@ def main(argv=None) -> dict:
 
     from worldsim.data.cache import Cache
     from worldsim.envs.world_model import load_world
+    from worldsim.models.dynamics import with_sampling
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="dynamics run directory (its EMA weights when saved), "
                                                             "or a world directory")
@@ -90,8 +90,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dynamics, autoencoder = load_world(args.checkpoint, args.autoencoder)
-    sampling = {k: v for k, v in (("context_noise", args.context_noise), ("sample_shift", args.shift)) if v is not None}
-    dynamics.config = dataclasses.replace(dynamics.config, **sampling)
+    dynamics.config = with_sampling(dynamics.config, context_noise=args.context_noise, sample_shift=args.shift)
     cache = Cache(args.data, expect_resolution=(autoencoder.config.height, autoencoder.config.width))
     result = rollout_clips(dynamics.eval(), autoencoder.eval(), cache, prompt=args.prompt, horizons=args.horizons,
                            per_episode=args.per_episode, steps=args.steps)

@@ -160,15 +160,14 @@ class WorldModelPredictor:
     @classmethod
     def from_checkpoints(cls, dynamics_dir, autoencoder_dir, device="cpu", sample_steps=None, seed=0,
                          context_noise=None, sample_shift=None):
-        from worldsim.models.dynamics import DynamicsConfig, DynamicsModel
+        from worldsim.models.dynamics import DynamicsConfig, DynamicsModel, with_sampling
         from worldsim.models.train_autoencoder import load_autoencoder
         from worldsim.training.checkpoint import load_model
         if dynamics_dir is None or autoencoder_dir is None:
             raise ValueError("world=model needs eval.checkpoint=DYNAMICS_RUN_DIR and eval.autoencoder=AUTOENCODER_RUN_DIR")
         name = "ema" if (Path(dynamics_dir) / "ema.safetensors").exists() else "model"
         dynamics = load_model(dynamics_dir, DynamicsModel, DynamicsConfig, name=name, device=device).eval()
-        sampling = {k: v for k, v in (("context_noise", context_noise), ("sample_shift", sample_shift)) if v is not None}
-        dynamics.config = dataclasses.replace(dynamics.config, **sampling)
+        dynamics.config = with_sampling(dynamics.config, context_noise=context_noise, sample_shift=sample_shift)
         return cls(dynamics, load_autoencoder(autoencoder_dir, device=device), sample_steps, seed)
 
     def _vectors(self, taken: list[dict]):

@@ -18,7 +18,7 @@ Conventions, shared by the objective and the sampler:
   difference alone to fp32 rounding at any play length, and cached keys never need rewriting.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -405,6 +405,11 @@ def check_actions(actions, batch_frames, finite: bool = True):
         raise ValueError(f"actions have (B, F) = {tuple(actions.shape[:2])} but the latents {tuple(batch_frames)}")
     if finite and not bool(torch.isfinite(actions).all()):
         raise ValueError("actions contain NaN or infinite values")
+
+
+def with_sampling(config: DynamicsConfig, **values) -> DynamicsConfig:
+    """`config` with the sampling settings given (context_noise=, sample_shift=, ...); None keeps the config's."""
+    return replace(config, **{k: v for k, v in values.items() if v is not None})
 
 
 def shift_actions(actions):
