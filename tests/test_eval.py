@@ -9,10 +9,10 @@ import torch
 from worldsim.data.policies import PolicyConfig
 from worldsim.engine.env import EngineConfig
 from worldsim.eval import CopyLastFrame, EnginePredictor, EvalConfig, evaluate
-from worldsim.eval.harness import WORLDS, record_episode
+from worldsim.eval.harness import WORLDS, record_episode, record_prompts
 from worldsim.eval.idm import (GROUPS, HEADS, IDMConfig, IDMTrainConfig, action_labels, load_idm, print_idm_table,
                                train_idm)
-from worldsim.eval.metrics import PSNR_CAP_DB, STAT_NAMES, collapse, frame_stats, psnr, ssim
+from worldsim.eval.metrics import PSNR_CAP_DB, STAT_NAMES, collapse, frame_stats, paired_difference, psnr, ssim
 from worldsim.eval.report import print_report, write_report, write_sheet
 
 SIZE = 32
@@ -21,7 +21,7 @@ POLICY = PolicyConfig()
 
 
 def tiny_config(tmp_path, world="engine", **overrides) -> EvalConfig:
-    settings = dict(world=world, out_dir=str(tmp_path), episodes=2, warmup_frames=10, prompt_frames=4,
+    settings = dict(world=world, out_dir=str(tmp_path), episodes=2, prompts_per_world=1, warmup_frames=10, prompt_frames=4,
                     horizons=(1, 4, 16), turn_ticks=36, walk_ticks=6, look_away_ticks=6, break_max_ticks=40,
                     stability_frames=40, progress=False)
     return EvalConfig(**{**settings, **overrides})
@@ -125,6 +125,44 @@ def test_copy_last_scores_the_floor(engine_report, copy_report, tmp_path):
     assert copy_report[0]["stability"]["collapse"]["frozen"], copy_report[0]["stability"]["collapse"]
     walk = copy_report[0]["consistency"]["walk_there_and_back"]
     assert walk["candidate_vs_engine_every_tick"]["psnr"] < PSNR_CAP_DB
+
+
+def test_paired_difference_by_hand():
+    # two worlds of two prompts: world means 1.5 and 3.5, so 2.5 ± std(1.5, 3.5) / sqrt(2) = 1.0
+    d = paired_difference([1.0, 2.0, 3.0, 4.0], [0.0] * 4, [7, 7, 9, 9])
+    assert d == {"mean": 2.5, "standard_error": pytest.approx(1.0), "groups": 2, "verdict": "ahead"}
+    assert paired_difference([1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 6.0], [7, 7, 9, 9])["verdict"] == "level"
+    assert paired_difference([0.0, 0.0], [5.0, 6.0], [1, 2])["verdict"] == "behind"
+    assert paired_difference([1.0, 2.0], [0.0, 0.0], [3, 3])["verdict"] is None  # one world: no spread to judge by
+    with pytest.raises(ValueError, match="equal"):
+        paired_difference([1.0, 2.0], [0.0], [1, 2])
+
+
+def test_prompts_follow_one_another_along_the_path(tmp_path):
+    config = tiny_config(tmp_path, prompts_per_world=3, horizons=(1, 4))
+    first, second, third = record_prompts(config, ENGINE, POLICY, 10_000)
+    stride = config.prompt_frames - 1 + 4
+    assert [e.start for e in (first, second, third)] == [10, 10 + stride, 10 + 2 * stride]
+    np.testing.assert_array_equal(second.frames[0], first.frames[-1])  # the same path, picked up where it ended
+    np.testing.assert_array_equal(third.frames[0], second.frames[-1])
+    assert len(second.frames) == config.prompt_frames + 4
+    with pytest.raises(ValueError, match="prompts_per_world"):
+        EvalConfig(prompts_per_world=0)
+
+
+def test_several_prompts_per_world_in_the_report(copy_report, tmp_path, idm):
+    fidelity = copy_report[0]["fidelity"]
+    for h, d in fidelity["candidate_minus_copy_last"]["psnr"].items():  # copy-last against itself: exactly level
+        assert d["mean"] == 0.0 and d["standard_error"] == 0.0 and d["verdict"] == "level", h
+    report, _ = evaluate(tiny_config(tmp_path, world="copy_last", prompts_per_world=2, stability_frames=4), ENGINE,
+                         POLICY)
+    fidelity = report["fidelity"]
+    assert [p["seed"] for p in fidelity["prompts"]] == [10_000, 10_000, 10_001, 10_001]
+    assert len(fidelity["values"]["candidate"]["psnr"]["4"]) == 4
+    assert fidelity["candidate_minus_copy_last"]["psnr"]["4"]["groups"] == 2
+    # the first prompt of each world is the one-prompt evaluation's
+    single = copy_report[0]["fidelity"]["values"]["candidate"]["psnr"]["16"]
+    assert fidelity["values"]["candidate"]["psnr"]["16"][0::2] == single
 
 
 def test_episode_prompt_state_reproduces_the_continuation():

@@ -29,7 +29,9 @@ def test_shipped_world_is_half_size_loads_back_and_records_its_source(tmp_path):
     runs = tiny_world(tmp_path / "runs")
     (tmp_path / "eval").mkdir()
     report = {"fidelity": {"worlds": {"candidate": {"psnr": {"1": {"mean": 20.0}, "4": {"mean": 15.0}}},
-                                      "copy_last": {"psnr": {"1": {"mean": 23.0}, "4": {"mean": 14.0}}}}},
+                                      "copy_last": {"psnr": {"1": {"mean": 23.0}, "4": {"mean": 14.0}}}},
+                           "candidate_minus_copy_last": {"psnr": {"4": {"mean": 1.0, "standard_error": 0.4,
+                                                                        "groups": 8, "verdict": "ahead"}}}},
               "action_following": {"relative": {"move": {"accuracy": 0.9}}}}
     (tmp_path / "eval" / "report.json").write_text(json.dumps(report))
     out = ship(runs, tmp_path / "assets" / "world", eval=str(tmp_path / "eval"))
@@ -54,6 +56,7 @@ def test_shipped_world_is_half_size_loads_back_and_records_its_source(tmp_path):
     assert json.loads((out / "eval" / "report.json").read_text()) == report
     summary = provenance["eval"]["summary"]
     assert summary["beats_copy_last"] == {"1": False, "4": True}
+    assert summary["candidate_minus_copy_last"] == {"4": {"mean": 1.0, "standard_error": 0.4, "verdict": "ahead"}}
     assert summary["action_following_relative"] == {"move": 0.9}
     # shipping again replaces the directory whole
     (out / "stale.txt").write_text("x")

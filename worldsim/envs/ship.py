@@ -68,7 +68,8 @@ def _run_record(run: Path, name: str) -> dict:
 
 def eval_summary(report: dict) -> dict:
     """The bar's numbers from an eval report.json: PSNR per horizon of the model beside copy-last-frame and the
-    autoencoder, whether it beats copy-last at each, action following (generated / real accuracy per group),
+    autoencoder, whether it beats copy-last at each (and the paired difference with its standard error and
+    verdict, where the report has it), action following (generated / real accuracy per group),
     the consistency tests' end-frame PSNR and the long rollout's fraction of frames out of the real range."""
     worlds = report.get("fidelity", {}).get("worlds", {})
     psnr = {name: {h: round(v["mean"], 2) for h, v in w.get("psnr", {}).items()} for name, w in worlds.items()}
@@ -77,6 +78,8 @@ def eval_summary(report: dict) -> dict:
     return {
         "psnr": psnr,
         "beats_copy_last": {h: model[h] > floor[h] for h in model if h in floor},
+        "candidate_minus_copy_last": {h: {k: v[k] for k in ("mean", "standard_error", "verdict")} for h, v in
+                                      report.get("fidelity", {}).get("candidate_minus_copy_last", {}).get("psnr", {}).items()},
         "action_following_relative": {g: round(v["accuracy"], 3) for g, v in relative.items()},
         "consistency_end_psnr": {t: round(v["candidate_vs_engine"]["psnr"], 2)
                                  for t, v in report.get("consistency", {}).items() if "candidate_vs_engine" in v},

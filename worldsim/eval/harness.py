@@ -43,7 +43,8 @@ class EvalConfig:
     idm: str | None = None            # IDM directory (python -m worldsim.eval.idm); None: no action-following scores
     out_dir: str = "eval"             # report.json, sheet.png
     seed: int = 10_000                # first held-out world seed; training worlds lie below it
-    episodes: int = 8                 # fidelity episodes (world seeds seed .. seed + episodes - 1)
+    episodes: int = 8                 # fidelity worlds (seeds seed .. seed + episodes - 1)
+    prompts_per_world: int = 4        # fidelity prompts in each world, one after another along the policy's path
     warmup_frames: int = 40           # policy ticks before the prompt, so episodes do not start at spawn
     prompt_frames: int = 8
     horizons: tuple = (1, 4, 16, 64)  # frames after the last prompt frame
@@ -67,7 +68,7 @@ class EvalConfig:
             raise ValueError(f"eval.world must be one of {', '.join(WORLDS)}, got {self.world!r}")
         if not self.horizons or min(self.horizons) < 1:
             raise ValueError(f"eval.horizons must be positive frame counts, got {self.horizons}")
-        for name in ("episodes", "prompt_frames", "turn_ticks", "walk_ticks", "look_away_ticks", "break_max_ticks",
+        for name in ("episodes", "prompts_per_world", "prompt_frames", "turn_ticks", "walk_ticks", "look_away_ticks", "break_max_ticks",
                      "stability_frames"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"eval.{name} must be ≥ 1, got {getattr(self, name)!r}")
@@ -261,6 +262,7 @@ class Episode:
     env: VoxelEnv = field(repr=False, default=None)  # left at the episode's last frame
     policy: object = field(repr=False, default=None)
     info: dict = field(repr=False, default=None)
+    start: int = 0            # the policy tick of the first frame
 
     @property
     def prompt_frames(self) -> np.ndarray:
@@ -292,13 +294,24 @@ def record_episode(engine_config: EngineConfig, policy_config: PolicyConfig, see
         frames.append(obs)
         taken.append(action)
     state = state if state is not None else env.get_state()
-    return Episode(seed, np.stack(frames), taken, state, prompt, env, policy, info)
+    return Episode(seed, np.stack(frames), taken, state, prompt, env, policy, info, start=warmup)
+
+
+def record_prompts(config: EvalConfig, engine_config: EngineConfig, policy_config: PolicyConfig,
+                   seed: int) -> list[Episode]:
+    """`config.prompts_per_world` fidelity episodes in world `seed`, one after another along the policy's path:
+    each prompt starts on the frame where the previous episode's continuation ended."""
+    stride = config.prompt_frames - 1 + config.max_horizon
+    return [record_episode(engine_config, policy_config, seed, config.warmup_frames + j * stride,
+                           config.prompt_frames, config.max_horizon) for j in range(config.prompts_per_world)]
 
 
 # ---------------------------------------------------------------------------------------------- measures
 def measure_fidelity(config: EvalConfig, episodes: list[Episode], worlds: dict[str, Timed | None],
                      scorers: dict[str, PairScorer] | None) -> tuple[dict, dict]:
-    """PSNR/SSIM spread per horizon per world; the first episode's frames at the horizons for the sheet."""
+    """PSNR/SSIM per horizon per world: the spread, every episode's value, and the candidate's paired difference
+    from copy-last (its standard error taken over worlds, since prompts in one world are not independent);
+    the first episode's frames at the horizons for the sheet."""
     per = {name: {"psnr": {h: [] for h in config.horizons}, "ssim": {h: [] for h in config.horizons}}
            for name, world in worlds.items() if world is not None}
     strip = {"real": [], **{name: [] for name in per}}
@@ -322,7 +335,13 @@ def measure_fidelity(config: EvalConfig, episodes: list[Episode], worlds: dict[s
                     scorers["generated"].add(generated[t], generated[t + 1], action)
     fidelity = {name: ({metric: {str(h): metrics.spread(values[h]) for h in config.horizons}
                         for metric, values in per[name].items()} if name in per else None) for name in worlds}
-    return fidelity, strip
+    seeds = [episode.seed for episode in episodes]
+    versus = {metric: {str(h): metrics.paired_difference(per["candidate"][metric][h], per["copy_last"][metric][h],
+                                                          seeds) for h in config.horizons}
+              for metric in ("psnr", "ssim")}
+    values = {name: {metric: {str(h): v[h] for h in config.horizons} for metric, v in per[name].items()}
+              for name in per}
+    return {"worlds": fidelity, "candidate_minus_copy_last": versus, "values": values}, strip
 
 
 def _crosshair(frames: np.ndarray, fraction: float) -> np.ndarray:
@@ -476,8 +495,10 @@ def evaluate(config: EvalConfig, engine_config: EngineConfig, policy_config: Pol
         task = progress.add_task("episodes", total=len(seeds))
         episodes = []
         for seed in seeds:
-            episodes.append(record_episode(engine_config, policy_config, seed, config.warmup_frames,
-                                           config.prompt_frames, config.max_horizon))
+            for episode in record_prompts(config, engine_config, policy_config, seed):
+                if episodes:  # only the first episode's engine goes on (consistency); the others' are let go
+                    episode = dataclasses.replace(episode, env=None, policy=None, info=None)
+                episodes.append(episode)
             progress.advance(task)
         fidelity, strip = measure_fidelity(config, episodes, worlds, scorers)
         seconds["fidelity"] = time.perf_counter() - start
@@ -493,7 +514,9 @@ def evaluate(config: EvalConfig, engine_config: EngineConfig, policy_config: Pol
         "format": REPORT_FORMAT, "world": config.world, "candidate": candidate.name,
         "config": dataclasses.asdict(config), "engine": dataclasses.asdict(engine_config),
         "policy": policy_config.name,
-        "fidelity": {"horizons": list(config.horizons), "seeds": seeds, "worlds": fidelity},
+        "fidelity": {"horizons": list(config.horizons), "seeds": seeds,
+                     "prompts": [{"seed": e.seed, "first_tick": e.start} for e in episodes],
+                     **fidelity},
         "action_following": measure_action_following(scorers),
         "consistency": consistency,
         "stability": stability,

@@ -132,3 +132,19 @@ def spread(values) -> dict:
         return {"mean": None, "std": None, "min": None, "max": None}
     return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
             "max": float(values.max())}
+
+
+def paired_difference(a, b, groups) -> dict:
+    """Mean of a - b over paired values, and its standard error over `groups` (the values of one group are
+    averaged first: they are not independent). Verdict: "ahead" or "behind" where the mean is more than two
+    standard errors from zero, "level" where it is not, None with a single group."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    groups = np.asarray(groups)
+    if a.shape != b.shape or a.shape != groups.shape or a.size == 0:
+        raise ValueError(f"paired values need equal, non-empty lengths, got {a.size}, {b.size} and {groups.size} groups")
+    diff = a - b
+    means = np.array([diff[groups == g].mean() for g in np.unique(groups)])
+    mean = float(diff.mean())
+    se = float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else None
+    verdict = None if se is None else ("ahead" if mean > 2 * se else "behind" if mean < -2 * se else "level")
+    return {"mean": mean, "standard_error": se, "groups": int(len(means)), "verdict": verdict}

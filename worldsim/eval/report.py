@@ -110,7 +110,9 @@ def print_report(report: dict, console: Console | None = None) -> None:
     """Fidelity per horizon, action following per group, consistency, stability and speed as rich tables."""
     console = console or Console()
     horizons = report["fidelity"]["horizons"]
-    table = Table(title=f"Fidelity of {report['candidate']} vs the engine: PSNR dB / SSIM, mean ± std (min)")
+    prompts = len(report["fidelity"]["prompts"])
+    table = Table(title=f"Fidelity of {report['candidate']} vs the engine over {prompts} prompts in "
+                        f"{len(report['fidelity']['seeds'])} worlds: PSNR dB / SSIM, mean ± std (min)")
     table.add_column("world")
     for h in horizons:
         table.add_column(f"t+{h}", justify="right")
@@ -125,6 +127,13 @@ def print_report(report: dict, console: Console | None = None) -> None:
             cells.append(f"{_fmt(p['mean'], 1)} ± {_fmt(p['std'], 1)} ({_fmt(p['min'], 1)})\n"
                          f"{_fmt(s['mean'])} ± {_fmt(s['std'])} ({_fmt(s['min'])})")
         table.add_row(label, *cells)
+    versus = report["fidelity"]["candidate_minus_copy_last"]
+    cells = []
+    for h in horizons:
+        p, s = versus["psnr"][str(h)], versus["ssim"][str(h)]
+        cells.append(f"{p['mean']:+.2f} ± {_fmt(p['standard_error'], 2)} {p['verdict'] or ''}\n"
+                     f"{s['mean']:+.3f} ± {_fmt(s['standard_error'])} {s['verdict'] or ''}")
+    table.add_row("candidate − copy_last\n(± standard error over worlds)", *cells)
     console.print(table)
 
     follow = report["action_following"]
