@@ -8,7 +8,7 @@ import torch
 
 from worldsim.data.policies import PolicyConfig
 from worldsim.engine.env import EngineConfig
-from worldsim.eval import CopyLastFrame, EnginePredictor, EvalConfig, evaluate
+from worldsim.eval import AutoencoderReconstruction, CopyLastFrame, EnginePredictor, EvalConfig, evaluate
 from worldsim.eval.harness import WORLDS, record_episode, record_prompts
 from worldsim.eval.idm import (GROUPS, HEADS, IDMConfig, IDMTrainConfig, action_labels, load_idm, print_idm_table,
                                train_idm)
@@ -255,3 +255,19 @@ def test_world_model_predictor_runs_the_sampler():
         runs.append(world.run(episode.continuation))  # 3 frames from chunks of 2: the last chunk padded and cut
     assert runs[0].shape == (3, SIZE, SIZE, 3) and runs[0].dtype == np.uint8
     np.testing.assert_array_equal(runs[0], runs[1])
+    # fidelity's batched rollouts: a batch of one is the plain run; a batch of three is three rollouts of those prompts
+    episodes = [record_episode(ENGINE, POLICY, 10_000 + i, 2 * i, 4, 3) for i in range(3)]
+    np.testing.assert_array_equal(world.run_batch(episodes[:1])[0], runs[0])
+    batch = world.run_batch(episodes)
+    assert batch.shape == (3, 3, SIZE, SIZE, 3) and batch.dtype == np.uint8
+    np.testing.assert_array_equal(batch, world.run_batch(episodes))
+    assert not np.array_equal(batch[1], batch[2])
+    # the ceiling in batches: what stepping it frame by frame gives
+    ceiling = Timed(AutoencoderReconstruction(autoencoder, ENGINE))
+    stepped = []
+    for e in episodes:
+        ceiling.world.reset(e.prompt_frames, e.prompt_actions, e.state)
+        stepped.append(np.stack([ceiling.world.step(a) for a in e.continuation]))
+    batched = ceiling.run_batch(episodes).astype(int)  # batched convolutions may round a level differently
+    assert np.abs(batched - np.stack(stepped)).max() <= 1 and np.mean(batched != np.stack(stepped)) < 1e-3
+    assert ceiling.frames == 9 and ceiling.fps > 0

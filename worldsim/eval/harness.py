@@ -45,6 +45,7 @@ class EvalConfig:
     seed: int = 10_000                # first held-out world seed; training worlds lie below it
     episodes: int = 8                 # fidelity worlds (seeds seed .. seed + episodes - 1)
     prompts_per_world: int = 4        # fidelity prompts in each world, one after another along the policy's path
+    batch_size: int = 32              # fidelity prompts a world rolls out together (1: one by one)
     warmup_frames: int = 40           # policy ticks before the prompt, so episodes do not start at spawn
     prompt_frames: int = 8
     horizons: tuple = (1, 4, 16, 64)  # frames after the last prompt frame
@@ -68,7 +69,7 @@ class EvalConfig:
             raise ValueError(f"eval.world must be one of {', '.join(WORLDS)}, got {self.world!r}")
         if not self.horizons or min(self.horizons) < 1:
             raise ValueError(f"eval.horizons must be positive frame counts, got {self.horizons}")
-        for name in ("episodes", "prompts_per_world", "prompt_frames", "turn_ticks", "walk_ticks", "look_away_ticks", "break_max_ticks",
+        for name in ("episodes", "prompts_per_world", "batch_size", "prompt_frames", "turn_ticks", "walk_ticks", "look_away_ticks", "break_max_ticks",
                      "stability_frames"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"eval.{name} must be ≥ 1, got {getattr(self, name)!r}")
@@ -138,11 +139,23 @@ class AutoencoderReconstruction:
         self.engine.reset(prompt_frames, prompt_actions, engine_state)
 
     def step(self, action):
+        return self._through(self.engine.step(action)[None])[0]
+
+    def _through(self, frames: np.ndarray) -> np.ndarray:
         import torch
         from worldsim.models.autoencoder import to_uint8
-        frame = torch.from_numpy(self.engine.step(action))[None]
         with torch.no_grad():
-            return to_uint8(self.autoencoder.decode(self.autoencoder.encode(frame)))[0].cpu().numpy()
+            return to_uint8(self.autoencoder.decode(self.autoencoder.encode(torch.from_numpy(frames)))).cpu().numpy()
+
+    def run_batch(self, episodes: list["Episode"]) -> np.ndarray:
+        """Each episode's continuation from the engine, then all frames through the autoencoder in batches."""
+        truth = []
+        for episode in episodes:
+            self.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
+            truth.append(np.stack([self.engine.step(a) for a in episode.continuation]))
+        truth = np.stack(truth)
+        flat = truth.reshape(-1, *truth.shape[2:])
+        return np.concatenate([self._through(flat[i:i + 64]) for i in range(0, len(flat), 64)]).reshape(truth.shape)
 
 
 class WorldModelPredictor:
@@ -176,23 +189,54 @@ class WorldModelPredictor:
         rows = [action_schema.to_vector(a) for a in taken]
         return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, action_schema.ACTION_DIM), np.float32))[None]
 
-    def reset(self, prompt_frames, prompt_actions, engine_state):
+    def _prompt(self, prompt_frames, prompt_actions):
+        """The prompt's latents (1, P, C, h, w) and actions (1, P - 1, 25), cut to what the cache holds."""
         import torch
         keep = min(len(prompt_frames), self.max_prompt) // self.chunk_frames * self.chunk_frames
         if keep < 1:
             raise ValueError(f"a prompt of {len(prompt_frames)} frames holds no whole chunk of {self.chunk_frames}")
         frames, taken = prompt_frames[-keep:], list(prompt_actions)[len(prompt_actions) - (keep - 1):] if keep > 1 else []
-        self.sampler.generator.manual_seed(self.seed)  # the same prompt gives the same continuation
         with torch.no_grad():
             latents = self.autoencoder.encode(torch.from_numpy(np.ascontiguousarray(frames)))  # (P, C, h, w)
-            self.sampler.reset(latents[None], self._vectors(taken))
+        return latents[None], self._vectors(taken)
 
-    def step_chunk(self, taken: list[dict]) -> np.ndarray:
+    def reset(self, prompt_frames, prompt_actions, engine_state):
+        import torch
+        self.sampler.generator.manual_seed(self.seed)  # the same prompt gives the same continuation
+        with torch.no_grad():
+            self.sampler.reset(*self._prompt(prompt_frames, prompt_actions))
+
+    def _decode(self, latents) -> np.ndarray:
         import torch
         from worldsim.models.autoencoder import to_uint8
         with torch.no_grad():
-            latents = self.sampler.step(self._vectors(taken))[0]  # (K, C, h, w)
             return to_uint8(self.autoencoder.decode(latents)).cpu().numpy()
+
+    def step_chunk(self, taken: list[dict]) -> np.ndarray:
+        import torch
+        with torch.no_grad():
+            return self._decode(self.sampler.step(self._vectors(taken))[0])  # (K, H, W, 3)
+
+    def run_batch(self, episodes: list["Episode"]) -> np.ndarray:
+        """The episodes' continuations as one sampler batch (N, T, H, W, 3), seeded once for the batch: a batch
+        of one gives what reset + step give."""
+        import torch
+        from worldsim.sampling import Sampler
+        prompts = [self._prompt(e.prompt_frames, e.prompt_actions) for e in episodes]
+        T, K = len(episodes[0].continuation), self.chunk_frames
+        if any(len(e.continuation) != T for e in episodes):
+            raise ValueError("a batch of rollouts needs continuations of one length")
+        taken = torch.cat([self._vectors(list(e.continuation) + [action_schema.noop()] * (-T % K)) for e in episodes])
+        sampler = self.sampler if len(episodes) == 1 else Sampler(self.sampler.model, batch_size=len(episodes),
+                                                                  steps=self.sampler.steps)
+        sampler.generator.manual_seed(self.seed)
+        out = []
+        with torch.no_grad():
+            sampler.reset(torch.cat([p[0] for p in prompts]), torch.cat([p[1] for p in prompts]))
+            for i in range(0, taken.shape[1], K):
+                latents = sampler.step(taken[:, i:i + K])  # (N, K, C, h, w)
+                out.append(self._decode(latents.flatten(0, 1)).reshape(len(episodes), K, *episodes[0].frames.shape[1:]))
+        return np.concatenate(out, axis=1)[:, :T]
 
     def step(self, action):
         if self.chunk_frames != 1:
@@ -244,6 +288,20 @@ class Timed:
         self.seconds += time.perf_counter() - start
         self.frames += len(padded)
         return np.stack(out[:len(taken)]) if taken else np.zeros((0,), np.uint8)
+
+    def run_batch(self, episodes: list["Episode"]) -> np.ndarray:
+        """The episodes' continuations (N, T, H, W, 3): together where the world can, else one by one."""
+        if not hasattr(self.world, "run_batch"):
+            runs = []
+            for episode in episodes:
+                self.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
+                runs.append(self.run(episode.continuation))
+            return np.stack(runs)
+        start = time.perf_counter()
+        frames = self.world.run_batch(episodes)
+        self.seconds += time.perf_counter() - start
+        self.frames += frames.shape[0] * frames.shape[1]
+        return frames
 
     @property
     def fps(self) -> float | None:
@@ -314,25 +372,22 @@ def measure_fidelity(config: EvalConfig, episodes: list[Episode], worlds: dict[s
     the first episode's frames at the horizons for the sheet."""
     per = {name: {"psnr": {h: [] for h in config.horizons}, "ssim": {h: [] for h in config.horizons}}
            for name, world in worlds.items() if world is not None}
-    strip = {"real": [], **{name: [] for name in per}}
-    for index, episode in enumerate(episodes):
-        truth = episode.frames[episode.prompt - 1:]  # the last prompt frame, then one frame per action
-        at = [truth[h] for h in config.horizons]
-        if index == 0:
-            strip["real"] = at
-        for name in per:
-            world = worlds[name]
-            world.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
-            generated = np.concatenate([truth[:1], world.run(episode.continuation)])
-            for h in config.horizons:
-                per[name]["psnr"][h].append(float(metrics.psnr(generated[h], truth[h])[0]))
-                per[name]["ssim"][h].append(float(metrics.ssim(generated[h], truth[h])[0]))
-            if index == 0:
-                strip[name] = [generated[h] for h in config.horizons]
-            if name == "candidate" and scorers is not None:
-                for t, action in enumerate(episode.continuation):
-                    scorers["real"].add(truth[t], truth[t + 1], action)
-                    scorers["generated"].add(generated[t], generated[t + 1], action)
+    strip = {"real": [episodes[0].frames[episodes[0].prompt - 1 + h] for h in config.horizons]}
+    for name in per:
+        for first in range(0, len(episodes), config.batch_size):
+            group = episodes[first:first + config.batch_size]
+            for index, (episode, made) in enumerate(zip(group, worlds[name].run_batch(group)), start=first):
+                truth = episode.frames[episode.prompt - 1:]  # the last prompt frame, then one frame per action
+                generated = np.concatenate([truth[:1], made])
+                for h in config.horizons:
+                    per[name]["psnr"][h].append(float(metrics.psnr(generated[h], truth[h])[0]))
+                    per[name]["ssim"][h].append(float(metrics.ssim(generated[h], truth[h])[0]))
+                if index == 0:
+                    strip[name] = [generated[h] for h in config.horizons]
+                if name == "candidate" and scorers is not None:
+                    for t, action in enumerate(episode.continuation):
+                        scorers["real"].add(truth[t], truth[t + 1], action)
+                        scorers["generated"].add(generated[t], generated[t + 1], action)
     fidelity = {name: ({metric: {str(h): metrics.spread(values[h]) for h in config.horizons}
                         for metric, values in per[name].items()} if name in per else None) for name in worlds}
     seeds = [episode.seed for episode in episodes]
