@@ -208,6 +208,7 @@ def test_report_has_every_field(engine_report, tmp_path):
     assert set(report["consistency"]) == {"turn_around", "walk_there_and_back", "break_block"}
     assert set(report["stability"]["stats"]) == set(STAT_NAMES)
     assert set(report["timing"]["fps"]) == {"candidate", "copy_last", "autoencoder", "engine"}
+    assert set(report["timing"]["batch_fps"]) == {"candidate", "copy_last", "autoencoder"}
     without_idm, _ = evaluate(tiny_config(tmp_path, stability_frames=4, episodes=1), ENGINE, POLICY)
     assert _keys(without_idm) - _keys(report) == set()  # the same fields, nulls where nothing was measured
     assert without_idm["action_following"]["real"] is None
@@ -270,4 +271,4 @@ def test_world_model_predictor_runs_the_sampler():
         stepped.append(np.stack([ceiling.world.step(a) for a in e.continuation]))
     batched = ceiling.run_batch(episodes).astype(int)  # batched convolutions may round a level differently
     assert np.abs(batched - np.stack(stepped)).max() <= 1 and np.mean(batched != np.stack(stepped)) < 1e-3
-    assert ceiling.frames == 9 and ceiling.fps > 0
+    assert ceiling.batch_frames == 9 and ceiling.batch_fps > 0 and ceiling.fps is None

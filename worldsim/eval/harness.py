@@ -274,6 +274,7 @@ class Timed:
     def __init__(self, world: Predictor):
         self.world, self.name, self.chunk_frames = world, world.name, getattr(world, "chunk_frames", 1)
         self.frames, self.seconds = 0, 0.0
+        self.batch_frames, self.batch_seconds = 0, 0.0
 
     def reset(self, prompt_frames, prompt_actions, engine_state):
         self.world.reset(prompt_frames, list(prompt_actions), engine_state)
@@ -299,13 +300,19 @@ class Timed:
             return np.stack(runs)
         start = time.perf_counter()
         frames = self.world.run_batch(episodes)
-        self.seconds += time.perf_counter() - start
-        self.frames += frames.shape[0] * frames.shape[1]
+        self.batch_seconds += time.perf_counter() - start
+        self.batch_frames += frames.shape[0] * frames.shape[1]
         return frames
 
     @property
     def fps(self) -> float | None:
+        """Frames per second one at a time (reset + run), as play makes them."""
         return self.frames / self.seconds if self.seconds > 0 else None
+
+    @property
+    def batch_fps(self) -> float | None:
+        """Frames per second over the batched rollouts (run_batch), all rows counted."""
+        return self.batch_frames / self.batch_seconds if self.batch_seconds > 0 else None
 
 
 # ---------------------------------------------------------------------------------------------- episodes
@@ -576,7 +583,9 @@ def evaluate(config: EvalConfig, engine_config: EngineConfig, policy_config: Pol
         "consistency": consistency,
         "stability": stability,
         "timing": {"fps": {name: None if world is None else world.fps for name, world in
-                           {**worlds, "engine": engine}.items()}, "seconds": seconds},
+                           {**worlds, "engine": engine}.items()},
+                   "batch_fps": {name: None if world is None else world.batch_fps for name, world in worlds.items()},
+                   "batch_size": config.batch_size, "seconds": seconds},
         "notes": notes,
     }
     report["config"]["horizons"] = list(config.horizons)

@@ -178,6 +178,9 @@ def print_report(report: dict, console: Console | None = None) -> None:
                       _fmt(s["fraction_out_of_range"]), str(s["first_out_of_range"]))
     console.print(table)
     speed = ", ".join(f"{name} {_fmt(fps, 1)}" for name, fps in report["timing"]["fps"].items())
-    console.print(f"frames/s: {speed}")
+    batched = ", ".join(f"{name} {_fmt(fps, 1)}" for name, fps in report["timing"]["batch_fps"].items()
+                        if fps is not None)
+    console.print(f"frames/s one at a time: {speed}" + (f"; in fidelity's batches of {report['timing']['batch_size']}: "
+                                                        f"{batched}" if batched else ""))
     for note in report["notes"]:
         console.print(f"[yellow]note:[/yellow] {note}")
