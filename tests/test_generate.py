@@ -1,4 +1,5 @@
 """Dataset generation: readable episodes, the batched path, kill-and-resume, the cache, the settings check."""
+import io
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ def config(out_dir, **overrides) -> GenerateConfig:
 
 
 def quiet() -> Console:
-    return Console(record=True, width=200, file=open(os.devnull, "w"))
+    return Console(record=True, width=200, file=io.StringIO())  # no file handle left for the GC to warn about
 
 
 def assert_same_episodes(a_dir: Path, b_dir: Path) -> None:

@@ -342,7 +342,9 @@ def train(task: TrainTask, dataset: Dataset, config: TrainConfig, *, sample_batc
         raise ValueError(f"schedule must be cosine or constant, got {schedule!r}")
     dist = setup_distributed(device)
     try:
-        return _Run(task, dataset, config, dist, sample_batch, schedule, progress).run(stop_after)
+        result = _Run(task, dataset, config, dist, sample_batch, schedule, progress).run(stop_after)
+        dist.barrier()  # every rank done with the group before one tears it down (gloo can abort otherwise)
+        return result
     finally:
         dist.close()
 
