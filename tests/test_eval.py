@@ -21,9 +21,9 @@ POLICY = PolicyConfig()
 
 
 def tiny_config(tmp_path, world="engine", **overrides) -> EvalConfig:
-    settings = dict(world=world, out_dir=str(tmp_path), episodes=2, prompts_per_world=1, warmup_frames=10, prompt_frames=4,
-                    horizons=(1, 4, 16), turn_ticks=36, walk_ticks=6, look_away_ticks=6, break_max_ticks=40,
-                    stability_frames=40, progress=False)
+    settings = dict(world=world, out_dir=str(tmp_path), episodes=2, prompts_per_world=1, warmup_frames=10,
+                    prompt_frames=4, horizons=(1, 4, 16), turn_ticks=36, walk_ticks=6, look_away_ticks=6,
+                    break_max_ticks=40, stability_frames=40, progress=False)
     return EvalConfig(**{**settings, **overrides})
 
 

@@ -75,11 +75,12 @@ def eval_summary(report: dict) -> dict:
     psnr = {name: {h: round(v["mean"], 2) for h, v in w.get("psnr", {}).items()} for name, w in worlds.items()}
     model, floor = psnr.get("candidate", {}), psnr.get("copy_last", {})
     relative = report.get("action_following", {}).get("relative", {})
+    versus = report.get("fidelity", {}).get("candidate_minus_copy_last", {})
     return {
         "psnr": psnr,
         "beats_copy_last": {h: model[h] > floor[h] for h in model if h in floor},
-        "candidate_minus_copy_last": {h: {k: v[k] for k in ("mean", "standard_error", "verdict")} for h, v in
-                                      report.get("fidelity", {}).get("candidate_minus_copy_last", {}).get("psnr", {}).items()},
+        "candidate_minus_copy_last": {h: {k: v[k] for k in ("mean", "standard_error", "verdict")}
+                                      for h, v in versus.get("psnr", {}).items()},
         "action_following_relative": {g: round(v["accuracy"], 3) for g, v in relative.items()},
         "consistency_end_psnr": {t: round(v["candidate_vs_engine"]["psnr"], 2)
                                  for t, v in report.get("consistency", {}).items() if "candidate_vs_engine" in v},

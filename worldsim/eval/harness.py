@@ -2,8 +2,10 @@
 
 A world under test is a `Predictor`: `reset(prompt_frames, prompt_actions, engine_state)` then one
 `step(action) -> frame` per tick (or `step_chunk(actions) -> frames` when it makes `chunk_frames` > 1 frames at
-once). Prompt timing follows the data: prompt_actions[i] was taken at prompt frame i and produced frame i + 1,
-so there are P - 1 of them; the first step's action is the one taken at the last prompt frame.
+once); a world that can roll several prompts out together also has `run_batch(episodes) -> (N, T, H, W, 3)`,
+which fidelity uses `eval.batch_size` prompts at a time. Prompt timing follows the data: prompt_actions[i] was
+taken at prompt frame i and produced frame i + 1, so there are P - 1 of them; the first step's action is the one
+taken at the last prompt frame.
 
 Worlds: `EnginePredictor` (the engine re-run from the prompt's end state: scores perfectly, a test of the
 harness), `CopyLastFrame` (the floor), `AutoencoderReconstruction` (the ceiling: the engine's true frames
@@ -69,8 +71,8 @@ class EvalConfig:
             raise ValueError(f"eval.world must be one of {', '.join(WORLDS)}, got {self.world!r}")
         if not self.horizons or min(self.horizons) < 1:
             raise ValueError(f"eval.horizons must be positive frame counts, got {self.horizons}")
-        for name in ("episodes", "prompts_per_world", "batch_size", "prompt_frames", "turn_ticks", "walk_ticks", "look_away_ticks", "break_max_ticks",
-                     "stability_frames"):
+        for name in ("episodes", "prompts_per_world", "batch_size", "prompt_frames", "turn_ticks", "walk_ticks",
+                     "look_away_ticks", "break_max_ticks", "stability_frames"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"eval.{name} must be ≥ 1, got {getattr(self, name)!r}")
         if not 0 < self.crosshair_fraction <= 1:
@@ -145,7 +147,8 @@ class AutoencoderReconstruction:
         import torch
         from worldsim.models.autoencoder import to_uint8
         with torch.no_grad():
-            return to_uint8(self.autoencoder.decode(self.autoencoder.encode(torch.from_numpy(frames)))).cpu().numpy()
+            latents = self.autoencoder.encode(torch.from_numpy(frames))
+            return to_uint8(self.autoencoder.decode(latents)).cpu().numpy()
 
     def run_batch(self, episodes: list["Episode"]) -> np.ndarray:
         """Each episode's continuation from the engine, then all frames through the autoencoder in batches."""
@@ -235,7 +238,8 @@ class WorldModelPredictor:
             sampler.reset(torch.cat([p[0] for p in prompts]), torch.cat([p[1] for p in prompts]))
             for i in range(0, taken.shape[1], K):
                 latents = sampler.step(taken[:, i:i + K])  # (N, K, C, h, w)
-                out.append(self._decode(latents.flatten(0, 1)).reshape(len(episodes), K, *episodes[0].frames.shape[1:]))
+                frames = self._decode(latents.flatten(0, 1))
+                out.append(frames.reshape(len(episodes), K, *frames.shape[1:]))
         return np.concatenate(out, axis=1)[:, :T]
 
     def step(self, action):

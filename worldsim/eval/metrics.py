@@ -141,7 +141,8 @@ def paired_difference(a, b, groups) -> dict:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     groups = np.asarray(groups)
     if a.shape != b.shape or a.shape != groups.shape or a.size == 0:
-        raise ValueError(f"paired values need equal, non-empty lengths, got {a.size}, {b.size} and {groups.size} groups")
+        raise ValueError(f"paired values need equal, non-empty lengths, got {a.size}, {b.size} and "
+                         f"{groups.size} groups")
     diff = a - b
     means = np.array([diff[groups == g].mean() for g in np.unique(groups)])
     mean = float(diff.mean())
