@@ -159,6 +159,9 @@ def run_eval(cfg: DictConfig) -> None:
     from worldsim.eval import EvalConfig, run_eval as evaluate_world
     eval_config = to_dict(cfg.eval)
     world_dir = Path(cfg.checkpoint) if cfg.checkpoint else None
+    if world_dir is None and eval_config["world"] == "model" and not eval_config["checkpoint"]:
+        from worldsim.envs import shipped_world
+        world_dir = shipped_world()  # nothing named: the world that python run_world.py plays
     if world_dir is not None and (world_dir / "dynamics").is_dir():  # a world directory: dynamics/ + autoencoder/
         eval_config["checkpoint"] = eval_config["checkpoint"] or str(world_dir / "dynamics")
         eval_config["autoencoder"] = eval_config["autoencoder"] or str(world_dir / "autoencoder")

@@ -129,3 +129,25 @@ def test_the_shipped_default_world_loads_strictly_and_its_record_fits_it():
         v = dynamics(z, torch.zeros(1, 2, 25), torch.full((1, 2), 0.5))
         frames = autoencoder.decode(z[0])
     assert torch.isfinite(v).all() and frames.shape == (2, 3, 128, 128)
+
+
+def test_mode_eval_without_a_checkpoint_evaluates_the_shipped_world(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from worldsim.envs import shipped_world
+    world = shipped_world()
+    if world is None:
+        pytest.skip("no world ships in assets/")
+    command = [sys.executable, "run_world.py", "mode=eval", "eval.episodes=1", "eval.prompts_per_world=1",
+               "eval.horizons=[1,4]", "eval.turn_ticks=2", "eval.walk_ticks=2", "eval.look_away_ticks=2",
+               "eval.break_max_ticks=2", "eval.stability_frames=20", "eval.progress=false", "eval.sheet=false",
+               f"eval.out_dir={tmp_path}"]
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["candidate"] == "model" and report["config"]["checkpoint"] == str(world / "dynamics")
+    assert report["config"]["autoencoder"] == str(world / "autoencoder")
+    assert report["fidelity"]["worlds"]["autoencoder"] is not None  # the shipped decoder is the ceiling too
