@@ -150,7 +150,7 @@ def test_prompts_follow_one_another_along_the_path(tmp_path):
         EvalConfig(prompts_per_world=0)
 
 
-def test_several_prompts_per_world_in_the_report(copy_report, tmp_path, idm):
+def test_several_prompts_per_world_in_the_report(copy_report, tmp_path):
     fidelity = copy_report[0]["fidelity"]
     for h, d in fidelity["candidate_minus_copy_last"]["psnr"].items():  # copy-last against itself: exactly level
         assert d["mean"] == 0.0 and d["standard_error"] == 0.0 and d["verdict"] == "level", h
