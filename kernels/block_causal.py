@@ -367,8 +367,11 @@ class BlockCausalAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+@torch.compiler.disable
 def block_causal_attention(q, k, v, chunk_size: int, window: int | None = None, scale: float | None = None):
     """Triton block-causal attention over (B, H, T, D); returns (out, lse). Inputs are validated by the
-    dispatch in `kernels`."""
+    dispatch in `kernels`. Under torch.compile (train.compile=true) this is a graph break: the kernels run as
+    they are rather than being traced into Inductor, whose tracing of them failed on an H100 (torch 2.11,
+    triton 3.6: a Python float argument became fp64 inside the kernel)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return BlockCausalAttention.apply(q, k, v, chunk_size, window, scale)

@@ -56,3 +56,37 @@ def test_look_direction_follows_minecraft():
     np.testing.assert_allclose(actions.look_direction(0, 0), [0, 0, 1], atol=1e-12)
     np.testing.assert_allclose(actions.look_direction(90, 0), [-1, 0, 0], atol=1e-12)
     np.testing.assert_allclose(actions.look_direction(0, 90), [0, -1, 0], atol=1e-12)
+
+
+def test_batched_validation_and_vectors_equal_the_per_action_ones():
+    space = actions.action_space()
+    space.seed(1)
+    chosen = [space.sample() for _ in range(6)]
+    del chosen[2]["camera"], chosen[2]["jump"]  # a key left out is 0 for every sub-env it is missing from
+    batch = {k: np.stack([np.asarray(a.get(k, np.zeros(2) if k == "camera" else 0)) for a in chosen])
+             for k in actions.KEYS}
+    checked = actions.validate_batch(batch, 6)
+    singles = [actions.validate(a) for a in chosen]
+    for i, single in enumerate(singles):
+        assert {k: int(checked[k][i]) for k in actions.BUTTONS} == {k: single[k] for k in actions.BUTTONS}
+        np.testing.assert_array_equal(checked["camera"][i], single["camera"])
+    assert checked["camera"].dtype == np.float32 and checked["forward"].dtype == np.int64
+    np.testing.assert_array_equal(actions.to_vectors(checked), np.stack([actions.to_vector(a) for a in singles]))
+    assert [s["forward"] for s in actions.split_batch(batch, 6)] == [s["forward"] for s in singles]
+    partial = actions.validate_batch({"forward": np.ones(3)}, 3)  # missing keys are filled in
+    assert set(partial) == set(actions.KEYS) and partial["jump"].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"jumpp": np.zeros(3)}, "unknown action key"),
+    ({"forward": np.zeros(2)}, "leading dimension of num_envs=3"),
+    ({"forward": np.array([0, 1, 2])}, r"'forward'\] must be 0 or 1, got 2 \(sub-env 2\)"),
+    ({"forward": np.zeros((3, 2))}, "one 0 or 1 per sub-env"),
+    ({"camera": np.zeros((3, 3))}, "shape"),
+    ({"camera": np.array([[0, 0], [np.nan, 0], [0, 0]])}, r"finite, got \[nan, 0.0\] \(sub-env 1\)"),
+    ({"camera": np.array([[0, 0], [0, 0], [0, 500]])}, r"within .*\(sub-env 2\)"),
+    ([np.zeros(3)], "dict"),
+])
+def test_bad_batched_actions_name_the_key_and_the_sub_env(bad, message):
+    with pytest.raises(ValueError, match=message):
+        actions.validate_batch(bad, 3)

@@ -11,7 +11,7 @@ from worldsim.data.interchange import list_trajectories, read_trajectory
 from worldsim.data.policies import make_policy
 from worldsim.engine.env import EngineConfig, VoxelVectorEnv
 from worldsim.envs.world_model import WorldModelEnv, WorldModelVectorEnv, random_world
-from worldsim.rollout import EpisodeWriters, is_factory, make_batch_policy, rollout, unbatch
+from worldsim.rollout import EpisodeWriters, is_factory, make_batch_policy, rollout, stack_actions, unbatch, unbatch_all
 
 from test_dynamics import one_thread  # noqa: F401  (autouse: one torch thread)
 from test_world_model_env import tiny_configs
@@ -73,6 +73,22 @@ def test_batch_callables_and_factories_by_import_path():
     factory = make_batch_policy("worldsim.data.policies:RandomPolicy", 2, 5)
     actions = factory(obs, infos)
     assert actions["camera"].shape == (2, 2) and set(actions) >= {"forward", "camera"}
+
+
+def test_stacked_actions_and_unbatched_infos():
+    chosen = [{"forward": 1, "camera": [1.0, 2.0]}, {"jump": True}, {"camera": np.array([0.0, -3.0], np.float32)}]
+    batch = stack_actions(chosen)
+    assert batch["forward"].tolist() == [1, 0, 0] and batch["jump"].tolist() == [0, 1, 0]
+    np.testing.assert_array_equal(batch["camera"], [[1, 2], [0, 0], [0, -3]])
+    with pytest.raises(ValueError, match=r"must be 0 or 1, got 2 \(sub-env 1\)"):
+        stack_actions([{"forward": 0}, {"forward": 2}])
+    with pytest.raises(ValueError, match=r"shape \(2,\).*\(sub-env 0\)"):
+        stack_actions([{"camera": [1.0]}, {"camera": [1.0, 2.0]}])
+    with pytest.raises(ValueError, match=r"dict.*\(sub-env 1\)"):
+        stack_actions([{}, [1, 2]])
+    infos = {"seed": np.array([4, 5]), "_seed": np.array([True, True]), "x": np.array([1.5, 0.0]),
+             "_x": np.array([True, False])}
+    assert unbatch_all(infos, 2) == [unbatch(infos, 0), unbatch(infos, 1)] == [{"seed": 4, "x": 1.5}, {"seed": 5}]
 
 
 @pytest.mark.parametrize("path, problem", [("no_such_module:act", "cannot import module 'no_such_module'"),

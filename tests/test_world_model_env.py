@@ -16,6 +16,7 @@ from worldsim.envs.world_model import (WorldModelConfig, WorldModelEnv, WorldMod
 from worldsim.models.autoencoder import AutoencoderConfig
 from worldsim.models.dynamics import DynamicsConfig
 from worldsim.training.checkpoint import CheckpointError
+from worldsim.rollout import unbatch
 
 from test_dynamics import one_thread  # noqa: F401  (autouse: one torch thread)
 
@@ -137,6 +138,25 @@ def test_vector_env_equals_single_envs_with_autoreset(world):
             assert vec_trunc[i] == trunc and vec_info["seed"][i] == info["seed"] and vec_info["tick"][i] == info["tick"]
             done[i] = trunc
     assert vec_info["seed"][0] != 11  # restarted in a new world
+
+
+def test_vector_infos_are_batched_as_gymnasium_batches_them(world):
+    vec = WorldModelVectorEnv(3, checkpoint=world, engine=None)  # timing on: ms_per_frame is None, then a float
+    for infos in (vec.reset(seed=0)[1], vec.step(vec.action_space.sample())[4]):
+        expected = {}
+        for i in range(3):
+            expected = vec._add_info(expected, {k: v.item() if isinstance(v, np.generic) else v
+                                                for k, v in unbatch(infos, i).items()}, i)
+        assert list(infos) == list(expected)
+        for key, value in expected.items():
+            assert infos[key].dtype == value.dtype and infos[key].tolist() == value.tolist(), key
+
+
+def test_bad_batched_action_names_the_sub_env(world):
+    vec = WorldModelVectorEnv(2, checkpoint=world, engine=None)
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match=r"'jump'\] must be 0 or 1, got 3 \(sub-env 1\)"):
+        vec.step({"jump": np.array([0, 3])})
 
 
 def test_registered_make_vec(world):

@@ -80,7 +80,7 @@ class PerEnvPolicies:
         self.policies = policies
 
     def __call__(self, obs: np.ndarray, infos: dict) -> dict:
-        chosen = [p.act(obs[i], unbatch(infos, i)) for i, p in enumerate(self.policies)]
+        chosen = [p.act(o, info) for p, o, info in zip(self.policies, obs, unbatch_all(infos, len(self.policies)))]
         return stack_actions(chosen)
 
 
@@ -95,7 +95,7 @@ class BatchPolicy:
         if isinstance(out, (list, tuple)):
             if len(out) != self.num_envs:
                 raise ValueError(f"policy {self.name!r} returned {len(out)} actions for {self.num_envs} envs")
-            return stack_actions([actions.validate(a) for a in out])
+            return stack_actions(out)
         if not isinstance(out, dict):
             raise ValueError(f"policy {self.name!r} must return a dict of arrays (or a list of action dicts), "
                              f"got {type(out).__name__}")
@@ -119,14 +119,44 @@ def unbatch(infos: dict, i: int) -> dict:
     return {k: v[i] for k, v in infos.items() if not k.startswith("_") and infos.get(f"_{k}", np.ones(i + 1, bool))[i]}
 
 
+def unbatch_all(infos: dict, n: int) -> list[dict]:
+    """[unbatch(infos, i) for i in range(n)], reading each key's mask once."""
+    out = [{} for _ in range(n)]
+    for key, values in infos.items():
+        if key.startswith("_"):
+            continue
+        mask = infos.get(f"_{key}")
+        for i, info in enumerate(out):
+            if mask is None or mask[i]:
+                info[key] = values[i]
+    return out
+
+
 def stack_actions(chosen: list[dict]) -> dict:
-    """A batched action dict from per-env action dicts."""
-    chosen = [actions.validate(a) for a in chosen]
-    return {k: np.stack([np.asarray(a[k]) for a in chosen]) for k in actions.KEYS}
+    """A checked batched action dict (actions.validate_batch) from per-env action dicts."""
+    for i, action in enumerate(chosen):
+        if not isinstance(action, dict):
+            raise ValueError(f"an action must be a dict of MineRL keys, got {type(action).__name__} (sub-env {i})")
+    batch = {}
+    for key in set().union(*chosen):
+        shape = (2,) if key == "camera" else ()
+        default = np.zeros(shape, np.float32)
+        try:
+            column = np.array([a.get(key, default) for a in chosen])
+        except ValueError:  # values of several shapes
+            column = None
+        if column is None or column.dtype == object or column.shape[1:] != shape:
+            for i, action in enumerate(chosen):  # the per-action check names the value at fault
+                try:
+                    actions.validate(action)
+                except ValueError as e:
+                    raise ValueError(f"{e} (sub-env {i})") from None
+        batch[key] = column
+    return actions.validate_batch(batch, len(chosen))
 
 
 def split_actions(batch: dict, n: int) -> list[dict]:
-    return [actions.validate({k: np.asarray(v)[i] for k, v in batch.items()}) for i in range(n)]
+    return actions.split_batch(batch, n)
 
 
 class EpisodeWriters:

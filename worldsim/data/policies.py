@@ -243,9 +243,9 @@ class RandomPolicy:
             self.rng = _seed_generator(seed)
 
     def act(self, obs, info: dict) -> dict:
-        action = {name: int(v) for name, v in zip(BUTTONS, self.rng.integers(0, 2, len(BUTTONS)))}
+        action = dict(zip(BUTTONS, self.rng.integers(0, 2, len(BUTTONS)).tolist()))
         camera = self.rng.normal(0.0, self.config.random_camera_std, 2)
-        action["camera"] = np.clip(camera, -CAMERA_MAX_DEGREES, CAMERA_MAX_DEGREES).astype(np.float32)
+        action["camera"] = camera.clip(-CAMERA_MAX_DEGREES, CAMERA_MAX_DEGREES).astype(np.float32)
         return action
 
 

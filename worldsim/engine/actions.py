@@ -66,18 +66,66 @@ def validate(action) -> dict:
     return out
 
 
-def split_batch(action, num_envs: int) -> list[dict]:
-    """Validated per-env actions from a vector env's batched action (buttons (N,), camera (N, 2))."""
+def validate_batch(action, num_envs: int) -> dict:
+    """A checked copy of a vector env's batched action, every key present (missing ones are 0): buttons int64
+    (N,), camera float32 (N, 2). Checked as whole arrays (no per-env Python); raises ValueError naming the key and
+    the first sub-env at fault."""
     if not isinstance(action, dict):
         raise ValueError(f"a batched action must be a dict of arrays, got {type(action).__name__}")
-    batched = {}
-    for key, value in action.items():
-        value = np.asarray(value)
+    unknown = set(action) - set(KEYS)
+    if unknown:
+        raise ValueError(f"unknown action key(s) {sorted(unknown)}; known keys: {list(KEYS)}")
+    out = {}
+    for name in KEYS:
+        if name not in action:
+            out[name] = np.zeros((num_envs, 2), np.float32) if name == "camera" else np.zeros(num_envs, np.int64)
+            continue
+        value = np.asarray(action[name])
         if value.ndim == 0 or value.shape[0] != num_envs:
-            raise ValueError(f"action[{key!r}] must have a leading dimension of num_envs={num_envs}, "
+            raise ValueError(f"action[{name!r}] must have a leading dimension of num_envs={num_envs}, "
                              f"got shape {value.shape}")
-        batched[key] = value
-    return [validate({k: v[i] for k, v in batched.items()}) for i in range(num_envs)]
+        if name == "camera":
+            if value.shape != (num_envs, 2):
+                raise ValueError(f"action['camera'] must be [pitch, yaw] of shape (2,) per sub-env, got shape "
+                                 f"{value.shape[1:]}")
+            camera = value.astype(np.float64)
+            bad = ~np.isfinite(camera).all(axis=1)
+            if bad.any():
+                i = int(bad.argmax())
+                raise ValueError(f"action['camera'] must be finite, got {camera[i].tolist()} (sub-env {i})")
+            bad = (np.abs(camera) > CAMERA_LIMIT_DEGREES).any(axis=1)
+            if bad.any():
+                i = int(bad.argmax())
+                raise ValueError(f"action['camera'] must be within ±{CAMERA_LIMIT_DEGREES} degrees, "
+                                 f"got {camera[i].tolist()} (sub-env {i})")
+            out[name] = camera.astype(np.float32)
+        else:
+            if value.shape != (num_envs,):
+                raise ValueError(f"action[{name!r}] must be one 0 or 1 per sub-env, shape ({num_envs},), "
+                                 f"got shape {value.shape}")
+            bad = ~((value == 0) | (value == 1))
+            if bad.any():
+                i = int(bad.argmax())
+                raise ValueError(f"action[{name!r}] must be 0 or 1, got {value[i].tolist()!r} (sub-env {i})")
+            out[name] = value.astype(np.int64)
+    return out
+
+
+def split_batch(action, num_envs: int) -> list[dict]:
+    """Validated per-env actions from a vector env's batched action (buttons (N,), camera (N, 2))."""
+    batch = validate_batch(action, num_envs)
+    buttons = {name: batch[name].tolist() for name in BUTTONS}
+    return [{**{name: buttons[name][i] for name in BUTTONS}, "camera": batch["camera"][i]} for i in range(num_envs)]
+
+
+def to_vectors(batch: dict) -> np.ndarray:
+    """The model's (N, 25) float32 vectors of a batch checked by validate_batch: to_vector of each row."""
+    camera = batch["camera"]
+    vec = np.zeros((len(camera), ACTION_DIM), dtype=np.float32)
+    for name in BUTTONS:
+        vec[:, _INDEX[name]] = batch[name]
+    vec[:, [_INDEX["camera_pitch"], _INDEX["camera_yaw"]]] = np.clip(camera / CAMERA_MAX_DEGREES, -1, 1)
+    return vec
 
 
 def to_vector(action: dict) -> np.ndarray:

@@ -550,15 +550,15 @@ class WorldModelVectorEnv(_ModelWorld, gymnasium.vector.VectorEnv):
     def step(self, action: dict):
         if self._frames is None:
             raise RuntimeError("call reset() before step()")
-        per_env = actions.split_batch(action, self.num_envs)
+        batch = actions.validate_batch(action, self.num_envs)
         if self._needs_reset:
             obs, infos = self._start(None)
             return obs, np.zeros(self.num_envs), np.zeros(self.num_envs, np.bool_), \
                 np.zeros(self.num_envs, np.bool_), infos
-        vectors = np.stack([actions.to_vector(a) for a in per_env])
-        self._frames = self.imagination.step(vectors)
+        self._frames = self.imagination.step(actions.to_vectors(batch))
         self._ticks += 1
-        self._slots = np.array([_selected_slot(int(s), a) for s, a in zip(self._slots, per_env)])
+        pressed = np.stack([batch[f"hotbar.{i + 1}"] for i in range(9)], axis=1).astype(bool)  # (N, 9)
+        self._slots = np.where(pressed.any(axis=1), pressed.argmax(axis=1), self._slots)  # as _selected_slot
         limit = self.config.max_episode_steps
         truncations = np.full(self.num_envs, limit is not None and int(self._ticks[0]) >= limit)
         self._needs_reset = bool(truncations[0])
@@ -566,15 +566,18 @@ class WorldModelVectorEnv(_ModelWorld, gymnasium.vector.VectorEnv):
                 truncations, self._infos())
 
     def _infos(self) -> dict:
+        """The single env's info of every sub-env, batched as gymnasium's _add_info would (one array and one
+        '_key' mask per key), built from whole arrays: no per-env Python."""
+        n = self.num_envs
+        columns = {"tick": self._ticks.copy(), "step": self._ticks.copy(), "seed": np.array(self._seeds, np.int64),
+                   "selected_slot": self._slots.astype(np.int64), "denoise_steps": np.full(n, self.imagination.steps),
+                   "context_frames": np.full(n, self.imagination.context_frames)}
+        if self.config.timing:
+            ms = self.imagination.last_ms if int(self._ticks[0]) else None
+            columns["ms_per_frame"] = np.full(n, ms, dtype=object if ms is None else np.float64)
         infos = {}
-        ms = self.imagination.last_ms if int(self._ticks[0]) else None
-        for i in range(self.num_envs):
-            info = {"tick": int(self._ticks[i]), "step": int(self._ticks[i]), "seed": self._seeds[i],
-                    "selected_slot": int(self._slots[i]), "denoise_steps": self.imagination.steps,
-                    "context_frames": self.imagination.context_frames}
-            if self.config.timing:
-                info["ms_per_frame"] = ms
-            infos = self._add_info(infos, info, i)
+        for key, column in columns.items():
+            infos[key], infos[f"_{key}"] = column, np.ones(n, dtype=np.bool_)
         return infos
 
     def render(self):

@@ -61,16 +61,17 @@ def time_case(config, batch, steps, frames, warmup, decode, device, seed=0, grap
     sampler.reset(prompt, torch.zeros(batch, c.context_frames - 1, ACTION_DIM, device=device))
     action = torch.zeros(batch, c.chunk_frames, ACTION_DIM, device=device)
     step_s, decode_s = [], []
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # the GPU work, not its launch
     with torch.inference_mode():
         for i in range(warmup + frames):
             t0 = time.perf_counter()
             x = sampler.step(action)
+            sync()
             t1 = time.perf_counter()
             if decode is not None:
                 decode(x.flatten(0, 1))
+            sync()
             t2 = time.perf_counter()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
             if i >= warmup:
                 step_s.append(t1 - t0)
                 decode_s.append(t2 - t1)
@@ -100,12 +101,14 @@ def train_flops_per_clip(config: DynamicsConfig, model: DynamicsModel, frames: i
 
 
 def time_training(config: DynamicsConfig, batch: int, device, steps: int = 20, warmup: int = 5,
-                  peak_tflops: float = H100_BF16_TFLOPS) -> dict:
+                  peak_tflops: float = H100_BF16_TFLOPS, compile: bool = False) -> dict:
     """Training throughput of flow_matching_loss + backward + AdamW on random clips of context_frames frames:
-    bf16 autocast on CUDA (fp32 on the CPU), tokens/s and model FLOPs utilisation."""
+    bf16 autocast on CUDA (fp32 on the CPU), tokens/s and model FLOPs utilisation; `compile`: the model under
+    torch.compile, as train.compile=true runs it (its compile happens in the untimed warm-up steps)."""
     from worldsim.models.dynamics import flow_matching_loss
     torch.manual_seed(0)
     model = DynamicsModel(config).to(device)
+    net = torch.compile(model) if compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     c, T = config, config.context_frames
     latents = torch.randn(batch, T, c.latent_channels, c.latent_height, c.latent_width, device=device)
@@ -115,7 +118,7 @@ def time_training(config: DynamicsConfig, batch: int, device, steps: int = 20, w
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         with autocast:
-            loss, _ = flow_matching_loss(model, config, latents, actions)
+            loss, _ = flow_matching_loss(net, config, latents, actions)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -125,7 +128,7 @@ def time_training(config: DynamicsConfig, batch: int, device, steps: int = 20, w
             times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
     flops = batch * train_flops_per_clip(config, model, T) / seconds
-    return {"batch": batch, "frames_per_clip": T, "ms_per_step": 1e3 * seconds,
+    return {"batch": batch, "compile": compile, "frames_per_clip": T, "ms_per_step": 1e3 * seconds,
             "tokens_per_s": batch * T * config.tokens_per_frame / seconds, "tflops": flops / 1e12,
             "mfu": flops / (peak_tflops * 1e12) if device.type == "cuda" else None}
 
@@ -168,18 +171,22 @@ def main(argv=None) -> None:
     parser.add_argument("--autoencoder", default="cpu", help="configs/autoencoder/NAME.yaml, a run dir, or none")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--train-batch", type=int, default=0, help="also time training at this batch (0: skip)")
+    parser.add_argument("--skip-sampler", action="store_true", help="time only training")
+    parser.add_argument("--train-compile", action="store_true", help="time training under torch.compile")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS, help="the MFU denominator")
     parser.add_argument("--graphs", choices=("off", "on", "both"), default="off",
                         help="Sampler(graphs=True): each step replays as a CUDA graph (on the CPU it runs eagerly)")
     parser.add_argument("--out", default="bench_results/dynamics.json")
     args = parser.parse_args(argv)
-    rows = run(args)
+    rows = [] if args.skip_sampler else run(args)
     training = None
     if args.train_batch:
         config = load_yaml_config("dynamics", args.config, DynamicsConfig)
-        training = time_training(config, args.train_batch, torch.device(args.device), peak_tflops=args.peak_tflops)
+        training = time_training(config, args.train_batch, torch.device(args.device), peak_tflops=args.peak_tflops,
+                                 compile=args.train_compile)
 
-    table = Table(title=f"dynamics sampler, {args.config} (window {rows[0]['context_frames']}), "
+    window = load_yaml_config("dynamics", args.config, DynamicsConfig).context_frames
+    table = Table(title=f"dynamics sampler, {args.config} (window {args.context_frames or window}), "
                         f"{args.steps} Euler steps per chunk (commit fused), "
                         f"decode: {args.autoencoder}, {args.device}, {torch.get_num_threads()} threads")
     for col in ("batch", "CUDA graph", "ms/frame dynamics", "ms/frame decode", "ms/frame total", "frames/s", "p90 ms/step"):
@@ -187,7 +194,8 @@ def main(argv=None) -> None:
     for r in rows:
         table.add_row(str(r["batch"]), "yes" if r["graphs"] else "no", f"{r['ms_per_frame_dynamics']:.2f}", f"{r['ms_per_frame_decode']:.2f}",
                       f"{r['ms_per_frame_total']:.2f}", f"{r['frames_per_s']:.1f}", f"{r['ms_per_step_p90']:.2f}")
-    Console().print(table)
+    if rows:
+        Console().print(table)
     if training is not None:
         mfu = "n/a (CPU)" if training["mfu"] is None else f"{100 * training['mfu']:.1f}% of {args.peak_tflops:g} TFLOP/s"
         print(f"training, batch {training['batch']} × {training['frames_per_clip']} frames: "
@@ -198,7 +206,8 @@ def main(argv=None) -> None:
     meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
             "threads": torch.get_num_threads(), "torch": torch.__version__, "autoencoder": args.autoencoder,
             "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(),
-            "timing": "median of perf_counter around Sampler.step and decode, ring buffer wrapped"}
+            "timing": "median of perf_counter around Sampler.step and decode, each ended by a device "
+                      "synchronize on CUDA; ring buffer wrapped"}
     out.write_text(json.dumps({"meta": meta, "rows": rows, "training": training}, indent=1) + "\n")
     print(f"saved {out}")
 
