@@ -106,3 +106,12 @@ def test_mode_rollout_with_a_bad_policy_fails_before_writing(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "policy 'nope.mod:act' does not resolve" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_rollout_speed_resets_once_and_times_only_the_steps(world, monkeypatch):
+    from worldsim.play.bench import rollout_speed
+    resets = []
+    original = WorldModelVectorEnv.reset
+    monkeypatch.setattr(WorldModelVectorEnv, "reset", lambda self, **kw: resets.append(kw) or original(self, **kw))
+    result = rollout_speed(world, 2, steps=3, warmup=1)
+    assert len(resets) == 1 and result["frames"] == 6 and result["fps"] > 0 and result["reset_s"] > 0

@@ -260,3 +260,19 @@ def test_bad_actions_raise_naming_the_problem(world):
 def test_switches_that_are_not_booleans_are_refused(field):
     with pytest.raises(ValueError, match=f"world.{field} must be true or false"):
         WorldModelConfig(checkpoint="x", **{field: "maybe"})
+
+
+def test_bf16_precision_samples_close_to_fp32_and_leaves_given_models_alone(world):
+    models = load_world(world)
+    full, half = (make(world, twin=False, models=models, precision=p) for p in ("fp32", "bf16"))
+    assert models[0].head.weight.dtype == torch.float32  # the given models were copied, not cast
+    assert half.imagination.sampler.model.head.weight.dtype == torch.bfloat16
+    assert half.imagination.sampler.caches[0].k.dtype == torch.bfloat16
+    frames = []
+    for env in (full, half):
+        obs, _ = env.reset(seed=4)
+        frames.append([obs] + [env.step(a)[0] for a in walk(3, seed=1)])
+    for a, b in zip(*frames):
+        assert np.abs(a.astype(int) - b).mean() < 3.0
+    with pytest.raises(ValueError, match="world.precision must be one of"):
+        WorldModelConfig(checkpoint="x", precision="fp16")

@@ -33,6 +33,7 @@ twin and the hotbar slot). The CPU and GPU interactive configs have K = 1.
     pos, yaw, pitch, target_block, crack_stage, on_ground, in_water, and `edits` from the engine.
   Without a twin these keys are absent: the model has no position.
 """
+import copy
 import dataclasses
 import time
 import warnings
@@ -56,6 +57,7 @@ PROMPT_FRAMES = 8           # default prompt length (capped by the cache's windo
 LOOK_DEGREES = 3.0          # yaw per frame of the "look" prompt motion
 TWIN_KEYS = ("pos", "yaw", "pitch", "target_block", "crack_stage", "on_ground", "in_water", "edits")
 PROMPT_MOTIONS = ("still", "look")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -73,11 +75,16 @@ class WorldModelConfig:
     max_episode_steps: int | None = None
     torch_threads: int | None = 1     # torch's CPU threads (see pin_torch_threads); None leaves them alone
     cuda_graphs: bool = True          # on CUDA, replay each sampler step as a CUDA graph (Sampler(graphs=True))
+    precision: str = "fp32"           # fp32 | bf16: the dynamics model's weights, KV cache and sampling (the
+                                      # decoder stays fp32); bf16 halves the cache's bytes and runs the attention
+                                      # kernels' tensor-core path on CUDA
 
     def __post_init__(self):
         for name in ("twin", "timing", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"world.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"world.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.prompt_motion not in PROMPT_MOTIONS:
             raise ValueError(f"prompt_motion must be one of {PROMPT_MOTIONS}, got {self.prompt_motion!r}")
         if self.steps is not None and (int(self.steps) != self.steps or self.steps < 1):
@@ -368,6 +375,9 @@ class _ModelWorld:
         self.torch_threads = c.torch_threads if self.device == "cpu" else None
         pin_torch_threads(self.torch_threads)
         dynamics, autoencoder = models if models is not None else load_world(c.checkpoint, c.autoencoder, self.device)
+        if dynamics.head.weight.dtype != PRECISIONS[c.precision]:  # a cast copy: given models stay as they are
+            dynamics = copy.deepcopy(dynamics).to(PRECISIONS[c.precision]) if models is not None else \
+                dynamics.to(PRECISIONS[c.precision])
         self.dynamics_config = dynamics.config
         ae = autoencoder.config
         self.size = (ae.height, ae.width)

@@ -48,18 +48,19 @@ def make_decoder(spec: str, device):
     return model.eval().decode
 
 
-def time_case(config, batch, steps, frames, warmup, decode, device, seed=0, graphs=False):
+def time_case(config, batch, steps, frames, warmup, decode, device, seed=0, graphs=False, dtype=torch.float32):
     """Seconds per step() (one chunk) and per decode of that chunk, for each timed chunk."""
     torch.manual_seed(seed)
-    model = DynamicsModel(config).to(device)
+    model = DynamicsModel(config).to(device, dtype)
     with torch.no_grad():
         for p in model.parameters():  # AdaLN-zero would make every output 0; timing wants real numbers
             p.add_(0.02 * torch.randn_like(p))
     sampler = Sampler(model, batch_size=batch, steps=steps, seed=seed, graphs=graphs)
     c = config
-    prompt = torch.randn(batch, c.context_frames, c.latent_channels, c.latent_height, c.latent_width, device=device)
-    sampler.reset(prompt, torch.zeros(batch, c.context_frames - 1, ACTION_DIM, device=device))
-    action = torch.zeros(batch, c.chunk_frames, ACTION_DIM, device=device)
+    prompt = torch.randn(batch, c.context_frames, c.latent_channels, c.latent_height, c.latent_width, device=device,
+                         dtype=dtype)
+    sampler.reset(prompt, torch.zeros(batch, c.context_frames - 1, ACTION_DIM, device=device, dtype=dtype))
+    action = torch.zeros(batch, c.chunk_frames, ACTION_DIM, device=device, dtype=dtype)
     step_s, decode_s = [], []
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)  # the GPU work, not its launch
     with torch.inference_mode():
@@ -69,7 +70,7 @@ def time_case(config, batch, steps, frames, warmup, decode, device, seed=0, grap
             sync()
             t1 = time.perf_counter()
             if decode is not None:
-                decode(x.flatten(0, 1))
+                decode(x.flatten(0, 1).float())
             sync()
             t2 = time.perf_counter()
             if i >= warmup:
@@ -78,6 +79,7 @@ def time_case(config, batch, steps, frames, warmup, decode, device, seed=0, grap
     return step_s, decode_s
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM: the MFU denominator
 
 
@@ -146,12 +148,13 @@ def run(args) -> list[dict]:
     for batch, graphs in ((b, g) for b in args.batches for g in graph_modes):
         chunks = max(5, math.ceil(args.frames / (batch * config.chunk_frames)))
         warmup = max(2, math.ceil(args.warmup / batch))
-        step_s, decode_s = time_case(config, batch, args.steps, chunks, warmup, decode, device, graphs=graphs)
+        step_s, decode_s = time_case(config, batch, args.steps, chunks, warmup, decode, device, graphs=graphs,
+                                     dtype=DTYPES[args.dtype])
         frames_per_step = batch * config.chunk_frames
         dyn = statistics.median(step_s) / frames_per_step
         dec = statistics.median(decode_s) / frames_per_step
         total = statistics.median([a + b for a, b in zip(step_s, decode_s)]) / frames_per_step
-        rows.append({"config": args.config, "batch": batch, "graphs": graphs and device.type == "cuda",
+        rows.append({"config": args.config, "batch": batch, "dtype": args.dtype, "graphs": graphs and device.type == "cuda",
                      "steps": args.steps, "chunk_frames": config.chunk_frames,
                      "context_frames": config.context_frames, "ms_per_frame_dynamics": 1e3 * dyn,
                      "ms_per_frame_decode": 1e3 * dec, "ms_per_frame_total": 1e3 * total,
@@ -171,6 +174,8 @@ def main(argv=None) -> None:
     parser.add_argument("--autoencoder", default="cpu", help="configs/autoencoder/NAME.yaml, a run dir, or none")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--train-batch", type=int, default=0, help="also time training at this batch (0: skip)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                        help="the sampler's model and KV cache (play's world.precision); decode stays fp32")
     parser.add_argument("--skip-sampler", action="store_true", help="time only training")
     parser.add_argument("--train-compile", action="store_true", help="time training under torch.compile")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS, help="the MFU denominator")
@@ -187,7 +192,7 @@ def main(argv=None) -> None:
 
     window = load_yaml_config("dynamics", args.config, DynamicsConfig).context_frames
     table = Table(title=f"dynamics sampler, {args.config} (window {args.context_frames or window}), "
-                        f"{args.steps} Euler steps per chunk (commit fused), "
+                        f"{args.steps} Euler steps per chunk (commit fused), {args.dtype}, "
                         f"decode: {args.autoencoder}, {args.device}, {torch.get_num_threads()} threads")
     for col in ("batch", "CUDA graph", "ms/frame dynamics", "ms/frame decode", "ms/frame total", "frames/s", "p90 ms/step"):
         table.add_column(col, justify="right")

@@ -51,14 +51,14 @@ def untrained_world(directory) -> str:
 
 
 def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: int | None = None,
-                 display_fps: int = 60) -> dict:
+                 display_fps: int = 60, precision: str = "fp32") -> dict:
     """Play headless for `seconds` with the worker thread; returns rates and, with `probe`, latencies."""
     os.environ["SDL_VIDEODRIVER"] = "dummy"
     import pygame
 
     from worldsim.envs.world_model import WorldModelEnv
     from worldsim.play.game import Game, PlayConfig
-    env = WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps)
+    env = WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps, precision=precision)
     game = Game(env, PlayConfig(scale=4, fps=fps, generation="thread", display_fps=display_fps,
                                  record_dir=tempfile.mkdtemp()), seed=0)
     game.mouse.set(True)
@@ -132,15 +132,24 @@ def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring:
             "trend_ms_per_1000_frames": float(slope)}
 
 
-def rollout_speed(checkpoint: str, num_envs: int, steps: int) -> dict:
-    """Frames per second of a batched rollout (random policy) in the world model, at batch `num_envs`."""
+def rollout_speed(checkpoint: str, num_envs: int, steps: int, warmup: int = 3, precision: str = "fp32") -> dict:
+    """Frames per second of a batched rollout (random policy) in the world model, at batch `num_envs`: one reset
+    (rendering every world's prompt takes far longer than the steps), `warmup` untimed steps (CUDA graphs are
+    captured), then `steps` timed ones."""
     from worldsim.envs.world_model import WorldModelVectorEnv
-    from worldsim.rollout import make_batch_policy, rollout
-    env = WorldModelVectorEnv(num_envs, checkpoint=checkpoint)
-    rollout(env, make_batch_policy("random", num_envs, 0), steps=2, seed=0)  # warm-up
-    result = rollout(env, make_batch_policy("random", num_envs, 0), steps=steps, seed=0)
-    return {"num_envs": num_envs, "frames": result["frames"], "fps": result["fps"],
-            "ms_per_batch_step": result["seconds"] / steps * 1000.0}
+    from worldsim.rollout import make_batch_policy
+    env = WorldModelVectorEnv(num_envs, checkpoint=checkpoint, precision=precision)
+    policy = make_batch_policy("random", num_envs, 0)
+    start = time.perf_counter()
+    obs, infos = env.reset(seed=0)
+    reset_s = time.perf_counter() - start
+    for t in range(warmup + steps):
+        if t == warmup:
+            start = time.perf_counter()
+        obs, _, _, _, infos = env.step(policy(obs, infos))
+    seconds = time.perf_counter() - start
+    return {"num_envs": num_envs, "frames": steps * num_envs, "fps": steps * num_envs / seconds,
+            "ms_per_batch_step": seconds / steps * 1000.0, "reset_s": reset_s}
 
 
 def print_table(results: dict) -> None:
@@ -168,6 +177,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--soak-frames", type=int, default=2000, help="72000: an hour of play time; 0: skip")
     parser.add_argument("--soak-checkpoint", help="world checkpoint for the soak (default: the play one)")
     parser.add_argument("--skip-play", action="store_true", help="only the soak")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="world.precision of the play and rollout worlds")
     parser.add_argument("--rollout-envs", type=int, default=16, help="batch of the rollout timing (0: skip)")
     parser.add_argument("--out", default="bench_results/play.json")
     args = parser.parse_args(argv)
@@ -176,16 +187,16 @@ def main(argv=None) -> dict:
         import torch
         results = {"setup": {"checkpoint": args.checkpoint or "untrained: dynamics tiny + autoencoder cpu",
                              "soak_checkpoint": args.soak_checkpoint or "the play checkpoint", "torch_threads": 1,
-                             "steps": args.steps,
+                             "steps": args.steps, "precision": args.precision,
                              "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                              "torch": torch.__version__}}
         if not args.skip_play:
             results["play"] = play_session(checkpoint, args.seconds, args.fps, probe=True, steps=args.steps,
-                                           display_fps=args.display_fps)
+                                           display_fps=args.display_fps, precision=args.precision)
             results["play_unpaced"] = play_session(checkpoint, args.seconds, 1000, probe=False, steps=args.steps,
-                                                   display_fps=args.display_fps)
+                                                   display_fps=args.display_fps, precision=args.precision)
         if args.rollout_envs:
-            results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20)
+            results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20, precision=args.precision)
         if args.soak_frames:
             results["soak"] = soak(args.soak_checkpoint or checkpoint, args.soak_frames, args.fps)
     results["setup"]["load_average_1min_end"] = os.getloadavg()[0]
