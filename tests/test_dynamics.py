@@ -189,6 +189,40 @@ def test_context_loss_weighs_context_frames(target_prob):
         tiny_config(context_loss=-1.0)
 
 
+def test_self_context_continues_from_the_models_own_estimates():
+    """self_context = 1: a first pass (no gradient) at level self_context_level gives the model's estimates
+    x_s - s v; the context frames are then noised from those instead of the data, and get no loss."""
+    config = tiny_config(latent_height=8, latent_width=8, context_prob=1.0, context_noise_max=0.1,
+                         self_context=1.0, self_context_level=0.4)
+    latents, actions, _ = inputs(config, B=6, T=8)
+    first_v = torch.randn(latents.shape)
+    out = torch.randn(latents.shape, requires_grad=True)
+    calls = []
+
+    def model(x, a, levels):
+        calls.append((x.detach().clone(), levels.clone(), torch.is_grad_enabled()))
+        return first_v if len(calls) == 1 else out
+
+    loss, _ = flow_matching_loss(model, config, latents, actions, torch.Generator().manual_seed(5))
+    (x_s, s_levels, s_grad), (x_t, t, _) = calls
+    assert not s_grad and bool((s_levels == 0.4).all())
+    g = torch.Generator().manual_seed(5)  # the loss's own draws: levels, the noise, the clips that use estimates
+    _, context = sample_noise_levels(config, 6, 8, g, with_context=True)
+    eps = torch.randn(latents.shape, generator=g)
+    own = x_s - 0.4 * first_v
+    tb = t[:, :, None, None, None]
+    expected = torch.where(context[:, :, None, None, None], (1 - tb) * own + tb * eps, (1 - tb) * latents + tb * eps)
+    torch.testing.assert_close(x_t, expected, rtol=1e-5, atol=1e-6)
+    grad, = torch.autograd.grad(loss, out)
+    per_frame = grad.abs().sum(dim=(2, 3, 4))
+    assert bool((per_frame[context] == 0).all()) and bool((per_frame[~context] > 0).all())
+    calls.clear()
+    flow_matching_loss(model, dataclasses.replace(config, self_context=0.0), latents, actions)
+    assert len(calls) == 1  # off: one pass, as before
+    with pytest.raises(ValueError, match="self_context_level"):
+        tiny_config(self_context_level=1.0)
+
+
 def test_autocast_bf16_forward_and_backward():
     config = tiny_config(latent_height=8, latent_width=8, n_layer=2)
     model = randomized(DynamicsModel(config))

@@ -222,6 +222,11 @@ class DynamicsConfig:
                                 # per clip see the clean past that sampling gives them)
     context_loss: float = 1.0   # weight of the loss on context frames (levels from the context range); the
                                 # sampler never reads their outputs: 0 spends the whole loss on targets
+    self_context: float = 0.0   # chance a context clip's context frames are the model's own estimates of them
+                                # (no gradient), the kind of frames it continues from when it plays, so that it
+                                # learns not to compound its own blur; their loss weight is 0
+    self_context_level: float = 0.5  # the level those estimates are made from (one Euler step to 0; with 2
+                                # sampling steps the last one starts at 0.5)
     # sampling
     context_noise: float = 0.05     # level at which finished frames are written into the cache
     sample_steps: int = 4           # Euler steps per chunk (the sampler may change it between chunks)
@@ -262,6 +267,9 @@ class DynamicsConfig:
         need(0.0 <= self.context_prob <= 1.0, f"context_prob must lie in [0, 1], got {self.context_prob}")
         need(0.0 <= self.target_prob <= 1.0, f"target_prob must lie in [0, 1], got {self.target_prob}")
         need(self.context_loss >= 0.0, f"context_loss must be >= 0, got {self.context_loss}")
+        need(0.0 <= self.self_context <= 1.0, f"self_context must lie in [0, 1], got {self.self_context}")
+        need(0.0 < self.self_context_level < 1.0,
+             f"self_context_level must lie in (0, 1), got {self.self_context_level}")
         need(0.0 <= self.context_noise < 1.0, f"context_noise must lie in [0, 1), got {self.context_noise}")
         need(self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}")
         need(self.sample_shift > 0, f"sample_shift must be > 0, got {self.sample_shift}")
@@ -449,17 +457,34 @@ def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generat
     return (t, in_context) if with_context else t
 
 
+@torch.no_grad()
+def own_estimates(model, config: DynamicsConfig, latents, actions, generator=None):
+    """The model's one-step estimates of a clip's clean latents from level s = self_context_level: every frame
+    noised to s, then x_s - s v (the sampler's last Euler step)."""
+    s = config.self_context_level
+    eps = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    x_s = (1 - s) * latents + s * eps
+    levels = torch.full(latents.shape[:2], s, device=latents.device)
+    return (x_s - s * model(x_s, shift_actions(actions), levels)).to(latents.dtype)
+
+
 def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generator=None):
     """Rectified-flow loss on a clip: latents (B, T, C, h, w) clean, actions (B, T, 25) in the data's order
     (row i taken at frame i). `model` is only called (it may be wrapped in DDP). Returns (loss, metrics)."""
     B, T = latents.shape[:2]
     t, in_context = sample_noise_levels(config, B, T, generator, latents.device, with_context=True)  # (B, T)
     eps = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    inputs, own = latents, torch.zeros_like(in_context)
+    if config.self_context > 0 and T > 1:
+        own = in_context & (torch.rand(B, 1, generator=generator, device=latents.device) < config.self_context)
+        inputs = torch.where(own[:, :, None, None, None], own_estimates(model, config, latents, actions, generator),
+                             latents)
     tb = t[:, :, None, None, None].to(latents.dtype)
-    x_t = (1 - tb) * latents + tb * eps
+    x_t = (1 - tb) * inputs + tb * eps
     v = model(x_t, shift_actions(actions), t)
     err = (v.float() - (eps - latents).float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
     weight = torch.where(in_context, config.context_loss, 1.0)  # the last frame is never context: sum > 0
+    weight = torch.where(own, 0.0, weight)
     loss = (err * weight).sum() / weight.sum()
     noisy = t > 0.5
     metrics = {"loss": loss.detach(),
