@@ -353,3 +353,21 @@ def test_training_end_to_end_lowers_the_loss_and_saves_samples(tmp_path):
     assert isinstance(model, DynamicsModel)
     with pytest.raises(ValueError, match=r"latents are \(C, h, w\) = \(4, 8, 8\)"):
         train_dynamics(tiny_config(), train_config)
+
+
+def test_checkpoints_saved_before_later_fields_load_with_their_defaults(tmp_path):
+    import json
+
+    from worldsim.models.dynamics import load_dynamics
+    from worldsim.training.checkpoint import CheckpointError, save_checkpoint
+    config = tiny_config()
+    save_checkpoint(tmp_path, DynamicsModel(config), config)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    for name in DynamicsConfig.LATER_FIELDS:
+        del meta["config"][name]
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    assert load_dynamics(tmp_path, expect=config).config == config
+    del meta["config"]["n_layer"]
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"missing fields \['n_layer'\]"):
+        load_dynamics(tmp_path)

@@ -198,6 +198,7 @@ class TimestepEmbedding(nn.Module):
 class DynamicsConfig:
     """Sizes, window, objective and sampling defaults; configs/dynamics/*.yaml hold exactly these fields."""
 
+    LATER_FIELDS = ("self_context", "self_context_level")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16

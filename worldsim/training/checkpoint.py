@@ -138,9 +138,12 @@ def load_config(directory, name, config_cls):
 
 
 def config_from_dict(values: dict, config_cls, source: str = "config"):
-    """Build `config_cls` from a dict that must name exactly its fields (lists become tuples where typed so)."""
+    """Build `config_cls` from a dict that must name exactly its fields (lists become tuples where typed so).
+    Fields the class lists in LATER_FIELDS were added after checkpoints were first saved, with defaults that do
+    what those checkpoints did: a dict without them gets the defaults."""
     known = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
-    unknown, missing = sorted(set(values) - set(known)), sorted(set(known) - set(values))
+    later = set(getattr(config_cls, "LATER_FIELDS", ()))
+    unknown, missing = sorted(set(values) - set(known)), sorted(set(known) - set(values) - later)
     if unknown or missing:
         parts = ([f"unknown fields {unknown}"] if unknown else []) + ([f"missing fields {missing}"] if missing else [])
         raise CheckpointError(f"{source}: does not fit {config_cls.__name__}: {'; '.join(parts)}")
