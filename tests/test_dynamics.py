@@ -216,6 +216,21 @@ def test_self_context_continues_from_the_models_own_estimates():
     grad, = torch.autograd.grad(loss, out)
     per_frame = grad.abs().sum(dim=(2, 3, 4))
     assert bool((per_frame[context] == 0).all()) and bool((per_frame[~context] > 0).all())
+    # self_context = 0.5: the first pass sees only the clips drawn to use it; the others keep the data
+    half = dataclasses.replace(config, self_context=0.5)
+    calls.clear()
+    flow_matching_loss(lambda x, a, levels: model(x, a, levels)[:len(x)], half, latents, actions,
+                       torch.Generator().manual_seed(3))
+    (x_s, _, _), (x_t, t, _) = calls
+    g = torch.Generator().manual_seed(3)
+    _, context = sample_noise_levels(half, 6, 8, g, with_context=True)
+    eps = torch.randn(latents.shape, generator=g)
+    rows = (torch.rand(6, 1, generator=g) < 0.5).squeeze(1).nonzero().squeeze(1)
+    assert 0 < len(rows) < 6 and len(x_s) == len(rows)
+    clean = latents.clone()
+    clean[rows] = torch.where(context[rows, :, None, None, None], x_s - 0.4 * first_v[:len(rows)], latents[rows])
+    tb = t[:, :, None, None, None]
+    torch.testing.assert_close(x_t, (1 - tb) * clean + tb * eps, rtol=1e-5, atol=1e-6)
     calls.clear()
     flow_matching_loss(model, dataclasses.replace(config, self_context=0.0), latents, actions)
     assert len(calls) == 1  # off: one pass, as before

@@ -239,6 +239,32 @@ def test_a_spent_time_budget_checkpoints_and_a_rerun_finishes_as_one_run(tmp_pat
         TrainConfig(max_minutes=-1.0)
 
 
+
+def test_init_from_starts_a_fresh_run_from_saved_weights_strictly(tmp_path):
+    dataset = Regression()
+    source = config_for(tmp_path / "source", steps=4)
+    train(TinyTask(seed=0), dataset, source, progress=False)
+    source_ema = weights(Path(source.out_dir) / "ema.safetensors")
+    # one step at lr ~0 from the source's EMA weights stays on them; the run counts its own steps from 0
+    tuned = config_for(tmp_path / "tuned", steps=1, warmup_steps=1_000_000, init_from=source.out_dir, ema=0.0)
+    result = train(TinyTask(seed=7), dataset, tuned, progress=False)
+    assert result["step"] == 1
+    tuned_weights = weights(Path(tuned.out_dir) / "model.safetensors")
+    for key, value in source_ema.items():
+        assert torch.allclose(tuned_weights[key], value, atol=1e-7), key
+    assert not torch.equal(source_ema["net.0.weight"], weights(Path(source.out_dir) / "model.safetensors")["net.0.weight"])
+    # weights of another shape name the tensor; a directory without weights says what it wants
+    with pytest.raises(CheckpointError, match="net.0.weight"):
+        class Wider(TinyTask):
+            def __init__(self):
+                super().__init__()
+                self.config = TinyConfig(hidden=32)
+                self.model = TinyNet(self.config)
+        train(Wider(), dataset, config_for(tmp_path / "wider", init_from=source.out_dir), progress=False)
+    with pytest.raises(FileNotFoundError, match="train.init_from"):
+        train(TinyTask(), dataset, config_for(tmp_path / "none", init_from=str(tmp_path / "nowhere")), progress=False)
+    assert TrainConfig(init_from=None).init_from == ""
+
 def test_trains_on_a_clip_dataset(tmp_path):
     from worldsim.data.cache import CacheWriter, ClipDataset
     rng = np.random.default_rng(0)

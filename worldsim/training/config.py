@@ -28,8 +28,13 @@ class TrainConfig:
     precision: str = "auto"         # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     max_minutes: float = 0.0        # wall-clock budget of this call: checkpoint and stop when spent (0: none);
                                     # a rerun resumes, so a long run can be trained in timed pieces
+    init_from: str = ""             # a fresh run starts from these weights: a directory with model.safetensors
+                                    # (its ema.safetensors when there is one), e.g. a run or a shipped world's
+                                    # dynamics/; "" or null: random initialisation. Ignored when resuming
 
     def __post_init__(self):
+        if self.init_from is None:
+            self.init_from = ""
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type in (float, "float") and isinstance(value, int) and not isinstance(value, bool):

@@ -18,7 +18,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from worldsim.training.checkpoint import (
-    capture_rng_state, load_training_state, load_weights, restore_rng_state, save_checkpoint, save_training_state,
-    seed_everything)
+    capture_rng_state, load_training_state, load_weights, read_json, restore_rng_state, save_checkpoint,
+    save_training_state, seed_everything)
 from worldsim.training.config import TrainConfig
 from worldsim.training.curves import CurveLog
 from worldsim.training.distributed import Distributed, setup_distributed
@@ -174,6 +174,8 @@ class _Run:
         self.dist.barrier()
         found = self.dist.broadcast(None if found is None else str(found))
         if found is None:
+            if self.config.init_from:
+                self._init_from(Path(self.config.init_from))
             seed_everything(self.config.seed * 1000 + self.dist.rank)  # ranks draw different noise
             return 0
         found = Path(found)
@@ -192,6 +194,24 @@ class _Run:
         if self.dist.is_main:
             tqdm.write(f"resuming from {found} (step {state.step})", file=sys.stderr)
         return state.step
+
+    def _init_from(self, directory: Path) -> None:
+        """Start a fresh run from the weights in `directory` (its EMA weights when it has them), loaded strictly."""
+        name = "ema" if (directory / "ema.safetensors").exists() else "model"
+        path = directory / f"{name}.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"train.init_from={directory}: no model.safetensors there (a run's out_dir or "
+                                    "a shipped world's dynamics/ directory)")
+        load_weights(self.model, path)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
+        saved = read_json(directory / f"{name}.json").get("config", {}) if (directory / f"{name}.json").exists() else {}
+        now = asdict(self.task.config) if is_dataclass(self.task.config) else {}
+        changed = {k: (saved[k], v) for k, v in now.items() if k in saved and saved[k] != v}
+        if self.dist.is_main:
+            tqdm.write(f"starting from the weights of {path}", file=sys.stderr)
+            if changed:
+                log.warning("train.init_from: config fields differ from %s's (saved, now): %s", path.name, changed)
 
     def _warn_changes(self, state) -> None:
         """Say which settings differ from the checkpoint's run: the result then differs from an uninterrupted one."""
