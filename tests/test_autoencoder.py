@@ -15,7 +15,8 @@ from worldsim.data.cache import Cache, CacheWriter, ClipDataset, MissingLatentsE
 from worldsim.data.policies import ExplorationPolicy
 from worldsim.engine.env import VoxelEnv
 from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig, GraphedDecode, psnr, ssim, to_uint8
-from worldsim.models.train_autoencoder import DecoderTuneConfig, encode_cache, load_autoencoder, tune_decoder
+from worldsim.models.train_autoencoder import (
+    DecoderTuneConfig, encode_cache, load_autoencoder, train_autoencoder, tune_decoder)
 from worldsim.training import CheckpointError, TrainConfig, load_weights, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +147,51 @@ def test_a_checkpoint_that_does_not_fit_names_the_tensor(trained):
     other = Autoencoder(AutoencoderConfig(**{**TINY, "latent_channels": 4}))
     with pytest.raises(CheckpointError, match="encoder.conv_out.weight"):
         load_weights(other, trained / "model.safetensors")
+
+
+def short_run(engine_cache, out_dir, **overrides) -> TrainConfig:
+    values = dict(out_dir=str(out_dir), data=str(engine_cache), steps=8, batch_size=4, lr=1e-3, warmup_steps=2,
+                  ckpt_every=4, log_every=2, sample_every=0, ema=0.9)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(engine_cache, tmp_path):
+    from safetensors.torch import load_file
+    config = AutoencoderConfig(**TINY)
+    torch.manual_seed(0)
+    train_autoencoder(config, short_run(engine_cache, tmp_path / "whole"), progress=False)
+    torch.manual_seed(0)
+    cut = short_run(engine_cache, tmp_path / "cut")
+    assert train_autoencoder(config, cut, progress=False, stop_after=6)["stopped"]  # last checkpoint: step 4
+    assert not (tmp_path / "cut" / "model.json").read_text().count("latent_stats")  # not fitted on a stopped run
+    torch.manual_seed(123)
+    assert train_autoencoder(config, cut, progress=False)["step"] == 8
+    for name in ("model", "ema"):
+        whole, resumed = (load_file(str(tmp_path / run / f"{name}.safetensors")) for run in ("whole", "cut"))
+        assert whole.keys() == resumed.keys()
+        for key in whole:
+            assert torch.equal(whole[key], resumed[key]), (name, key)  # latent_std/mean included
+
+
+def test_two_process_gloo_ddp_run_through_run_world(engine_cache, tmp_path):
+    """torchrun --nproc_per_node=2 run_world.py mode=train_autoencoder: gloo on the CPU, one set of outputs."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "ddp"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={port}", "run_world.py", "mode=train_autoencoder", "autoencoder=tiny",
+         f"train.data={engine_cache}", f"train.out_dir={run}", "train.steps=4", "train.batch_size=4",
+         "train.warmup_steps=1", "train.ckpt_every=0", "train.sample_every=0", "train.log_every=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((run / "checkpoints" / "step_00000004" / "training_state.json").read_text())
+    assert len(state["rng"]) == 2 and state["data"]["world_size"] == 2
+    model = load_autoencoder(run)  # the latent normalisation was fitted once, by rank 0, after training
+    assert json.loads((run / "model.json").read_text())["latent_stats"]["frames"] > 0
+    assert bool((model.latent_std > 0).all())
 
 
 def test_encode_cache_writes_latents_that_clip_dataset_returns(trained, engine_cache, tmp_path):

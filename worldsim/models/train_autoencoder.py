@@ -77,12 +77,13 @@ def sample_batch(dataset: ClipDataset) -> dict:
     return default_collate([dataset[int(i)] for i in picks])
 
 
-def train_autoencoder(model_config: AutoencoderConfig, train_config: TrainConfig) -> dict:
-    """Train on train_config.data (a cache of model_config's resolution), then save the latent normalisation."""
+def train_autoencoder(model_config: AutoencoderConfig, train_config: TrainConfig, **train_kwargs) -> dict:
+    """Train on train_config.data (a cache of model_config's resolution), then save the latent normalisation.
+    train_kwargs go to `train` (progress, stop_after, device)."""
     dataset = ClipDataset(train_config.data, frames_per_clip=1,
                           expect_resolution=(model_config.height, model_config.width))
     task = AutoencoderTask(model_config)
-    summary = train(task, dataset, train_config, sample_batch=sample_batch(dataset))
+    summary = train(task, dataset, train_config, sample_batch=sample_batch(dataset), **train_kwargs)
     if int(os.environ.get("RANK", "0")) == 0 and not summary.get("stopped"):
         fit_and_save_latent_stats(train_config.out_dir, train_config.data, seed=train_config.seed)
     return summary
