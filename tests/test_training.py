@@ -1,5 +1,6 @@
 """The shared training package: checkpoints without pickle, the loop, exact resume, DDP on gloo, curves, samples."""
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -240,7 +241,7 @@ def test_a_spent_time_budget_checkpoints_and_a_rerun_finishes_as_one_run(tmp_pat
 
 
 
-def test_init_from_starts_a_fresh_run_from_saved_weights_strictly(tmp_path):
+def test_init_from_starts_a_fresh_run_from_saved_weights_strictly(tmp_path, caplog):
     dataset = Regression()
     source = config_for(tmp_path / "source", steps=4)
     train(TinyTask(seed=0), dataset, source, progress=False)
@@ -253,6 +254,17 @@ def test_init_from_starts_a_fresh_run_from_saved_weights_strictly(tmp_path):
     for key, value in source_ema.items():
         assert torch.allclose(tuned_weights[key], value, atol=1e-7), key
     assert not torch.equal(source_ema["net.0.weight"], weights(Path(source.out_dir) / "model.safetensors")["net.0.weight"])
+    # a config field that changes no shape is allowed, and named in a warning; unchanged fields are not named
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="worldsim.training.trainer"):
+        train(TinyTask(seed=0), dataset, config_for(tmp_path / "same", steps=1, init_from=source.out_dir),
+              progress=False)
+    assert "differ" not in caplog.text
+    other = TinyTask(seed=0)
+    other.config = TinyConfig(widths=(3,))
+    with caplog.at_level(logging.WARNING, logger="worldsim.training.trainer"):
+        train(other, dataset, config_for(tmp_path / "other", steps=1, init_from=source.out_dir), progress=False)
+    assert "widths" in caplog.text
     # weights of another shape name the tensor; a directory without weights says what it wants
     with pytest.raises(CheckpointError, match="net.0.weight"):
         class Wider(TinyTask):

@@ -12,6 +12,7 @@ optimizer and every RNG (per rank) are restored, so a killed and resumed run end
 uninterrupted one (bit for bit on the CPU in fp32 with the same process setup).
 """
 import copy
+import json
 import logging
 import math
 import shutil
@@ -206,7 +207,7 @@ class _Run:
         if self.ema is not None:
             self.ema.module.load_state_dict(self.model.state_dict())
         saved = read_json(directory / f"{name}.json").get("config", {}) if (directory / f"{name}.json").exists() else {}
-        now = asdict(self.task.config) if is_dataclass(self.task.config) else {}
+        now = json.loads(json.dumps(asdict(self.task.config))) if is_dataclass(self.task.config) else {}  # as saved
         changed = {k: (saved[k], v) for k, v in now.items() if k in saved and saved[k] != v}
         if self.dist.is_main:
             tqdm.write(f"starting from the weights of {path}", file=sys.stderr)
