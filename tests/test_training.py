@@ -240,7 +240,6 @@ def test_a_spent_time_budget_checkpoints_and_a_rerun_finishes_as_one_run(tmp_pat
         TrainConfig(max_minutes=-1.0)
 
 
-
 def test_init_from_starts_a_fresh_run_from_saved_weights_strictly(tmp_path, caplog):
     dataset = Regression()
     source = config_for(tmp_path / "source", steps=4)
@@ -266,16 +265,15 @@ def test_init_from_starts_a_fresh_run_from_saved_weights_strictly(tmp_path, capl
         train(other, dataset, config_for(tmp_path / "other", steps=1, init_from=source.out_dir), progress=False)
     assert "widths" in caplog.text
     # weights of another shape name the tensor; a directory without weights says what it wants
+    wider = TinyTask(seed=0)
+    wider.config = TinyConfig(hidden=32)
+    wider.model = TinyNet(wider.config)
     with pytest.raises(CheckpointError, match="net.0.weight"):
-        class Wider(TinyTask):
-            def __init__(self):
-                super().__init__()
-                self.config = TinyConfig(hidden=32)
-                self.model = TinyNet(self.config)
-        train(Wider(), dataset, config_for(tmp_path / "wider", init_from=source.out_dir), progress=False)
+        train(wider, dataset, config_for(tmp_path / "wider", init_from=source.out_dir), progress=False)
     with pytest.raises(FileNotFoundError, match="train.init_from"):
         train(TinyTask(), dataset, config_for(tmp_path / "none", init_from=str(tmp_path / "nowhere")), progress=False)
     assert TrainConfig(init_from=None).init_from == ""
+
 
 def test_trains_on_a_clip_dataset(tmp_path):
     from worldsim.data.cache import CacheWriter, ClipDataset
