@@ -23,7 +23,7 @@ POLICY = PolicyConfig()
 def tiny_config(tmp_path, world="engine", **overrides) -> EvalConfig:
     settings = dict(world=world, out_dir=str(tmp_path), episodes=2, prompts_per_world=1, warmup_frames=10,
                     prompt_frames=4, horizons=(1, 4, 16), turn_ticks=36, walk_ticks=6, look_away_ticks=6,
-                    break_max_ticks=40, stability_frames=40, progress=False)
+                    break_max_ticks=40, stability_frames=40, stability_runs=2, progress=False)
     return EvalConfig(**{**settings, **overrides})
 
 
@@ -123,8 +123,25 @@ def test_copy_last_scores_the_floor(engine_report, copy_report, tmp_path):
     # a frozen world is caught by the stability statistics' motion, and fails the walk's every-tick comparison
     assert copy_report[0]["stability"]["stats"]["motion"]["candidate_max"] == 0.0
     assert copy_report[0]["stability"]["collapse"]["frozen"], copy_report[0]["stability"]["collapse"]
+    assert copy_report[0]["stability"]["collapse"]["frozen_runs"] == 2  # every run froze
     walk = copy_report[0]["consistency"]["walk_there_and_back"]
     assert walk["candidate_vs_engine_every_tick"]["psnr"] < PSNR_CAP_DB
+
+
+def test_stability_over_several_long_runs(engine_report, copy_report, tmp_path):
+    engine, copy = engine_report[0]["stability"], copy_report[0]["stability"]
+    assert engine["seeds"] == copy["seeds"] == [10_002, 10_003]  # the worlds after the fidelity worlds'
+    assert engine["collapse"]["runs"] == 2 and engine["collapse"]["collapsed_runs"] == 0
+    assert all(run["fraction_out_of_range"] == 0.0 and run["frames"] == 40 for run in engine["runs"])
+    assert copy["collapse"]["collapsed_runs"] == 2 and copy["collapse"]["collapsed"]
+    # the real runs differ from world to world; their pooled range spans both
+    lows = [run["stats"]["contrast"]["real_min"] for run in copy["runs"]]
+    assert lows[0] != lows[1] and copy["stats"]["contrast"]["real_min"] == min(lows)
+    # a run is the same whether measured alone or beside others
+    alone, _ = evaluate(tiny_config(tmp_path, world="copy_last", stability_runs=1), ENGINE, POLICY)
+    assert alone["stability"]["runs"] == copy["runs"][:1]
+    with pytest.raises(ValueError, match="stability_runs"):
+        EvalConfig(stability_runs=0)
 
 
 def test_paired_difference_by_hand():
@@ -272,3 +289,14 @@ def test_world_model_predictor_runs_the_sampler():
     batched = ceiling.run_batch(episodes).astype(int)  # batched convolutions may round a level differently
     assert np.abs(batched - np.stack(stepped)).max() <= 1 and np.mean(batched != np.stack(stepped)) < 1e-3
     assert ceiling.batch_frames == 9 and ceiling.batch_fps > 0 and ceiling.fps is None
+    # stability streams the batch chunk by chunk: its statistics are those of the frames one batch makes
+    from worldsim.eval.harness import measure_stability
+    from worldsim.eval.metrics import StatsStream
+    config = tiny_config(None, stability_frames=3, batch_size=2)
+    runs = [(e, np.zeros((3, len(STAT_NAMES)))) for e in episodes]
+    result, arrays = measure_stability(config, runs, world, None, 20.0, None)
+    assert result["collapse"]["runs"] == 3 and [r["seed"] for r in result["runs"]] == [10_000, 10_001, 10_002]
+    expected = StatsStream(episodes[0].frames[3])  # the last prompt frame
+    for frame in world.run_batch(episodes[:2])[0]:
+        expected.add(frame)
+    np.testing.assert_allclose(arrays["candidate"], expected.result())

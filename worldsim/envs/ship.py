@@ -84,7 +84,8 @@ def eval_summary(report: dict) -> dict:
         "action_following_relative": {g: round(v["accuracy"], 3) for g, v in relative.items()},
         "consistency_end_psnr": {t: round(v["candidate_vs_engine"]["psnr"], 2)
                                  for t, v in report.get("consistency", {}).items() if "candidate_vs_engine" in v},
-        "stability": {k: report.get("stability", {}).get(k) for k in ("frames", "collapse", "fraction_out_of_range")},
+        "stability": {k: report.get("stability", {}).get(k)
+                      for k in ("frames", "seeds", "collapse", "fraction_out_of_range")},
         "fps": report.get("timing", {}).get("fps", {}).get("candidate"),
     }
 

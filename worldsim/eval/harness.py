@@ -13,14 +13,14 @@ through the autoencoder) and `WorldModelPredictor` (the dynamics model through t
 
 `evaluate` measures, on held-out world seeds driven by the exploration policy: fidelity per horizon, action
 following (an inverse-dynamics model on generated vs real frame pairs), consistency (turn around, walk there and
-back, break a block and look away and back), stability over a long rollout, and speed. Every field of the report
+back, break a block and look away and back), stability over several long rollouts, and speed. Every field of the report
 is always present; what does not apply is null.
 """
 import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 from rich.progress import Progress
@@ -32,7 +32,7 @@ from worldsim.eval import metrics
 from worldsim.eval.idm import GROUPS, InverseDynamics, PairScorer, load_idm
 
 WORLDS = ("engine", "copy_last", "autoencoder", "model")
-REPORT_FORMAT = 1
+REPORT_FORMAT = 2  # 2: stability over several long runs (stability.runs), not one
 SERIES_POINTS = 256  # stability series are averaged down to at most this many points in the JSON
 
 
@@ -58,6 +58,7 @@ class EvalConfig:
     break_max_ticks: int = 60         # consistency: give up holding attack after this many ticks
     crosshair_fraction: float = 0.25  # side of the region around the crosshair compared, as a fraction of the frame
     stability_frames: int = 6000      # long rollout (5 minutes at 20 fps)
+    stability_runs: int = 4           # long rollouts, in worlds seed + episodes + 0 .. stability_runs - 1
     sample_steps: int | None = None   # Euler steps per chunk for world=model (None: the model's default)
     context_noise: float | None = None  # level finished frames enter the cache at (None: the model's default)
     sample_shift: float | None = None   # shift of the Euler steps' levels (None: the model's default)
@@ -72,7 +73,7 @@ class EvalConfig:
         if not self.horizons or min(self.horizons) < 1:
             raise ValueError(f"eval.horizons must be positive frame counts, got {self.horizons}")
         for name in ("episodes", "prompts_per_world", "batch_size", "prompt_frames", "turn_ticks", "walk_ticks",
-                     "look_away_ticks", "break_max_ticks", "stability_frames"):
+                     "look_away_ticks", "break_max_ticks", "stability_frames", "stability_runs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"eval.{name} must be ≥ 1, got {getattr(self, name)!r}")
         if not 0 < self.crosshair_fraction <= 1:
@@ -220,9 +221,10 @@ class WorldModelPredictor:
         with torch.no_grad():
             return self._decode(self.sampler.step(self._vectors(taken))[0])  # (K, H, W, 3)
 
-    def run_batch(self, episodes: list["Episode"]) -> np.ndarray:
-        """The episodes' continuations as one sampler batch (N, T, H, W, 3), seeded once for the batch: a batch
-        of one gives what reset + step give."""
+    def stream_batch(self, episodes: list["Episode"]) -> Iterator[np.ndarray]:
+        """The episodes' continuations as one sampler batch, seeded once for the batch, chunk by chunk: frames
+        (N, K, H, W, 3), the last chunk cut to the continuations' length. A batch of one gives what reset + step
+        give."""
         import torch
         from worldsim.sampling import Sampler
         prompts = [self._prompt(e.prompt_frames, e.prompt_actions) for e in episodes]
@@ -233,14 +235,17 @@ class WorldModelPredictor:
         sampler = self.sampler if len(episodes) == 1 else Sampler(self.sampler.model, batch_size=len(episodes),
                                                                   steps=self.sampler.steps)
         sampler.generator.manual_seed(self.seed)
-        out = []
         with torch.no_grad():
             sampler.reset(torch.cat([p[0] for p in prompts]), torch.cat([p[1] for p in prompts]))
-            for i in range(0, taken.shape[1], K):
+        for i in range(0, taken.shape[1], K):
+            with torch.no_grad():
                 latents = sampler.step(taken[:, i:i + K])  # (N, K, C, h, w)
-                frames = self._decode(latents.flatten(0, 1))
-                out.append(frames.reshape(len(episodes), K, *frames.shape[1:]))
-        return np.concatenate(out, axis=1)[:, :T]
+            frames = self._decode(latents.flatten(0, 1))
+            yield frames.reshape(len(episodes), K, *frames.shape[1:])[:, :T - i]
+
+    def run_batch(self, episodes: list["Episode"]) -> np.ndarray:
+        """The episodes' continuations (N, T, H, W, 3) as one sampler batch (stream_batch)."""
+        return np.concatenate(list(self.stream_batch(episodes)), axis=1)
 
     def step(self, action):
         if self.chunk_frames != 1:
@@ -307,6 +312,25 @@ class Timed:
         self.batch_seconds += time.perf_counter() - start
         self.batch_frames += frames.shape[0] * frames.shape[1]
         return frames
+
+    def stream(self, episodes: list["Episode"]) -> Iterator[tuple[list[int], np.ndarray]]:
+        """The episodes' continuations chunk by chunk, as (rows, frames (len(rows), K, H, W, 3)): all episodes
+        together where the world streams batches (stream_batch, timed as batches), else one after another."""
+        if hasattr(self.world, "stream_batch"):
+            rows, chunks = list(range(len(episodes))), self.world.stream_batch(episodes)
+            while True:
+                start = time.perf_counter()
+                frames = next(chunks, None)
+                self.batch_seconds += time.perf_counter() - start
+                if frames is None:
+                    return
+                self.batch_frames += frames.shape[0] * frames.shape[1]
+                yield rows, frames
+        for row, episode in enumerate(episodes):
+            self.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
+            taken = episode.continuation
+            for i in range(0, len(taken), self.chunk_frames):
+                yield [row], self.run(taken[i:i + self.chunk_frames])[None]
 
     @property
     def fps(self) -> float | None:
@@ -477,47 +501,84 @@ def _series(values: np.ndarray) -> list:
     return [[float(v) for v in block.mean(axis=0)] for block in blocks]
 
 
-def measure_stability(config: EvalConfig, episode: Episode, candidate: Timed,
-                      scorers: dict[str, PairScorer] | None, progress: Progress | None) -> tuple[dict, dict]:
-    """The policy drives the engine on; the candidate gets the same actions. Whether the candidate collapses
-    (freezes or fades to one colour, metrics.collapse), and its frame statistics against the range of the real
-    frames: where it first leaves the range, and how often it is out (drift in content, not collapse)."""
+def record_long_run(config: EvalConfig, engine_config: EngineConfig, policy_config: PolicyConfig, seed: int,
+                    scorers: dict[str, PairScorer] | None) -> tuple[Episode, np.ndarray]:
+    """The policy drives the engine in world `seed` for the prompt and `config.stability_frames` ticks more,
+    keeping the prompt's frames, every action and the real frames' statistics (N, stats), not the frames: the
+    real pairs go to the IDM's scorer as they come."""
+    episode = record_episode(engine_config, policy_config, seed, config.warmup_frames, config.prompt_frames)
     env, policy, info = episode.env, episode.policy, episode.info
-    candidate.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
-    env.set_state(episode.state)
-    obs = prev_real = prev_gen = episode.frames[episode.prompt - 1]
-    real_stats, gen_stats = metrics.StatsStream(obs), metrics.StatsStream(obs)
-    task = progress.add_task("stability", total=config.stability_frames) if progress else None
-    done = 0
-    while done < config.stability_frames:
-        block = []
-        for _ in range(candidate.chunk_frames):  # a chunk of actions is known before the candidate runs it
-            block.append(policy.act(obs, info))
-            obs, _, _, _, info = env.step(block[-1])
-            real_stats.add(obs)
-            if scorers is not None:
-                scorers["real"].add(prev_real, obs, block[-1])
-            prev_real = obs
-        for action, frame in zip(block, candidate.run(block)):
-            gen_stats.add(frame)
-            if scorers is not None:
-                scorers["generated"].add(prev_gen, frame, action)
-            prev_gen = frame
-        done += len(block)
-        if progress:
-            progress.update(task, completed=min(done, config.stability_frames))
-    real, gen = real_stats.result()[:config.stability_frames], gen_stats.result()[:config.stability_frames]
+    obs = previous = episode.frames[-1]
+    real, taken = metrics.StatsStream(obs), list(episode.actions)
+    for _ in range(config.stability_frames):
+        taken.append(policy.act(obs, info))
+        obs, _, _, _, info = env.step(taken[-1])
+        real.add(obs)
+        if scorers is not None:
+            scorers["real"].add(previous, obs, taken[-1])
+        previous = obs
+    return dataclasses.replace(episode, actions=taken, env=None, policy=None, info=None), real.result()
+
+
+def _long_run_result(seed: int, real: np.ndarray, gen: np.ndarray, fps: float) -> dict:
+    """One long run: whether the candidate collapsed (metrics.collapse), and its frame statistics against the
+    range of the real ones: where it first left the range and how often it was out."""
     low, high = real.min(axis=0), real.max(axis=0)
     out = (gen < low) | (gen > high)  # (N, stats)
     first = lambda flags: int(np.argmax(flags)) if flags.any() else None
     per_stat = {name: {"real_min": float(low[j]), "real_max": float(high[j]), "candidate_min": float(gen[:, j].min()),
                        "candidate_max": float(gen[:, j].max()), "fraction_out_of_range": float(out[:, j].mean()),
                        "first_out_of_range": first(out[:, j])} for j, name in enumerate(metrics.STAT_NAMES)}
-    result = {"frames": int(len(gen)), "collapse": metrics.collapse(real, gen, episode.env.metadata["render_fps"]),
-              "first_out_of_range": first(out.any(axis=1)),
-              "fraction_out_of_range": float(out.any(axis=1).mean()), "stats": per_stat,
-              "series": {"names": list(metrics.STAT_NAMES), "real": _series(real), "candidate": _series(gen)}}
-    return result, {"real": real, "candidate": gen}
+    return {"seed": seed, "frames": int(len(gen)), "collapse": metrics.collapse(real, gen, fps),
+            "first_out_of_range": first(out.any(axis=1)), "fraction_out_of_range": float(out.any(axis=1).mean()),
+            "stats": per_stat, "series": {"names": list(metrics.STAT_NAMES), "real": _series(real),
+                                          "candidate": _series(gen)}}
+
+
+def measure_stability(config: EvalConfig, runs: list[tuple[Episode, np.ndarray]], candidate: Timed,
+                      scorers: dict[str, PairScorer] | None, fps: float,
+                      progress: Progress | None) -> tuple[dict, dict]:
+    """The candidate continues each long run's prompt under its actions (record_long_run), `eval.batch_size` runs
+    at a time where it rolls out batches. Per run: collapse (frozen or faded to one colour) and drift in content
+    (frame statistics out of the real range); over the runs: how many collapsed, and the statistics pooled (the
+    real and candidate extremes over all runs, the fraction out of range averaged over them). One long run's
+    verdict is chance as much as model, so several runs in other worlds give it."""
+    gen = [metrics.StatsStream(episode.frames[episode.prompt - 1]) for episode, _ in runs]
+    task = progress.add_task("stability", total=len(runs) * config.stability_frames) if progress else None
+    for first in range(0, len(runs), config.batch_size):
+        group = [episode for episode, _ in runs[first:first + config.batch_size]]
+        previous = [episode.frames[episode.prompt - 1] for episode in group]
+        done = [0] * len(group)
+        for rows, frames in candidate.stream(group):
+            for row, chunk in zip(rows, frames):
+                for frame in chunk:
+                    gen[first + row].add(frame)
+                    if scorers is not None:
+                        scorers["generated"].add(previous[row], frame, group[row].continuation[done[row]])
+                    previous[row], done[row] = frame, done[row] + 1
+            if progress:
+                progress.advance(task, len(rows) * frames.shape[1])
+    gen = [stream.result() for stream in gen]
+    results = [_long_run_result(episode.seed, real, g, fps) for (episode, real), g in zip(runs, gen)]
+    count = lambda key: sum(r["collapse"][key] for r in results)
+    pooled = {}
+    for name in metrics.STAT_NAMES:
+        cells = [r["stats"][name] for r in results]
+        firsts = [c["first_out_of_range"] for c in cells if c["first_out_of_range"] is not None]
+        pooled[name] = {"real_min": min(c["real_min"] for c in cells), "real_max": max(c["real_max"] for c in cells),
+                        "candidate_min": min(c["candidate_min"] for c in cells),
+                        "candidate_max": max(c["candidate_max"] for c in cells),
+                        "fraction_out_of_range": float(np.mean([c["fraction_out_of_range"] for c in cells])),
+                        "first_out_of_range": min(firsts) if firsts else None}
+    firsts = [r["first_out_of_range"] for r in results if r["first_out_of_range"] is not None]
+    result = {"frames": config.stability_frames, "seeds": [r["seed"] for r in results],
+              "collapse": {"collapsed": count("collapsed") > 0, "frozen": count("frozen") > 0,
+                           "faded": count("faded") > 0, "runs": len(results), "collapsed_runs": count("collapsed"),
+                           "frozen_runs": count("frozen"), "faded_runs": count("faded")},
+              "first_out_of_range": min(firsts) if firsts else None,
+              "fraction_out_of_range": float(np.mean([r["fraction_out_of_range"] for r in results])),
+              "stats": pooled, "runs": results}
+    return result, {"real": runs[0][1], "candidate": gen[0]}
 
 
 def measure_action_following(scorers: dict[str, PairScorer] | None) -> dict:
@@ -572,9 +633,10 @@ def evaluate(config: EvalConfig, engine_config: EngineConfig, policy_config: Pol
         consistency = measure_consistency(config, episodes[0], worlds["candidate"], engine)
         seconds["consistency"] = time.perf_counter() - start
         start = time.perf_counter()
-        long_run = record_episode(engine_config, policy_config, config.seed + config.episodes, config.warmup_frames,
-                                  config.prompt_frames)
-        stability, stats = measure_stability(config, long_run, worlds["candidate"], scorers, progress)
+        long_runs = [record_long_run(config, engine_config, policy_config, config.seed + config.episodes + r, scorers)
+                     for r in range(config.stability_runs)]
+        stability, stats = measure_stability(config, long_runs, worlds["candidate"], scorers,
+                                             VoxelEnv.metadata["render_fps"], progress)
         seconds["stability"] = time.perf_counter() - start
     report = {
         "format": REPORT_FORMAT, "world": config.world, "candidate": candidate.name,

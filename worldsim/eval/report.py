@@ -92,7 +92,7 @@ def write_sheet(report: dict, arrays: dict, path) -> None:
     for j, name in enumerate(STAT_NAMES):
         origin = (MARGIN + (j % 2) * (PLOT_W + 2 * MARGIN), stats_top + (j // 2) * (PLOT_H + 40))
         lines = {key: _downsample(stats[key][:, j]) for key in ("real", "candidate")}
-        _plot(draw, origin, f"{name} over {len(stats['real'])} frames", lines)
+        _plot(draw, origin, f"{name} over {len(stats['real'])} frames (long run 1)", lines)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
 
@@ -160,14 +160,21 @@ def print_report(report: dict, console: Console | None = None) -> None:
 
     stability = report["stability"]
     c = stability["collapse"]
-    verdict = ("[red]collapsed:[/red] " + " and ".join(k for k in ("frozen", "faded") if c[k])) if c["collapsed"] \
-        else "[green]no collapse[/green]"
-    console.print(f"Stability over {stability['frames']} frames: {verdict} (longest still stretch "
-                  f"{c['longest_still_frames']['candidate']} frames, real {c['longest_still_frames']['real']}, "
-                  f"limit {_fmt(c['longest_still_frames']['limit'], 0)}; lowest 1-s contrast "
-                  f"{_fmt(c['lowest_contrast_1s']['candidate'], 1)}, real {_fmt(c['lowest_contrast_1s']['real'], 1)}, "
-                  f"limit {_fmt(c['lowest_contrast_1s']['limit'], 1)})")
-    table = Table(title=f"Stability over {stability['frames']} frames: candidate statistics vs the real range "
+    verdict = (f"[red]{c['collapsed_runs']} of {c['runs']} collapsed[/red] (frozen {c['frozen_runs']}, faded "
+               f"{c['faded_runs']})") if c["collapsed"] else f"[green]none of {c['runs']} collapsed[/green]"
+    table = Table(title=f"Stability over {c['runs']} runs of {stability['frames']} frames: {verdict}")
+    for column in ("world", "verdict", "longest still stretch (real, limit)", "lowest 1-s contrast (real, limit)",
+                   "fraction out of range"):
+        table.add_column(column, justify="left" if column in ("world", "verdict") else "right")
+    for run in stability["runs"]:
+        r = run["collapse"]
+        still, contrast = r["longest_still_frames"], r["lowest_contrast_1s"]
+        table.add_row(str(run["seed"]), " and ".join(k for k in ("frozen", "faded") if r[k]) or "no collapse",
+                      f"{still['candidate']} ({still['real']}, {_fmt(still['limit'], 0)})",
+                      f"{_fmt(contrast['candidate'], 1)} ({_fmt(contrast['real'], 1)}, {_fmt(contrast['limit'], 1)})",
+                      _fmt(run["fraction_out_of_range"]))
+    console.print(table)
+    table = Table(title=f"Stability: candidate statistics vs the real range, pooled over the runs "
                         f"(first out of range: {stability['first_out_of_range']}, "
                         f"fraction out: {_fmt(stability['fraction_out_of_range'])})")
     for column in ("statistic", "real range", "candidate range", "fraction out", "first out"):
