@@ -1,6 +1,7 @@
 """The evaluation harness: the engine scores perfectly, copy-last scores the floor, the IDM beats chance,
 the report has every field and is deterministic."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,3 +301,31 @@ def test_world_model_predictor_runs_the_sampler():
     for frame in world.run_batch(episodes[:2])[0]:
         expected.add(frame)
     np.testing.assert_allclose(arrays["candidate"], expected.result())
+
+
+def test_compare_two_reports_of_the_same_prompts(engine_report, copy_report, tmp_path):
+    from worldsim.eval.compare import compare, load_report, main
+    engine, copy = engine_report[0], copy_report[0]
+    result = compare(engine, copy)
+    for h in ("1", "4", "16"):
+        cell = result["fidelity"]["psnr"][h]
+        a, b = engine["fidelity"]["worlds"]["candidate"]["psnr"][h], copy["fidelity"]["worlds"]["candidate"]["psnr"][h]
+        assert cell["mean"] == pytest.approx(a["mean"] - b["mean"]) and cell["mean"] > 0
+        assert cell["a"] == pytest.approx(a["mean"]) and cell["groups"] == 2
+    assert result["stability"]["a"]["collapsed_runs"] == 0 and result["stability"]["b"]["collapsed_runs"] == 2
+    assert compare(copy, copy)["fidelity"]["ssim"]["4"]["mean"] == 0.0
+    other, _ = evaluate(tiny_config(tmp_path, world="copy_last", seed=20_000, stability_frames=4), ENGINE, POLICY)
+    with pytest.raises(ValueError, match="different prompts"):
+        compare(engine, other)
+    # the shipped world's report (one long run, format 1) reads too; files that are not reports are named
+    shipped = load_report(Path(__file__).parents[1] / "assets" / "world" / "eval")
+    assert compare(shipped, shipped)["stability"]["a"]["runs"] == 1
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_report(tmp_path / "bad.json")
+    write_report(copy, tmp_path / "copy" / "report.json")
+    write_report(engine, tmp_path / "engine" / "report.json")
+    main([str(tmp_path / "engine"), str(tmp_path / "copy"), "--json", str(tmp_path / "out.json")])
+    assert json.loads((tmp_path / "out.json").read_text())["prompts"] == 2
+    with pytest.raises(SystemExit, match="no eval report"):
+        main([str(tmp_path / "nowhere"), str(tmp_path / "copy")])
