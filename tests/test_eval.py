@@ -145,6 +145,23 @@ def test_stability_over_several_long_runs(engine_report, copy_report, tmp_path):
         EvalConfig(stability_runs=0)
 
 
+def test_a_long_run_keeps_the_actions_and_statistics_of_the_frames_it_drops(tmp_path):
+    from worldsim.engine.actions import to_vector
+    from worldsim.eval.harness import record_long_run
+    from worldsim.eval.metrics import StatsStream
+    config = tiny_config(tmp_path, stability_frames=30)
+    episode, real = record_long_run(config, ENGINE, POLICY, 10_005, None)
+    full = record_episode(ENGINE, POLICY, 10_005, config.warmup_frames, config.prompt_frames, 30)
+    np.testing.assert_array_equal(episode.frames, full.prompt_frames)  # the prompt only
+    vectors = lambda taken: np.stack([to_vector(a) for a in taken])
+    np.testing.assert_array_equal(vectors(episode.actions), vectors(full.actions))
+    assert len(episode.continuation) == 30 and episode.env is None
+    expected = StatsStream(full.frames[config.prompt_frames - 1])
+    for frame in full.frames[config.prompt_frames:]:
+        expected.add(frame)
+    np.testing.assert_allclose(real, expected.result())
+
+
 def test_paired_difference_by_hand():
     # two worlds of two prompts: world means 1.5 and 3.5, so 2.5 ± std(1.5, 3.5) / sqrt(2) = 1.0
     d = paired_difference([1.0, 2.0, 3.0, 4.0], [0.0] * 4, [7, 7, 9, 9])
