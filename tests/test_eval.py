@@ -138,9 +138,10 @@ def test_stability_over_several_long_runs(engine_report, copy_report, tmp_path):
     # the real runs differ from world to world; their pooled range spans both
     lows = [run["stats"]["contrast"]["real_min"] for run in copy["runs"]]
     assert lows[0] != lows[1] and copy["stats"]["contrast"]["real_min"] == min(lows)
-    # a run is the same whether measured alone or beside others
-    alone, _ = evaluate(tiny_config(tmp_path, world="copy_last", stability_runs=1), ENGINE, POLICY)
-    assert alone["stability"]["runs"] == copy["runs"][:1]
+    # a run is the same whether measured alone or beside others, and after other fidelity worlds
+    alone, _ = evaluate(tiny_config(tmp_path, world="copy_last", episodes=1, stability_runs=1, stability_seed=10_002),
+                        ENGINE, POLICY)
+    assert alone["stability"]["seeds"] == [10_002] and alone["stability"]["runs"] == copy["runs"][:1]
     with pytest.raises(ValueError, match="stability_runs"):
         EvalConfig(stability_runs=0)
 

@@ -58,7 +58,8 @@ class EvalConfig:
     break_max_ticks: int = 60         # consistency: give up holding attack after this many ticks
     crosshair_fraction: float = 0.25  # side of the region around the crosshair compared, as a fraction of the frame
     stability_frames: int = 6000      # long rollout (5 minutes at 20 fps)
-    stability_runs: int = 4           # long rollouts, in worlds seed + episodes + 0 .. stability_runs - 1
+    stability_runs: int = 4           # long rollouts, in worlds stability_seed + 0 .. stability_runs - 1
+    stability_seed: int | None = None  # the first long rollout's world (None: seed + episodes, after fidelity's)
     sample_steps: int | None = None   # Euler steps per chunk for world=model (None: the model's default)
     context_noise: float | None = None  # level finished frames enter the cache at (None: the model's default)
     sample_shift: float | None = None   # shift of the Euler steps' levels (None: the model's default)
@@ -633,7 +634,8 @@ def evaluate(config: EvalConfig, engine_config: EngineConfig, policy_config: Pol
         consistency = measure_consistency(config, episodes[0], worlds["candidate"], engine)
         seconds["consistency"] = time.perf_counter() - start
         start = time.perf_counter()
-        long_runs = [record_long_run(config, engine_config, policy_config, config.seed + config.episodes + r, scorers)
+        first = config.seed + config.episodes if config.stability_seed is None else config.stability_seed
+        long_runs = [record_long_run(config, engine_config, policy_config, first + r, scorers)
                      for r in range(config.stability_runs)]
         stability, stats = measure_stability(config, long_runs, worlds["candidate"], scorers,
                                              VoxelEnv.metadata["render_fps"], progress)
