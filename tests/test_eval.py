@@ -144,6 +144,8 @@ def test_stability_over_several_long_runs(engine_report, copy_report, tmp_path):
     assert alone["stability"]["seeds"] == [10_002] and alone["stability"]["runs"] == copy["runs"][:1]
     with pytest.raises(ValueError, match="stability_runs"):
         EvalConfig(stability_runs=0)
+    with pytest.raises(ValueError, match="stability_seed"):
+        EvalConfig(stability_seed="ten")
 
 
 def test_a_long_run_keeps_the_actions_and_statistics_of_the_frames_it_drops(tmp_path):

@@ -77,6 +77,9 @@ class EvalConfig:
                      "look_away_ticks", "break_max_ticks", "stability_frames", "stability_runs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"eval.{name} must be ≥ 1, got {getattr(self, name)!r}")
+        if self.stability_seed is not None and (isinstance(self.stability_seed, bool)
+                                                or not isinstance(self.stability_seed, int) or self.stability_seed < 0):
+            raise ValueError(f"eval.stability_seed must be a world seed ≥ 0 or null, got {self.stability_seed!r}")
         if not 0 < self.crosshair_fraction <= 1:
             raise ValueError(f"eval.crosshair_fraction must be in (0, 1], got {self.crosshair_fraction!r}")
         if self.context_noise is not None and not 0 <= self.context_noise < 1:
