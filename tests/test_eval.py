@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from worldsim.data.policies import PolicyConfig
-from worldsim.engine.env import EngineConfig
+from worldsim.engine.env import EngineConfig, VoxelEnv
 from worldsim.eval import AutoencoderReconstruction, CopyLastFrame, EnginePredictor, EvalConfig, evaluate
 from worldsim.eval.harness import WORLDS, record_episode, record_prompts
 from worldsim.eval.idm import (GROUPS, HEADS, IDMConfig, IDMTrainConfig, action_labels, load_idm, print_idm_table,
@@ -74,15 +74,28 @@ def test_collapse_catches_a_frozen_and_a_faded_world():
     real = rng.integers(0, 256, (200, SIZE, SIZE, 3), dtype=np.uint8)
     real[50:70] = real[50]  # the player stood still for a second
     real_stats = frame_stats(real)
-    assert not collapse(real_stats, real_stats, fps=20)["collapsed"]
+    held = collapse(real_stats, real_stats, fps=20)
+    assert not held["collapsed"] and held["first_frame"] is None and held["seconds_before"] == 10.0  # the whole run
     frozen = real.copy()
     frozen[100:] = frozen[100]  # five seconds without change
     verdict = collapse(real_stats, frame_stats(frozen), fps=20)
     assert verdict["frozen"] and not verdict["faded"] and verdict["longest_still_frames"]["real"] == 19
+    # still from frame 101 on; the limit is 50 frames (a quarter of the run), so frame 151 is one too many
+    assert verdict["longest_still_frames"]["limit"] == 50 and verdict["first_frame"] == 151
+    assert verdict["seconds_before"] == 151 / 20
     faded = real.copy()
     faded[150:] = (faded[150:] // 8 + 100).astype(np.uint8)  # the last 2.5 s: little contrast left
     verdict = collapse(real_stats, frame_stats(faded), fps=20)
     assert verdict["faded"] and not verdict["frozen"] and verdict["collapsed"]
+    # the first second whose mean contrast is under the limit ends after the fade began, within a second of it
+    assert 150 < verdict["first_frame"] < 170
+    contrast = frame_stats(faded)[:, STAT_NAMES.index("contrast")]
+    last = verdict["first_frame"]
+    assert contrast[last - 19:last + 1].mean() < verdict["lowest_contrast_1s"]["limit"] <= contrast[last - 20:last].mean()
+    both = frozen.copy()
+    both[170:] = (both[170:] // 8 + 100).astype(np.uint8)  # frozen first, then faded too: the earlier counts
+    verdict = collapse(real_stats, frame_stats(both), fps=20)
+    assert verdict["frozen"] and verdict["faded"] and verdict["first_frame"] == 151
 
 
 def test_action_labels():
@@ -135,6 +148,8 @@ def test_stability_over_several_long_runs(engine_report, copy_report, tmp_path):
     assert engine["collapse"]["runs"] == 2 and engine["collapse"]["collapsed_runs"] == 0
     assert all(run["fraction_out_of_range"] == 0.0 and run["frames"] == 40 for run in engine["runs"])
     assert copy["collapse"]["collapsed_runs"] == 2 and copy["collapse"]["collapsed"]
+    assert engine["collapse"]["seconds_before"]["min"] == 40 / VoxelEnv.metadata["render_fps"]  # held: the whole run
+    assert all(run["collapse"]["seconds_before"] < 40 / VoxelEnv.metadata["render_fps"] for run in copy["runs"])
     # the real runs differ from world to world; their pooled range spans both
     lows = [run["stats"]["contrast"]["real_min"] for run in copy["runs"]]
     assert lows[0] != lows[1] and copy["stats"]["contrast"]["real_min"] == min(lows)

@@ -85,8 +85,21 @@ def longest_run(flags: np.ndarray) -> int:
     return best
 
 
+def first_run_over(flags: np.ndarray, length: float) -> int | None:
+    """Index of the first element at which a stretch of consecutive True values grows longer than `length`."""
+    current = 0
+    for i, flag in enumerate(np.asarray(flags, dtype=bool)):
+        current = current + 1 if flag else 0
+        if current > length:
+            return i
+    return None
+
+
 def collapse(real: np.ndarray, candidate: np.ndarray, fps: float) -> dict:
-    """Whether a long rollout froze or faded to one colour, judged against the real run under the same actions.
+    """Whether a long rollout froze or faded to one colour, judged against the real run under the same actions,
+    and when: the frame at which it first did (the last of the still stretch that outgrew the limit, or of the
+    first second whose contrast fell under it), and the seconds of play before that (the whole run where it held),
+    which ranks candidates that all collapse.
 
     real, candidate: frame_stats rows (N, len(STAT_NAMES)). See STILL_MOTION, FROZEN_MIN_SECONDS, FADE_FRACTION."""
     motion, contrast = STAT_NAMES.index("motion"), STAT_NAMES.index("contrast")
@@ -95,9 +108,16 @@ def collapse(real: np.ndarray, candidate: np.ndarray, fps: float) -> dict:
     frozen_limit = max(2 * still_real, min(FROZEN_MIN_SECONDS * fps, len(candidate) / 4))
     window = max(1, min(int(round(fps)), len(real), len(candidate)))
     smooth = lambda v: np.convolve(v, np.ones(window) / window, mode="valid")
-    contrast_real, contrast_candidate = smooth(real[:, contrast]).min(), smooth(candidate[:, contrast]).min()
+    smooth_candidate = smooth(candidate[:, contrast])
+    contrast_real, contrast_candidate = smooth(real[:, contrast]).min(), smooth_candidate.min()
     frozen, faded = still_candidate > frozen_limit, contrast_candidate < FADE_FRACTION * contrast_real
+    frozen_at = first_run_over(candidate[1:, motion] < STILL_MOTION, frozen_limit)
+    faded_at = np.flatnonzero(smooth_candidate < FADE_FRACTION * contrast_real)
+    at = [frame for frame in (None if frozen_at is None else frozen_at + 1,
+                              int(faded_at[0]) + window - 1 if len(faded_at) else None) if frame is not None]
+    first = min(at) if at else None
     return {"collapsed": bool(frozen or faded), "frozen": bool(frozen), "faded": bool(faded),
+            "first_frame": first, "seconds_before": float((len(candidate) if first is None else first) / fps),
             "longest_still_frames": {"real": still_real, "candidate": still_candidate, "limit": float(frozen_limit)},
             "lowest_contrast_1s": {"real": float(contrast_real), "candidate": float(contrast_candidate),
                                    "limit": float(FADE_FRACTION * contrast_real)}}

@@ -162,15 +162,18 @@ def print_report(report: dict, console: Console | None = None) -> None:
     c = stability["collapse"]
     verdict = (f"[red]{c['collapsed_runs']} of {c['runs']} collapsed[/red] (frozen {c['frozen_runs']}, faded "
                f"{c['faded_runs']})") if c["collapsed"] else f"[green]none of {c['runs']} collapsed[/green]"
+    held = c.get("seconds_before") or {}
+    if held.get("mean") is not None:
+        verdict += f"; seconds of play before it: mean {_fmt(held['mean'], 1)}, least {_fmt(held['min'], 1)}"
     table = Table(title=f"Stability over {c['runs']} runs of {stability['frames']} frames: {verdict}")
-    for column in ("world", "verdict", "longest still stretch (real, limit)", "lowest 1-s contrast (real, limit)",
-                   "fraction out of range"):
+    for column in ("world", "verdict", "seconds before", "longest still stretch (real, limit)",
+                   "lowest 1-s contrast (real, limit)", "fraction out of range"):
         table.add_column(column, justify="left" if column in ("world", "verdict") else "right")
     for run in stability["runs"]:
         r = run["collapse"]
         still, contrast = r["longest_still_frames"], r["lowest_contrast_1s"]
         table.add_row(str(run["seed"]), " and ".join(k for k in ("frozen", "faded") if r[k]) or "no collapse",
-                      f"{still['candidate']} ({still['real']}, {_fmt(still['limit'], 0)})",
+                      _fmt(r.get("seconds_before"), 1), f"{still['candidate']} ({still['real']}, {_fmt(still['limit'], 0)})",
                       f"{_fmt(contrast['candidate'], 1)} ({_fmt(contrast['real'], 1)}, {_fmt(contrast['limit'], 1)})",
                       _fmt(run["fraction_out_of_range"]))
     console.print(table)
