@@ -189,6 +189,80 @@ def test_context_loss_weighs_context_frames(target_prob):
         tiny_config(context_loss=-1.0)
 
 
+def test_rollout_context_is_the_samplers_own_rollout():
+    """own_rollout makes, frame after frame, exactly what the KV-cache sampler makes from the same clean past,
+    actions and noise; frames before and after it stay the clip's own."""
+    from worldsim.sampling import commit_chunk, denoise_chunk, last_frame, make_caches, prefill
+    config = tiny_config(latent_height=8, latent_width=8, context_frames=8, context_noise=0.0, sample_steps=2,
+                         rollout_context=1.0, rollout_frames=2)
+    model = randomized(DynamicsModel(config), seed=2).eval()
+    latents, actions, _ = inputs(config, B=2, T=8, seed=3)
+    starts = torch.tensor([3, 5])
+    made = dynamics.own_rollout(model, config, latents, actions, starts, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)  # own_rollout's draws: per frame, the context noise and the frame's
+    noise = []
+    for _ in range(2):
+        torch.randn((2, 7, *latents.shape[2:]), generator=g)  # context noise (level 0 here: unused)
+        noise.append(torch.randn((2, *latents.shape[2:]), generator=g))
+    acts = shift_actions(actions)
+    for b, start in enumerate(starts.tolist()):
+        row, row_acts = latents[b:b + 1], acts[b:b + 1]
+        caches = make_caches(model, 1)
+        prefill(model, caches, row[:, :start], row_acts[:, :start], torch.zeros_like(row[:, :start]))
+        zero = torch.zeros_like(row[:, :1])
+        first = denoise_chunk(model, caches, row_acts[:, start:start + 1], start, noise[0][b][None, None], 2,
+                              prev_frame=last_frame(model, row[:, :start], zero))
+        commit_chunk(model, caches, first, row_acts[:, start:start + 1], start, zero,
+                     prev_frame=last_frame(model, row[:, :start], zero))
+        second = denoise_chunk(model, caches, row_acts[:, start + 1:start + 2], start + 1, noise[1][b][None, None],
+                               2, prev_frame=last_frame(model, first, zero))
+        torch.testing.assert_close(made[b, start:start + 2], torch.cat([first, second], dim=1)[0],
+                                   rtol=1e-4, atol=1e-4)
+        assert float((made[b, start] - latents[b, start]).abs().max()) > 0.1  # a sample, not the data
+        keep = [f for f in range(8) if not start <= f < start + 2]
+        assert torch.equal(made[b, keep], latents[b, keep])
+
+
+def test_rollout_context_feeds_the_loss_and_gets_none():
+    """rollout_context = 1: every context clip's last rollout_frames context frames are the model's samples
+    (no gradient), noised to their context levels; they get no loss, the frames after them do."""
+    config = tiny_config(latent_height=8, latent_width=8, context_frames=8, context_prob=1.0, context_noise=0.0,
+                         sample_steps=2, rollout_context=1.0, rollout_frames=2)
+    net = randomized(DynamicsModel(config), seed=1)
+    calls = []
+
+    def model(x, a, levels):
+        calls.append((x.detach().clone(), levels.clone(), torch.is_grad_enabled()))
+        return net(x, a, levels)
+
+    latents, actions, _ = inputs(config, B=6, T=8, seed=5)
+    loss, _ = flow_matching_loss(model, config, latents, actions, torch.Generator().manual_seed(6))
+    assert len(calls) == 2 * 2 + 1 and not any(grad for _, _, grad in calls[:-1]) and calls[-1][2]
+    g = torch.Generator().manual_seed(6)  # the loss's draws, then the rollout's
+    t, context = sample_noise_levels(config, 6, 8, g, with_context=True)
+    eps = torch.randn(latents.shape, generator=g)
+    torch.rand(6, 1, generator=g)  # which clips use a rollout: all of them here
+    n = context.sum(dim=1)
+    starts = (n - 2).clamp(min=1)
+    own = context & (torch.arange(8)[None] >= starts[:, None])
+    rows = own.any(dim=1).nonzero().squeeze(1)
+    assert 0 < len(rows) and bool((n[rows] >= 2).all())
+    made = dynamics.own_rollout(net, config, latents[rows], actions[rows], starts[rows], g)
+    clean = latents.clone()
+    clean[rows] = torch.where(own[rows, :, None, None, None], made, latents[rows])
+    tb = t[:, :, None, None, None]
+    x_t, levels, _ = calls[-1]
+    torch.testing.assert_close(levels, t)
+    torch.testing.assert_close(x_t, (1 - tb) * clean + tb * eps, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        err = (net(x_t, shift_actions(actions), t) - (eps - latents)).pow(2).mean(dim=(2, 3, 4))
+    assert float(loss.detach()) == pytest.approx(float(err[~own].mean()), rel=1e-5)  # the samples' frames weigh nothing
+    with pytest.raises(ValueError, match="rollout_frames"):
+        tiny_config(rollout_frames=16)
+    with pytest.raises(ValueError, match="set one of them to 0"):
+        tiny_config(self_context=0.5, rollout_context=0.5)
+
+
 def test_self_context_continues_from_the_models_own_estimates():
     """self_context = 1: a first pass (no gradient) at level self_context_level gives the model's estimates
     x_s - s v; the context frames are then noised from those instead of the data, and get no loss."""

@@ -198,7 +198,8 @@ class TimestepEmbedding(nn.Module):
 class DynamicsConfig:
     """Sizes, window, objective and sampling defaults; configs/dynamics/*.yaml hold exactly these fields."""
 
-    LATER_FIELDS = ("self_context", "self_context_level")  # checkpoints saved before them load with the defaults
+    LATER_FIELDS = ("self_context", "self_context_level", "rollout_context",
+                    "rollout_frames")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
@@ -228,6 +229,11 @@ class DynamicsConfig:
                                 # learns not to compound its own blur; their loss weight is 0
     self_context_level: float = 0.5  # the level those estimates are made from (one Euler step to 0; with 2
                                 # sampling steps the last one starts at 0.5)
+    rollout_context: float = 0.0  # chance a context clip's last `rollout_frames` context frames are the model's
+                                # own samples, made one after another by the sampler (sample_steps Euler steps
+                                # from noise) from the frames before them (no gradient; loss weight 0): the
+                                # frames after them learn to continue from, and correct, its own drift
+    rollout_frames: int = 2     # frames of such a rollout
     # sampling
     context_noise: float = 0.05     # level at which finished frames are written into the cache
     sample_steps: int = 4           # Euler steps per chunk (the sampler may change it between chunks)
@@ -271,6 +277,13 @@ class DynamicsConfig:
         need(0.0 <= self.self_context <= 1.0, f"self_context must lie in [0, 1], got {self.self_context}")
         need(0.0 < self.self_context_level < 1.0,
              f"self_context_level must lie in (0, 1), got {self.self_context_level}")
+        need(0.0 <= self.rollout_context <= 1.0, f"rollout_context must lie in [0, 1], got {self.rollout_context}")
+        need(1 <= self.rollout_frames < self.context_frames,
+             f"rollout_frames must lie in [1, context_frames={self.context_frames}), got {self.rollout_frames}")
+        need(self.self_context == 0.0 or self.rollout_context == 0.0,
+             "self_context and rollout_context both replace context frames: set one of them to 0")
+        need(self.chunk_frames == 1 or self.rollout_context == 0.0,
+             f"rollout_context samples one frame at a time: it needs chunk_frames=1, got {self.chunk_frames}")
         need(0.0 <= self.context_noise < 1.0, f"context_noise must lie in [0, 1), got {self.context_noise}")
         need(self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}")
         need(self.sample_shift > 0, f"sample_shift must be > 0, got {self.sample_shift}")
@@ -469,6 +482,30 @@ def own_estimates(model, config: DynamicsConfig, latents, actions, generator=Non
     return (x_s - s * model(x_s, shift_actions(actions), levels)).to(latents.dtype)
 
 
+@torch.no_grad()
+def own_rollout(model, config: DynamicsConfig, latents, actions, starts, generator=None):
+    """The clip (B, T, C, h, w) with frames starts .. starts + rollout_frames - 1 of each row (starts (B,), >= 1)
+    replaced by the model's own samples, one frame after another as the sampler makes them: each from noise in
+    `sample_steps` Euler steps, seeing the frames before it (the clean ones, then its own) at the sampler's
+    context level `context_noise`. Frames after the rollout are the clip's own."""
+    from worldsim.sampling import sample_levels  # worldsim.sampling builds on this module
+    B = latents.shape[0]
+    T = min(latents.shape[1], int(starts.max()) + config.rollout_frames)  # the causal mask: later frames unseen
+    x, acts, s = latents[:, :T].clone(), shift_actions(actions[:, :T]), config.context_noise
+    rows, ts = torch.arange(B, device=latents.device), sample_levels(config.sample_steps, config.sample_shift)
+    randn = lambda shape: torch.randn(shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    for j in range(config.rollout_frames):
+        frame = (starts + j).clamp(max=T - 1)
+        context = (1 - s) * x + s * randn(x.shape)
+        z = randn(x[:, 0].shape)
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            inputs, levels = context.clone(), torch.full((B, T), s, device=latents.device)
+            inputs[rows, frame], levels[rows, frame] = z, t
+            z = z + (t_next - t) * model(inputs, acts, levels)[rows, frame].to(z.dtype)
+        x[rows, frame] = z
+    return torch.cat([x, latents[:, T:]], dim=1)
+
+
 def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generator=None):
     """Rectified-flow loss on a clip: latents (B, T, C, h, w) clean, actions (B, T, 25) in the data's order
     (row i taken at frame i). `model` is only called (it may be wrapped in DDP). Returns (loss, metrics)."""
@@ -485,6 +522,18 @@ def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generato
             inputs = latents.clone()
             estimates = own_estimates(model, config, latents[rows], actions[rows], generator)
             inputs[rows] = torch.where(own[rows, :, None, None, None], estimates, latents[rows])
+    if config.rollout_context > 0 and T > 2:
+        # the last rollout_frames frames of the clean prefix, after at least one clean frame
+        n = in_context.sum(dim=1, keepdim=True)  # (B, 1); 0 for clips without context
+        starts = (n - config.rollout_frames).clamp(min=1)
+        frame = torch.arange(T, device=latents.device)[None]
+        chosen = torch.rand(B, 1, generator=generator, device=latents.device) < config.rollout_context
+        own = chosen & in_context & (frame >= starts)
+        rows = own.any(dim=1).nonzero().squeeze(1)  # one host sync, as above
+        if len(rows):
+            inputs = latents.clone()
+            made = own_rollout(model, config, latents[rows], actions[rows], starts[rows, 0], generator)
+            inputs[rows] = torch.where(own[rows, :, None, None, None], made, latents[rows])
     tb = t[:, :, None, None, None].to(latents.dtype)
     x_t = (1 - tb) * inputs + tb * eps
     v = model(x_t, shift_actions(actions), t)
