@@ -76,6 +76,7 @@ def test_collapse_catches_a_frozen_and_a_faded_world():
     real_stats = frame_stats(real)
     held = collapse(real_stats, real_stats, fps=20)
     assert not held["collapsed"] and held["first_frame"] is None and held["seconds_before"] == 10.0  # the whole run
+    assert held["mean_contrast"]["ratio"] == 1.0
     frozen = real.copy()
     frozen[100:] = frozen[100]  # five seconds without change
     verdict = collapse(real_stats, frame_stats(frozen), fps=20)
@@ -89,6 +90,8 @@ def test_collapse_catches_a_frozen_and_a_faded_world():
     assert verdict["faded"] and not verdict["frozen"] and verdict["collapsed"]
     # the first second whose mean contrast is under the limit ends after the fade began, within a second of it
     assert 150 < verdict["first_frame"] < 170
+    # three quarters of the run at the real contrast, the last quarter at an eighth of it
+    assert verdict["mean_contrast"]["ratio"] == pytest.approx(0.75 + 0.25 / 8, abs=0.03)
     contrast = frame_stats(faded)[:, STAT_NAMES.index("contrast")]
     last = verdict["first_frame"]
     assert contrast[last - 19:last + 1].mean() < verdict["lowest_contrast_1s"]["limit"] <= contrast[last - 20:last].mean()
@@ -150,6 +153,7 @@ def test_stability_over_several_long_runs(engine_report, copy_report, tmp_path):
     assert copy["collapse"]["collapsed_runs"] == 2 and copy["collapse"]["collapsed"]
     assert engine["collapse"]["seconds_before"]["min"] == 40 / VoxelEnv.metadata["render_fps"]  # held: the whole run
     assert all(run["collapse"]["seconds_before"] < 40 / VoxelEnv.metadata["render_fps"] for run in copy["runs"])
+    assert engine["collapse"]["contrast_ratio"]["min"] == engine["collapse"]["contrast_ratio"]["max"] == 1.0
     # the real runs differ from world to world; their pooled range spans both
     lows = [run["stats"]["contrast"]["real_min"] for run in copy["runs"]]
     assert lows[0] != lows[1] and copy["stats"]["contrast"]["real_min"] == min(lows)

@@ -43,7 +43,8 @@ def _stability(report: dict) -> dict:
     lowest = [r["collapse"].get("lowest_contrast_1s", {}) for r in runs]
     return {"runs": len(runs), "collapsed_runs": sum(bool(r["collapse"].get("collapsed")) for r in runs),
             "lowest_contrast_1s": [c.get("candidate") for c in lowest], "fade_limit": [c.get("limit") for c in lowest],
-            "seconds_before": [r["collapse"].get("seconds_before") for r in runs]}  # None: a report before it
+            "seconds_before": [r["collapse"].get("seconds_before") for r in runs],  # None: a report before it
+            "contrast_ratio": [r["collapse"].get("mean_contrast", {}).get("ratio") for r in runs]}
 
 
 def compare(a: dict, b: dict) -> dict:
@@ -99,7 +100,8 @@ def print_comparison(result: dict, names: tuple[str, str], console: Console | No
     runs = lambda s: (f"{s['collapsed_runs']} of {s['runs']} collapsed; lowest 1-s contrast "
                       + ", ".join(f"{_fmt(c, 1)} (limit {_fmt(l, 1)})" for c, l in zip(s["lowest_contrast_1s"],
                                                                                       s["fade_limit"]))
-                      + "; seconds before collapse " + ", ".join(_fmt(v, 1) for v in s["seconds_before"]))
+                      + "; seconds before collapse " + ", ".join(_fmt(v, 1) for v in s["seconds_before"])
+                      + "; mean contrast / real " + ", ".join(_fmt(v, 2) for v in s["contrast_ratio"]))
     table.add_row("stability", runs(result["stability"]["a"]), runs(result["stability"]["b"]))
     console.print(table)
 

@@ -579,7 +579,9 @@ def measure_stability(config: EvalConfig, runs: list[tuple[Episode, np.ndarray]]
               "collapse": {"collapsed": count("collapsed") > 0, "frozen": count("frozen") > 0,
                            "faded": count("faded") > 0, "runs": len(results), "collapsed_runs": count("collapsed"),
                            "frozen_runs": count("frozen"), "faded_runs": count("faded"),
-                           "seconds_before": metrics.spread([r["collapse"]["seconds_before"] for r in results])},
+                           "seconds_before": metrics.spread([r["collapse"]["seconds_before"] for r in results]),
+                           "contrast_ratio": metrics.spread([r["collapse"]["mean_contrast"]["ratio"]
+                                                             for r in results])},
               "first_out_of_range": min(firsts) if firsts else None,
               "fraction_out_of_range": float(np.mean([r["fraction_out_of_range"] for r in results])),
               "stats": pooled, "runs": results}

@@ -99,7 +99,7 @@ def collapse(real: np.ndarray, candidate: np.ndarray, fps: float) -> dict:
     """Whether a long rollout froze or faded to one colour, judged against the real run under the same actions,
     and when: the frame at which it first did (the last of the still stretch that outgrew the limit, or of the
     first second whose contrast fell under it), and the seconds of play before that (the whole run where it held),
-    which ranks candidates that all collapse.
+    which ranks candidates that all collapse; and the run's mean contrast against the real run's.
 
     real, candidate: frame_stats rows (N, len(STAT_NAMES)). See STILL_MOTION, FROZEN_MIN_SECONDS, FADE_FRACTION."""
     motion, contrast = STAT_NAMES.index("motion"), STAT_NAMES.index("contrast")
@@ -118,6 +118,9 @@ def collapse(real: np.ndarray, candidate: np.ndarray, fps: float) -> dict:
     first = min(at) if at else None
     return {"collapsed": bool(frozen or faded), "frozen": bool(frozen), "faded": bool(faded),
             "first_frame": first, "seconds_before": float((len(candidate) if first is None else first) / fps),
+            # how faded the whole run is, a smoother ranking than the verdict: 1 keeps the real run's contrast
+            "mean_contrast": {"real": float(real[:, contrast].mean()), "candidate": float(candidate[:, contrast].mean()),
+                              "ratio": float(candidate[:, contrast].mean() / max(real[:, contrast].mean(), 1e-9))},
             "longest_still_frames": {"real": still_real, "candidate": still_candidate, "limit": float(frozen_limit)},
             "lowest_contrast_1s": {"real": float(contrast_real), "candidate": float(contrast_candidate),
                                    "limit": float(FADE_FRACTION * contrast_real)}}

@@ -165,6 +165,9 @@ def print_report(report: dict, console: Console | None = None) -> None:
     held = c.get("seconds_before") or {}
     if held.get("mean") is not None:
         verdict += f"; seconds of play before it: mean {_fmt(held['mean'], 1)}, least {_fmt(held['min'], 1)}"
+    ratio = c.get("contrast_ratio") or {}
+    if ratio.get("mean") is not None:
+        verdict += f"; mean contrast {_fmt(ratio['mean'], 2)} of the real runs'"
     table = Table(title=f"Stability over {c['runs']} runs of {stability['frames']} frames: {verdict}")
     for column in ("world", "verdict", "seconds before", "longest still stretch (real, limit)",
                    "lowest 1-s contrast (real, limit)", "fraction out of range"):
