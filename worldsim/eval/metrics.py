@@ -76,23 +76,24 @@ def frame_stats(frames: np.ndarray, previous: np.ndarray | None = None) -> np.nd
                      dim=1).numpy()
 
 
+def run_lengths(flags: np.ndarray) -> np.ndarray:
+    """At each element, the length of the stretch of consecutive True values that ends there (0 where False)."""
+    flags = np.asarray(flags, dtype=bool)
+    index = np.arange(len(flags))
+    last_false = np.maximum.accumulate(np.where(flags, -1, index)) if len(flags) else index
+    return np.where(flags, index - last_false, 0)
+
+
 def longest_run(flags: np.ndarray) -> int:
     """Length of the longest stretch of consecutive True values."""
-    best = current = 0
-    for flag in np.asarray(flags, dtype=bool):
-        current = current + 1 if flag else 0
-        best = max(best, current)
-    return best
+    lengths = run_lengths(flags)
+    return int(lengths.max()) if len(lengths) else 0
 
 
 def first_run_over(flags: np.ndarray, length: float) -> int | None:
     """Index of the first element at which a stretch of consecutive True values grows longer than `length`."""
-    current = 0
-    for i, flag in enumerate(np.asarray(flags, dtype=bool)):
-        current = current + 1 if flag else 0
-        if current > length:
-            return i
-    return None
+    over = np.flatnonzero(run_lengths(flags) > length)
+    return int(over[0]) if len(over) else None
 
 
 def collapse(real: np.ndarray, candidate: np.ndarray, fps: float) -> dict:
