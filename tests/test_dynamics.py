@@ -3,6 +3,7 @@ rotary positions, the flow-matching objective, and bad input."""
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -365,6 +366,62 @@ def test_untrained_residual_model_continues_from_the_last_frame():
     assert float((sampler.step(torch.rand(2, ACTION_DIM, generator=g))[:, 0] - prompt[:, -1]).pow(2).mean()) > 1
 
 
+def test_camera_vector_entries_are_the_action_schemas():
+    from worldsim.engine import actions
+    assert dynamics.ACTION_DIM == actions.ACTION_DIM and dynamics.CAMERA_MAX_DEGREES == actions.CAMERA_MAX_DEGREES
+    assert actions.VECTOR_ORDER[dynamics._CAMERA_PITCH] == "camera_pitch"
+    assert actions.VECTOR_ORDER[dynamics._CAMERA_YAW] == "camera_yaw"
+
+
+def test_warp_previous_turns_the_view_as_the_engine_does():
+    """A pure turn of the engine's camera: the last frame warped by the turn's action is the new view (up to
+    resampling), far closer than the last frame itself and than a warp by the wrong sign or half the angle;
+    the HUD rows kept are the old frame's, and no turn changes nothing."""
+    from worldsim.engine import actions
+    from worldsim.engine.env import EngineConfig, VoxelEnv
+    from worldsim.eval.metrics import psnr
+    env = VoxelEnv(EngineConfig())
+    old, _ = env.reset(seed=3)
+    inner = (slice(16, -24), slice(16, -16))  # away from the revealed edges and the hotbar
+    for camera in ([0.0, 6.0], [0.0, -9.0], [5.0, 0.0], [-7.0, 4.0]):
+        action = {**actions.noop(), "camera": np.array(camera, np.float32)}
+        new, *_ = env.step(action)
+        vector = torch.from_numpy(actions.to_vector(action))[None, None]
+        frame = torch.from_numpy(old).permute(2, 0, 1)[None, None].float()
+
+        def warped(scale):
+            out = dynamics.warp_previous(frame, vector * scale, env.config.fov, keep_rows=16)
+            return out[0, 0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+
+        score = lambda image: float(psnr(image[None][:, inner[0], inner[1]], new[None][:, inner[0], inner[1]])[0])
+        turned = warped(1.0)
+        assert score(turned) > score(old) + 3, camera
+        assert score(turned) > max(score(warped(-1.0)), score(warped(0.5))) + 1.5, camera
+        assert np.array_equal(turned[-16:], old[-16:])
+        assert np.abs(warped(0.0).astype(int) - old).max() <= 1
+        old = new
+
+
+def test_camera_warp_model_starts_from_the_turned_last_frame():
+    """Untrained (head at zero) with a tiny change variance, the residual model's frame is its guess: the last
+    frame turned by the action's camera move; with camera_warp 0 it is the last frame."""
+    from worldsim.sampling import Sampler
+    torch.manual_seed(0)
+    config = tiny_config(latent_height=8, latent_width=8, context_frames=4, change_var=1e-9, context_noise=0.0,
+                         camera_warp=70.0, warp_keep_rows=1)
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randn(2, 3, config.latent_channels, 8, 8, generator=g)
+    action = torch.zeros(2, ACTION_DIM)
+    action[:, dynamics._CAMERA_YAW], action[:, dynamics._CAMERA_PITCH] = torch.tensor([0.4, -0.8]), 0.3
+    for warp in (70.0, 0.0):
+        sampler = Sampler(DynamicsModel(dataclasses.replace(config, camera_warp=warp)).eval(), batch_size=2, steps=2)
+        sampler.reset(prompt, torch.zeros(2, 2, ACTION_DIM))
+        frame = sampler.step(action)
+        want = dynamics.warp_previous(prompt[:, -1:], action[:, None], 70.0, 1) if warp else prompt[:, -1:]
+        torch.testing.assert_close(frame, want, rtol=1e-4, atol=1e-4)
+        assert (float((want - prompt[:, -1:]).abs().mean()) > 0.1) == bool(warp)  # the turn moved it
+
+
 def test_bad_input_names_the_problem():
     config = tiny_config(latent_height=8, latent_width=8)
     model = DynamicsModel(config)
@@ -383,6 +440,12 @@ def test_bad_input_names_the_problem():
         DynamicsConfig(prev_input=False, residual=True)
     with pytest.raises(ValueError, match="change_var"):
         DynamicsConfig(residual=True, change_var=0.0)
+    with pytest.raises(ValueError, match="camera_warp"):
+        DynamicsConfig(camera_warp=200.0)
+    with pytest.raises(ValueError, match="camera_warp turns the previous frame"):
+        DynamicsConfig(prev_input=False, camera_warp=70.0)
+    with pytest.raises(ValueError, match="warp_keep_rows"):
+        DynamicsConfig(warp_keep_rows=17)
 
 
 def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):

@@ -61,8 +61,8 @@ def test_shifted_levels():
 
 
 VARIANTS = [dict(prev_input=False, residual=False), dict(prev_input=True, residual=False),
-            dict(prev_input=True, residual=True)]
-VARIANT_IDS = ["", "prev-input", "residual"]
+            dict(prev_input=True, residual=True), dict(prev_input=True, residual=True, camera_warp=70.0, warp_keep_rows=2)]
+VARIANT_IDS = ["", "prev-input", "residual", "camera-warp"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 import kernels
 
 ACTION_DIM = 25  # worldsim.engine.actions.ACTION_DIM (not imported: the engine pulls in gymnasium)
+_CAMERA_PITCH, _CAMERA_YAW = 15, 16  # their camera entries (VECTOR_ORDER), which scale degrees by
+CAMERA_MAX_DEGREES = 10.0            # CAMERA_MAX_DEGREES
 # Rotary bases: time differences reach context_frames (tens), row/column ones latent_size / patch (about 8).
 ROPE_BASE_TIME = 10_000.0
 ROPE_BASE_SPACE = 100.0
@@ -198,8 +200,8 @@ class TimestepEmbedding(nn.Module):
 class DynamicsConfig:
     """Sizes, window, objective and sampling defaults; configs/dynamics/*.yaml hold exactly these fields."""
 
-    LATER_FIELDS = ("self_context", "self_context_level", "rollout_context",
-                    "rollout_frames")  # checkpoints saved before them load with the defaults
+    LATER_FIELDS = ("self_context", "self_context_level", "rollout_context", "rollout_frames", "camera_warp",
+                    "warp_keep_rows")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
@@ -214,6 +216,11 @@ class DynamicsConfig:
     residual: bool = False      # predict a correction to the best linear guess from the previous frame and
                                 # the noisy input (needs prev_input): the untrained model copies the last frame
     change_var: float = 0.3     # residual: mean square change of a latent between frames (0.33 on engine data)
+    camera_warp: float = 0.0    # > 0: the frames' vertical field of view in degrees, and each frame's previous
+                                # frame is first turned by the camera move of the frame's action (the rotation's
+                                # homography, `warp_previous`) so that prev_input and residual start from the
+                                # view the player turned to; 0: off
+    warp_keep_rows: int = 0     # latent rows at the bottom left unturned: the HUD's hotbar stays where it is
     context_frames: int = 16    # W: frames a token sees, its own chunk included; a multiple of K, > K
     # objective (training)
     noise_schedule: str = "logit_normal"  # logit_normal | uniform: per-frame noise level t
@@ -289,6 +296,11 @@ class DynamicsConfig:
         need(self.sample_shift > 0, f"sample_shift must be > 0, got {self.sample_shift}")
         need(self.prev_input or not self.residual, "residual needs prev_input (the previous frame it adds to)")
         need(self.change_var > 0, f"change_var must be > 0, got {self.change_var}")
+        need(0.0 <= self.camera_warp < 180.0,
+             f"camera_warp must be a field of view in degrees within (0, 180), or 0 (off), got {self.camera_warp}")
+        need(self.prev_input or self.camera_warp == 0.0, "camera_warp turns the previous frame: it needs prev_input")
+        need(0 <= self.warp_keep_rows <= self.latent_height,
+             f"warp_keep_rows must lie in [0, latent_height={self.latent_height}], got {self.warp_keep_rows}")
 
 
 class DynamicsModel(nn.Module):
@@ -367,6 +379,8 @@ class DynamicsModel(nn.Module):
         x = self.patch_embed(self.patchify(latents).to(dtype))  # (B, F, N, C)
         if self.config.prev_input:
             prev, prev_levels = self.previous(latents, noise_levels, prev_frame)
+            if self.config.camera_warp:
+                prev = warp_previous(prev, actions, self.config.camera_warp, self.config.warp_keep_rows)
             x = x + self.prev_embed(self.patchify(prev).to(dtype))
             cond = cond + self.prev_time_embed(prev_levels)
         cond = F.silu(cond)
@@ -388,6 +402,35 @@ class DynamicsModel(nn.Module):
         if tuple(noise_levels.shape) != tuple(latents.shape[:2]):
             raise ValueError(f"noise_levels must be (B, F) = {tuple(latents.shape[:2])}, "
                              f"got {tuple(noise_levels.shape)}")
+
+
+def warp_previous(prev, actions, fov: float, keep_rows: int = 0):
+    """Each previous frame prev (B, F, C, h, w) as seen after the camera move of actions (B, F, 25), model order
+    (row i turned the view from frame i - 1 to frame i): a pixel's ray in the new view, rotated by the turn into
+    the old view, is projected there and the old frame sampled (bilinear, the edge repeated where the turn
+    reveals what the old view did not hold). A pure rotation is exact for any scene: only what the player's
+    movement changes is left to the model. Yaw (positive: right) about the camera's up axis after pitch
+    (positive: down) about its right axis, the frames' vertical field of view `fov` degrees; the bottom
+    `keep_rows` rows stay put (the HUD). Works on any channels: latents or RGB frames."""
+    B, Fr, C, h, w = prev.shape
+    camera = actions[..., [_CAMERA_PITCH, _CAMERA_YAW]].float() * math.radians(CAMERA_MAX_DEGREES)  # (B, F, 2)
+    tan_y = math.tan(math.radians(fov) / 2)
+    tan_x = tan_y * w / h
+    u = (torch.arange(w, device=prev.device, dtype=torch.float32) + 0.5) / w * 2 - 1  # grid_sample's x in [-1, 1]
+    v = (torch.arange(h, device=prev.device, dtype=torch.float32) + 0.5) / h * 2 - 1  # y, down
+    sx, sy = (u * tan_x)[None, :].expand(h, w), (-v * tan_y)[:, None].expand(h, w)  # screen coordinates, y up
+    cp, sp = camera[..., 0].cos()[..., None, None], camera[..., 0].sin()[..., None, None]  # (B, F, 1, 1)
+    cy, syaw = camera[..., 1].cos()[..., None, None], camera[..., 1].sin()[..., None, None]
+    # d = Yaw(yaw) Pitch(pitch) (sx, sy, 1): the new view's ray in the old view's frame
+    py, pz = sy * cp - sp, sy * sp + cp
+    dx, dz = sx * cy + pz * syaw, -sx * syaw + pz * cy
+    dz = dz.clamp(min=1e-3)  # a ray the turn put behind the old camera samples the edge
+    grid = torch.stack([dx / dz / tan_x, -(py / dz) / tan_y], dim=-1)  # (B, F, h, w, 2)
+    turned = F.grid_sample(prev.reshape(B * Fr, C, h, w).float(), grid.reshape(B * Fr, h, w, 2), mode="bilinear",
+                           padding_mode="border", align_corners=False).reshape(B, Fr, C, h, w).to(prev.dtype)
+    if keep_rows:
+        turned = torch.cat([turned[..., :h - keep_rows, :], prev[..., h - keep_rows:, :]], dim=-2)
+    return turned
 
 
 RESIDUAL_MIN_LEVEL = 0.05  # velocities divide by the level; below it (clean context frames only) by this
