@@ -64,8 +64,9 @@ def test_adaln_zero_blocks_are_identity_at_init():
         assert torch.equal(block(x, cond, rope), x)
     velocity = DynamicsModel(dataclasses.replace(config, residual=False))
     assert torch.equal(velocity(latents, actions, t), torch.zeros_like(latents))
-    # the residual model's velocity is then that of its linear guess alone
+    # the residual model's velocity is then that of its linear guess alone, from the turned previous frame
     prev, prev_t = model.previous(latents, t)
+    prev = dynamics.warp_previous(prev, actions, config.camera_warp, config.warp_keep_rows)
     expected = dynamics.residual_velocity(torch.zeros_like(latents), latents, t, prev, prev_t, config.change_var)
     torch.testing.assert_close(model(latents, actions, t), expected, rtol=0, atol=0)
 
@@ -346,7 +347,8 @@ def test_untrained_residual_model_continues_from_the_last_frame():
     its context noise undone by the gain g(s); Euler's last step lands exactly on it, whatever the steps."""
     from worldsim.sampling import Sampler
     torch.manual_seed(0)
-    config = tiny_config(latent_height=8, latent_width=8, context_frames=4, change_var=1e-9, context_noise=0.05)
+    config = tiny_config(latent_height=8, latent_width=8, context_frames=4, change_var=1e-9, context_noise=0.05,
+                         camera_warp=0.0)  # the turned last frame: test_camera_warp_model_starts_from_the_turned_last_frame
     model = DynamicsModel(config).eval()
     g = torch.Generator().manual_seed(0)
     prompt = torch.randn(2, 3, config.latent_channels, 8, 8, generator=g)
@@ -512,7 +514,8 @@ def test_checkpoints_saved_before_later_fields_load_with_their_defaults(tmp_path
 
     from worldsim.models.dynamics import load_dynamics
     from worldsim.training.checkpoint import CheckpointError, save_checkpoint
-    config = tiny_config()
+    defaults = {f.name: f.default for f in dataclasses.fields(DynamicsConfig) if f.name in DynamicsConfig.LATER_FIELDS}
+    config = tiny_config(**defaults)  # what an older checkpoint's missing fields stand for
     save_checkpoint(tmp_path, DynamicsModel(config), config)
     meta = json.loads((tmp_path / "model.json").read_text())
     for name in DynamicsConfig.LATER_FIELDS:

@@ -60,8 +60,9 @@ def test_shifted_levels():
         tiny_config(sample_shift=0.0)
 
 
-VARIANTS = [dict(prev_input=False, residual=False), dict(prev_input=True, residual=False),
-            dict(prev_input=True, residual=True), dict(prev_input=True, residual=True, camera_warp=70.0, warp_keep_rows=2)]
+VARIANTS = [dict(prev_input=False, residual=False, camera_warp=0.0), dict(prev_input=True, residual=False, camera_warp=0.0),
+            dict(prev_input=True, residual=True, camera_warp=0.0),
+            dict(prev_input=True, residual=True, camera_warp=70.0, warp_keep_rows=2)]
 VARIANT_IDS = ["", "prev-input", "residual", "camera-warp"]
 
 
