@@ -356,9 +356,14 @@ def test_compare_two_reports_of_the_same_prompts(engine_report, copy_report, tmp
     other, _ = evaluate(tiny_config(tmp_path, world="copy_last", seed=20_000, stability_frames=4), ENGINE, POLICY)
     with pytest.raises(ValueError, match="different prompts"):
         compare(engine, other)
-    # the shipped world's report (one long run, format 1) reads too; files that are not reports are named
+    # the shipped world's report reads, and so does one of format 1 (one long run, its verdict at the top);
+    # files that are not reports are named
     shipped = load_report(Path(__file__).parents[1] / "assets" / "world" / "eval")
-    assert compare(shipped, shipped)["stability"]["a"]["runs"] == 1
+    runs = shipped["stability"]["runs"]
+    assert compare(shipped, shipped)["stability"]["a"]["runs"] == len(runs) == shipped["config"]["stability_runs"]
+    old = {**shipped, "format": 1, "stability": {"frames": runs[0]["frames"], "collapse": runs[0]["collapse"]}}
+    result = compare(old, shipped)["stability"]
+    assert result["a"]["runs"] == 1 and result["a"]["collapsed_runs"] == int(runs[0]["collapse"]["collapsed"])
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         load_report(tmp_path / "bad.json")
