@@ -27,8 +27,8 @@ import torch.nn.functional as F
 import kernels
 
 ACTION_DIM = 25  # worldsim.engine.actions.ACTION_DIM (not imported: the engine pulls in gymnasium)
-_CAMERA_PITCH, _CAMERA_YAW = 15, 16  # their camera entries (VECTOR_ORDER), which scale degrees by
-CAMERA_MAX_DEGREES = 10.0            # CAMERA_MAX_DEGREES
+_CAMERA_PITCH, _CAMERA_YAW = 15, 16  # the action vector's camera entries (actions.VECTOR_ORDER; a test checks)
+CAMERA_MAX_DEGREES = 10.0            # degrees a camera entry of 1.0 stands for (actions.CAMERA_MAX_DEGREES)
 # Rotary bases: time differences reach context_frames (tens), row/column ones latent_size / patch (about 8).
 ROPE_BASE_TIME = 10_000.0
 ROPE_BASE_SPACE = 100.0
