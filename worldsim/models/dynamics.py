@@ -413,7 +413,8 @@ def warp_previous(prev, actions, fov: float, keep_rows: int = 0):
     (positive: down) about its right axis, the frames' vertical field of view `fov` degrees; the bottom
     `keep_rows` rows stay put (the HUD). Works on any channels: latents or RGB frames."""
     B, Fr, C, h, w = prev.shape
-    camera = actions[..., [_CAMERA_PITCH, _CAMERA_YAW]].float() * math.radians(CAMERA_MAX_DEGREES)  # (B, F, 2)
+    # a slice, not an index list: a list becomes a host tensor copied to the device, which a CUDA graph capture refuses
+    camera = actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1].float() * math.radians(CAMERA_MAX_DEGREES)  # (B, F, 2)
     tan_y = math.tan(math.radians(fov) / 2)
     tan_x = tan_y * w / h
     u = (torch.arange(w, device=prev.device, dtype=torch.float32) + 0.5) / w * 2 - 1  # grid_sample's x in [-1, 1]
