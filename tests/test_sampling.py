@@ -8,6 +8,7 @@ import torch
 
 from worldsim.models.dynamics import ACTION_DIM, DynamicsModel
 from worldsim.sampling import KVCache, Sampler, commit_chunk, denoise_chunk, make_caches, prefill, sample_levels
+from worldsim.view_memory import ViewMemory
 
 from test_dynamics import one_thread, randomized, tiny_config  # noqa: F401  (one_thread: autouse fixture)
 
@@ -24,9 +25,10 @@ def latent_shape(config, B, F):
     return (B, F, config.latent_channels, config.latent_height, config.latent_width)
 
 
-def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed):
+def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, view_memory=None):
     """The reference: every Euler step runs the whole sequence so far through the training-mode forward
-    (block-causal with the window), drawing the same noise in the same order as `Sampler`."""
+    (block-causal with the window), drawing the same noise in the same order as `Sampler`. With view_memory,
+    its own panorama paints every frame as it is made and fills each new frame's view (none for the prompt)."""
     c = model.config
     g = torch.Generator().manual_seed(seed)
     B, P = prompt.shape[:2]
@@ -36,17 +38,26 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed):
     levels = torch.full((B, P), s)
     ts = [1 - i / steps for i in range(steps + 1)]
     ts = [c.sample_shift * t / (1 + (c.sample_shift - 1) * t) for t in ts]
-    out = []
+    out, memory, fills = [], None, None
+    if c.view_memory if view_memory is None else view_memory:
+        memory = ViewMemory(c, B)
+        fills = memory.fill_clip(context, actions)
     with torch.no_grad():
         for a in step_actions:  # (B, K, 25)
             K = a.shape[1]
             x = torch.randn(latent_shape(c, B, K), generator=g)
+            if memory is not None:
+                views = memory.views(a)
+                fills = tuple(torch.cat(pair, 1) for pair in zip(fills, memory.render(views)))
             for t, t_next in zip(ts[:-1], ts[1:]):
                 v = model(torch.cat([context, x], 1), torch.cat([actions, a], 1),
-                          torch.cat([levels, torch.full((B, K), t)], 1))[:, -K:]
+                          torch.cat([levels, torch.full((B, K), t)], 1), fill=fills)[:, -K:]
                 x = x + (t_next - t) * v
             out.append(x)
-            context = torch.cat([context, (1 - s) * x + s * torch.randn(x.shape, generator=g)], 1)
+            x = (1 - s) * x + s * torch.randn(x.shape, generator=g)
+            if memory is not None:
+                memory.write(x, views)
+            context = torch.cat([context, x], 1)
             actions, levels = torch.cat([actions, a], 1), torch.cat([levels, torch.full((B, K), s)], 1)
     return torch.cat(out, 1)
 
@@ -62,8 +73,9 @@ def test_shifted_levels():
 
 VARIANTS = [dict(prev_input=False, residual=False, camera_warp=0.0), dict(prev_input=True, residual=False, camera_warp=0.0),
             dict(prev_input=True, residual=True, camera_warp=0.0),
-            dict(prev_input=True, residual=True, camera_warp=70.0, warp_keep_rows=2)]
-VARIANT_IDS = ["", "prev-input", "residual", "camera-warp"]
+            dict(prev_input=True, residual=True, camera_warp=70.0, warp_keep_rows=2),
+            dict(prev_input=True, residual=True, camera_warp=70.0, warp_keep_rows=2, view_memory=True)]
+VARIANT_IDS = ["", "prev-input", "residual", "camera-warp", "view-memory"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -81,6 +93,8 @@ def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_fra
     prompt = torch.randn(latent_shape(c, B, prompt_frames), generator=g)
     prompt_actions = torch.rand(B, prompt_frames - 1, ACTION_DIM, generator=g)
     step_actions = [torch.rand(B, chunk_frames, ACTION_DIM, generator=g) for _ in range(chunks)]
+    for a in step_actions:
+        a[..., 15:17] = a[..., 15:17] * 2 - 1  # the camera turns both ways: the view memory sees the way back
     # The ring must wrap during the rollout for this test to cover it.
     assert prompt_frames + chunks * chunk_frames > 2 * c.cache_frames
 
@@ -91,6 +105,10 @@ def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_fra
     assert float(expected.std()) > 0.1  # a model that does something
     torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)  # measured: about 1e-6
     assert sampler.frame == prompt_frames + chunks * chunk_frames
+    if c.view_memory:  # the panorama filled some of what the turns revealed
+        forgetful = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7,
+                                     view_memory=False)
+        assert float((forgetful - expected).abs().max()) > 1e-2
 
 
 def test_kv_cache_is_a_ring_buffer():

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, check_actions, check_latents
+from worldsim.view_memory import ViewMemory
 
 
 class KVCache(nn.Module):
@@ -83,20 +84,20 @@ def last_frame(model, latents, noise):
 
 
 @torch.inference_mode()
-def prefill(model, caches, latents, actions, noise):
+def prefill(model, caches, latents, actions, noise, fill=None):
     """Write the prompt (B, P, C, h, w), P a multiple of chunk_frames, into empty caches; actions (B, P, 25)
-    in model order. One block-causal pass over the prompt."""
+    in model order; fill: the view memory's for each prompt frame. One block-causal pass over the prompt."""
     x, levels = context_noised(model, latents, noise)
-    model(x, actions, levels, _positions(0, latents.shape[1], latents.device), caches, mode="prefill")
+    model(x, actions, levels, _positions(0, latents.shape[1], latents.device), caches, mode="prefill", fill=fill)
 
 
-def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None):
+def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None):
     """Euler steps of the chunk x (B, K, ...) through the noise levels ts against read-only caches."""
     B, K = x.shape[:2]
     pos = _positions(frame, K, x.device)
     for t, t_next in zip(ts[:-1], ts[1:]):
         v = model(x, actions, torch.full((B, K), t, device=x.device), pos, caches, mode="read",
-                  prev_frame=prev_frame)
+                  prev_frame=prev_frame, fill=fill)
         x = x + (t_next - t) * v
     return x
 
@@ -108,47 +109,51 @@ def sample_levels(steps: int, shift: float = 1.0) -> list:
 
 
 @torch.inference_mode()
-def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_frame=None):
+def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_frame=None, fill=None):
     """Euler-integrate the chunk (B, K, ...) starting at `frame` from noise (t = 1) to t = 0 against the
     caches, which are read only. actions (B, K, 25) in model order; prev_frame: `last_frame` of the frame
-    before the chunk. Returns the clean latents."""
-    return _euler(model, caches, actions, frame, noise, sample_levels(steps, model.config.sample_shift), prev_frame)
+    before the chunk; fill: the view memory's `render` for the chunk. Returns the clean latents."""
+    return _euler(model, caches, actions, frame, noise, sample_levels(steps, model.config.sample_shift), prev_frame,
+                  fill)
 
 
 @torch.inference_mode()
 def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, frame: int, noise, steps: int,
-                       before=None):
+                       before=None, prev_fill=None, fill=None):
     """`commit_chunk` of the finished chunk `prev` (frames frame - K ..) and `denoise_chunk` of the next one,
     with the commit sharing a pass with the first Euler step: S passes per chunk instead of S + 1.
-    before: `last_frame` of the frame before `prev`."""
+    before: `last_frame` of the frame before `prev`; prev_fill and fill: the view memory's for each chunk."""
     B, K = noise.shape[:2]
     ts = sample_levels(steps, model.config.sample_shift)
     context, context_levels = context_noised(model, prev, prev_noise)
     levels = torch.cat([context_levels, torch.full((B, K), ts[0], device=noise.device)], dim=1)  # (B, 2K)
+    both = None if fill is None else tuple(torch.cat(pair, dim=1) for pair in zip(prev_fill, fill))
     v = model(torch.cat([context, noise], dim=1), torch.cat([prev_actions, actions], dim=1), levels,
-              _positions(frame - K, 2 * K, noise.device), caches, mode="commit_read", prev_frame=before)[:, K:]
+              _positions(frame - K, 2 * K, noise.device), caches, mode="commit_read", prev_frame=before,
+              fill=both)[:, K:]
     return _euler(model, caches, actions, frame, noise + (ts[1] - ts[0]) * v, ts[1:],
-                  (context[:, -1:], context_levels[:, -1:]))
+                  (context[:, -1:], context_levels[:, -1:]), fill)
 
 
 @torch.inference_mode()
-def commit_chunk(model, caches, latents, actions, frame: int, noise, prev_frame=None):
+def commit_chunk(model, caches, latents, actions, frame: int, noise, prev_frame=None, fill=None):
     """One pass of the finished chunk at the context noise level that writes its keys and values."""
     x, levels = context_noised(model, latents, noise)
     model(x, actions, levels, _positions(frame, latents.shape[1], latents.device), caches, mode="write",
-          prev_frame=prev_frame)
+          prev_frame=prev_frame, fill=fill)
 
 
 @dataclass
 class SamplerState:
-    """Everything a sampler needs to continue exactly: cache contents, frame counter, RNG, steps, and the
-    last chunk when it is not in the caches yet."""
+    """Everything a sampler needs to continue exactly: cache contents, frame counter, RNG, steps, the last
+    chunk when it is not in the caches yet, and the view memory."""
     caches: list
     frame: int
     rng: torch.Tensor
     steps: int
     pending: tuple | None
     last: tuple | None
+    memory: dict | None = None
 
 
 class Sampler:
@@ -160,7 +165,10 @@ class Sampler:
     With `graphs`, those fused steps read and write only fixed buffers (the caches, the pending chunk, the frame
     counter as a device tensor, the noise drawn into a buffer) and, on CUDA, replay as one CUDA graph per step
     count, captured on first use: a step is then one launch instead of hundreds. Elsewhere the same buffered
-    step runs eagerly (the tests check it against the plain one). The results equal the plain sampler's."""
+    step runs eagerly (the tests check it against the plain one). The results equal the plain sampler's.
+
+    With `config.view_memory` every finished frame is also painted into a `ViewMemory` panorama, and each new
+    chunk's previous frame is filled from it where the chunk's turn reveals what the last frame did not hold."""
 
     def __init__(self, model: DynamicsModel, batch_size: int = 1, steps: int | None = None, seed: int = 0,
                  fuse_commit: bool = True, graphs: bool = False):
@@ -173,7 +181,7 @@ class Sampler:
         self.steps = steps or self.config.sample_steps
         self.fuse_commit = fuse_commit
         self.frame = 0
-        self.pending = None  # (latents, actions, commit noise) of the last chunk while it is not in the caches
+        self.pending = None  # (latents, actions, commit noise, fill) of the last chunk while not in the caches
         self.last = None     # `last_frame` of the last frame in the caches (the next chunk's prev_frame)
         if graphs and not fuse_commit:
             raise ValueError("graphs=True replays the fused step: it needs fuse_commit=True")
@@ -181,6 +189,8 @@ class Sampler:
         self._buffers = None  # the graphed step's fixed inputs and outputs, made on first use
         self._buffered = False  # whether pending/last live in the buffers (else in self.pending / self.last)
         self._graphs: dict = {}  # steps -> torch.cuda.CUDAGraph
+        self.memory = ViewMemory(self.config, batch_size, self.device, model.head.weight.dtype) \
+            if self.config.view_memory else None
 
     def _noise(self, frames: int):
         c = self.config
@@ -209,7 +219,12 @@ class Sampler:
             cache.reset()
         self.pending, self._buffered = None, False
         noise, prompt_latents = self._noise(P), prompt_latents.to(self.device)
-        prefill(self.model, self.caches, prompt_latents, actions, noise)
+        fill = None
+        if self.memory is not None:  # the prompt's frames fill one another, and stay in the panorama
+            self.memory.reset()
+            with torch.inference_mode():
+                fill = self.memory.fill_clip(context_noised(self.model, prompt_latents, noise)[0], actions)
+        prefill(self.model, self.caches, prompt_latents, actions, noise, fill)
         self.last = last_frame(self.model, prompt_latents, noise)
         self.frame = P
 
@@ -226,16 +241,25 @@ class Sampler:
         steps = steps or self.steps
         if self.graphs and (self.pending is not None or self._buffered):
             return self._graphed_step(actions, steps)
+        views = fill = None
+        if self.memory is not None:
+            with torch.inference_mode():
+                views = self.memory.views(actions)
+                fill = self.memory.render(views)
         if self.pending is None:
-            x = denoise_chunk(self.model, self.caches, actions, self.frame, self._noise(K), steps, self.last)
+            x = denoise_chunk(self.model, self.caches, actions, self.frame, self._noise(K), steps, self.last, fill)
         else:
-            x = commit_and_denoise(self.model, self.caches, *self.pending, actions, self.frame, self._noise(K), steps,
-                                   before=self.last)
-            self.last = last_frame(self.model, self.pending[0], self.pending[2])
+            prev, prev_actions, prev_noise, prev_fill = self.pending
+            x = commit_and_denoise(self.model, self.caches, prev, prev_actions, prev_noise, actions, self.frame,
+                                   self._noise(K), steps, before=self.last, prev_fill=prev_fill, fill=fill)
+            self.last = last_frame(self.model, prev, prev_noise)
         # Copies: the caller may reuse its action buffer or edit the returned latents before the commit.
-        self.pending = (x.clone(), actions.clone(), self._noise(K))
+        self.pending = (x.clone(), actions.clone(), self._noise(K), fill)
+        if self.memory is not None:
+            with torch.inference_mode():
+                self.memory.write(context_noised(self.model, x, self.pending[2])[0], views)
         if not self.fuse_commit:
-            commit_chunk(self.model, self.caches, *self.pending[:2], self.frame, self.pending[2], self.last)
+            commit_chunk(self.model, self.caches, *self.pending[:2], self.frame, self.pending[2], self.last, fill)
             self.last = last_frame(self.model, self.pending[0], self.pending[2])
             self.pending = None
         self.frame += K
@@ -248,16 +272,29 @@ class Sampler:
         latent = (B, K, c.latent_channels, c.latent_height, c.latent_width)
         dtype, device = self.model.head.weight.dtype, self.device
         zeros = lambda *shape, dtype=dtype: torch.zeros(shape, dtype=dtype, device=device)
-        return {"actions": zeros(B, K, ACTION_DIM), "noise": zeros(*latent), "commit_noise": zeros(*latent),
-                "prev": zeros(*latent), "prev_actions": zeros(B, K, ACTION_DIM), "prev_noise": zeros(*latent),
-                "before": zeros(B, 1, *latent[2:]), "before_levels": zeros(B, 1, dtype=torch.float32),
-                "out": zeros(*latent), "frame": torch.zeros((), dtype=torch.int64, device=device)}
+        buffers = {"actions": zeros(B, K, ACTION_DIM), "noise": zeros(*latent), "commit_noise": zeros(*latent),
+                   "prev": zeros(*latent), "prev_actions": zeros(B, K, ACTION_DIM), "prev_noise": zeros(*latent),
+                   "before": zeros(B, 1, *latent[2:]), "before_levels": zeros(B, 1, dtype=torch.float32),
+                   "out": zeros(*latent), "frame": torch.zeros((), dtype=torch.int64, device=device)}
+        if self.memory is not None:
+            buffers["prev_fill"] = zeros(*latent)
+            buffers["prev_valid"] = zeros(B, K, 1, *latent[3:], dtype=torch.bool)
+        return buffers
 
     def _graph_body(self, steps: int) -> None:
         """The fused step on the buffers: commit `prev`, denoise the next chunk from `noise`, move it to `prev`."""
         b, K = self._buffers, self.config.chunk_frames
+        views = fill = prev_fill = None
+        if self.memory is not None:
+            views = self.memory.views(b["actions"])
+            fill, prev_fill = self.memory.render(views), (b["prev_fill"], b["prev_valid"])
         x = commit_and_denoise(self.model, self.caches, b["prev"], b["prev_actions"], b["prev_noise"], b["actions"],
-                               b["frame"], b["noise"], steps, before=(b["before"], b["before_levels"]))
+                               b["frame"], b["noise"], steps, before=(b["before"], b["before_levels"]),
+                               prev_fill=prev_fill, fill=fill)
+        if self.memory is not None:
+            self.memory.write(context_noised(self.model, x, b["commit_noise"])[0], views)
+            b["prev_fill"].copy_(fill[0])
+            b["prev_valid"].copy_(fill[1])
         last, last_levels = last_frame(self.model, b["prev"], b["prev_noise"])
         b["before"].copy_(last)
         b["before_levels"].copy_(last_levels)
@@ -273,9 +310,13 @@ class Sampler:
         if b is None:
             b = self._buffers = self._make_buffers()
         if not self._buffered:  # pending and last move into the buffers
+            prev, prev_actions, prev_noise, prev_fill = self.pending
             for name, value in zip(("prev", "prev_actions", "prev_noise", "before", "before_levels"),
-                                   (*self.pending, *self.last)):
+                                   (prev, prev_actions, prev_noise, *self.last)):
                 b[name].copy_(value)
+            if prev_fill is not None:
+                b["prev_fill"].copy_(prev_fill[0])
+                b["prev_valid"].copy_(prev_fill[1])
             b["frame"].fill_(self.frame)
             self.pending = self.last = None
             self._buffered = True
@@ -307,12 +348,15 @@ class Sampler:
         graph.replay()
 
     def _capture_state(self) -> dict:
-        return {"caches": self._cache_copies(), "buffers": {name: buf.clone() for name, buf in self._buffers.items()}}
+        return {"caches": self._cache_copies(), "buffers": {name: buf.clone() for name, buf in self._buffers.items()},
+                "memory": None if self.memory is None else self.memory.state()}
 
     def _put_state(self, saved: dict) -> None:
         self._put_caches(saved["caches"])
         for name, buf in self._buffers.items():
             buf.copy_(saved["buffers"][name])
+        if self.memory is not None:
+            self.memory.load(saved["memory"])
 
     def _cache_copies(self) -> list[dict]:
         return [{name: buf.clone() for name, buf in cache.named_buffers()} for cache in self.caches]
@@ -328,14 +372,18 @@ class Sampler:
         pending, last = self.pending, self.last
         if self._buffered:
             b = self._buffers
-            pending = (b["prev"].clone(), b["prev_actions"].clone(), b["prev_noise"].clone())
+            fill = (b["prev_fill"].clone(), b["prev_valid"].clone()) if self.memory is not None else None
+            pending = (b["prev"].clone(), b["prev_actions"].clone(), b["prev_noise"].clone(), fill)
             last = (b["before"].clone(), b["before_levels"].clone())
-        return SamplerState(self._cache_copies(), self.frame, self.generator.get_state(), self.steps, pending, last)
+        return SamplerState(self._cache_copies(), self.frame, self.generator.get_state(), self.steps, pending, last,
+                            None if self.memory is None else self.memory.state())
 
     def restore(self, state: SamplerState) -> None:
         """Continue from `state`: what follows replays exactly what followed the snapshot."""
         self._put_caches(state.caches)
         # pending and last are never mutated in place (the graphed step copies them into its buffers)
         self.frame, self.steps, self.pending, self.last = state.frame, state.steps, state.pending, state.last
+        if self.memory is not None:
+            self.memory.load(state.memory)
         self._buffered = False
         self.generator.set_state(state.rng)

@@ -42,6 +42,7 @@ class ShipConfig:
     sample_steps: int | None = None     # the shipped default Euler steps (None: the eval's, else the run's)
     context_noise: float | None = None  # the shipped context noise level (None: the eval's, else the run's)
     sample_shift: float | None = None   # the shipped shift of the steps' levels (None: the eval's, else the run's)
+    view_memory: bool | None = None     # whether the shipped sampler keeps its panorama (None: the eval's, else the run's)
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
@@ -91,7 +92,7 @@ def eval_summary(report: dict) -> dict:
 
 
 # the dynamics config's sampling defaults, set when shipping
-SAMPLING = ("sample_steps", "context_noise", "sample_shift")
+SAMPLING = ("sample_steps", "context_noise", "sample_shift", "view_memory")
 
 
 def shipped_sampling(config: ShipConfig, run: dict, report: dict | None) -> dict:

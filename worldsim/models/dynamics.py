@@ -201,7 +201,7 @@ class DynamicsConfig:
     """Sizes, window, objective and sampling defaults; configs/dynamics/*.yaml hold exactly these fields."""
 
     LATER_FIELDS = ("self_context", "self_context_level", "rollout_context", "rollout_frames", "camera_warp",
-                    "warp_keep_rows")  # checkpoints saved before them load with the defaults
+                    "warp_keep_rows", "view_memory", "view_memory_frames")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
@@ -245,6 +245,9 @@ class DynamicsConfig:
     context_noise: float = 0.05     # level at which finished frames are written into the cache
     sample_steps: int = 4           # Euler steps per chunk (the sampler may change it between chunks)
     sample_shift: float = 1.0       # the steps' levels t -> s t / (1 + (s - 1) t): s > 1 spends them at high noise
+    view_memory: bool = False       # the sampler keeps a panorama of the frames it made (worldsim/view_memory.py):
+                                    # what a turn reveals comes from it where it was seen (needs camera_warp)
+    view_memory_frames: int = 100   # what the panorama saw longer ago than this many frames is not used
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -257,6 +260,14 @@ class DynamicsConfig:
     @property
     def patch_dim(self) -> int:
         return self.latent_channels * self.patch_size ** 2
+
+    @property
+    def view_memory_size(self) -> tuple[int, int]:
+        """(pitch, yaw) cells of the view memory's panorama: 1.5 cells per latent pixel's angle at the view's
+        centre, the yaw cells a multiple of 8."""
+        fov = self.camera_warp or 70.0
+        yaw_cells = 8 * math.ceil(1.5 * 360.0 * self.latent_height / fov / 8)
+        return yaw_cells // 2, yaw_cells
 
     @property
     def cache_frames(self) -> int:
@@ -301,6 +312,9 @@ class DynamicsConfig:
         need(self.prev_input or self.camera_warp == 0.0, "camera_warp turns the previous frame: it needs prev_input")
         need(0 <= self.warp_keep_rows <= self.latent_height,
              f"warp_keep_rows must lie in [0, latent_height={self.latent_height}], got {self.warp_keep_rows}")
+        need(not self.view_memory or self.camera_warp > 0,
+             "view_memory fills in what the camera warp reveals: it needs camera_warp > 0")
+        need(self.view_memory_frames >= 1, f"view_memory_frames must be >= 1, got {self.view_memory_frames}")
 
 
 class DynamicsModel(nn.Module):
@@ -361,10 +375,13 @@ class DynamicsModel(nn.Module):
         return (torch.cat([first.to(latents.dtype), latents[:, :-1]], dim=1),
                 torch.cat([first_level.to(noise_levels.dtype), noise_levels[:, :-1]], dim=1))
 
-    def forward(self, latents, actions, noise_levels, frame_pos=None, caches=None, mode="train", prev_frame=None):
+    def forward(self, latents, actions, noise_levels, frame_pos=None, caches=None, mode="train", prev_frame=None,
+                fill=None):
         """latents (B, F, C, h, w) at their noise levels (B, F); actions (B, F, 25), row i = the action that
         produced frame i; frame_pos (F,) absolute frame indices (default 0..F-1). Returns velocity (B, F, C, h, w).
         prev_frame: (latents, levels) of the frame before the first, for `prev_input` (None: a clip's start).
+        fill: (latents (B, F, C, h, w), valid (B, F, 1, h, w) bool): what each frame's view holds where its turn
+        reveals what the previous frame did not (the sampler's view memory; `warp_previous`).
 
         mode: train (whole clip, block-causal) | prefill (whole prompt, writes `caches`) | read (one chunk
         against `caches`) | write (one chunk against `caches`, then stores its keys and values) | commit_read
@@ -380,7 +397,9 @@ class DynamicsModel(nn.Module):
         if self.config.prev_input:
             prev, prev_levels = self.previous(latents, noise_levels, prev_frame)
             if self.config.camera_warp:
-                prev = warp_previous(prev, actions, self.config.camera_warp, self.config.warp_keep_rows)
+                prev = warp_previous(prev, actions, self.config.camera_warp, self.config.warp_keep_rows, fill)
+            elif fill is not None:
+                raise ValueError("fill is what the camera warp reveals: the model needs camera_warp > 0")
             x = x + self.prev_embed(self.patchify(prev).to(dtype))
             cond = cond + self.prev_time_embed(prev_levels)
         cond = F.silu(cond)
@@ -404,14 +423,17 @@ class DynamicsModel(nn.Module):
                              f"got {tuple(noise_levels.shape)}")
 
 
-def warp_previous(prev, actions, fov: float, keep_rows: int = 0):
+def warp_previous(prev, actions, fov: float, keep_rows: int = 0, fill=None):
     """Each previous frame prev (B, F, C, h, w) as seen after the camera move of actions (B, F, 25), model order
     (row i turned the view from frame i - 1 to frame i): a pixel's ray in the new view, rotated by the turn into
     the old view, is projected there and the old frame sampled (bilinear, the edge repeated where the turn
     reveals what the old view did not hold). A pure rotation is exact for any scene: only what the player's
     movement changes is left to the model. Yaw (positive: right) about the camera's up axis after pitch
     (positive: down) about its right axis, the frames' vertical field of view `fov` degrees; the bottom
-    `keep_rows` rows stay put (the HUD). Works on any channels: latents or RGB frames."""
+    `keep_rows` rows stay put (the HUD). Works on any channels: latents or RGB frames.
+
+    fill = (frames (B, F, C, h, w), valid (B, F, 1, h, w) bool) in the new views: where a new pixel's ray leaves
+    the old frame (or meets its HUD rows) and valid holds, the pixel is fill's instead of the repeated edge."""
     B, Fr, C, h, w = prev.shape
     # a slice, not an index list: a list becomes a host tensor copied to the device, which a CUDA graph capture refuses
     camera = actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1].float() * math.radians(CAMERA_MAX_DEGREES)  # (B, F, 2)
@@ -429,6 +451,15 @@ def warp_previous(prev, actions, fov: float, keep_rows: int = 0):
     grid = torch.stack([dx / dz / tan_x, -(py / dz) / tan_y], dim=-1)  # (B, F, h, w, 2)
     turned = F.grid_sample(prev.reshape(B * Fr, C, h, w).float(), grid.reshape(B * Fr, h, w, 2), mode="bilinear",
                            padding_mode="border", align_corners=False).reshape(B, Fr, C, h, w).to(prev.dtype)
+    if fill is not None:
+        frames, valid = fill
+        if tuple(frames.shape) != tuple(prev.shape) or tuple(valid.shape) != (B, Fr, 1, h, w):
+            raise ValueError(f"fill must be frames {tuple(prev.shape)} and valid {(B, Fr, 1, h, w)}, got "
+                             f"{tuple(frames.shape)} and {tuple(valid.shape)}")
+        gx, gy = grid[..., 0], grid[..., 1]
+        bottom = 1 - 2 * keep_rows / h  # the old frame's HUD rows hold no scene
+        inside = (gx.abs() <= 1) & (gy >= -1) & (gy <= bottom) & (dz > 1e-3)
+        turned = torch.where(inside[:, :, None] | ~valid, turned, frames.to(turned.dtype))
     if keep_rows:
         turned = torch.cat([turned[..., :h - keep_rows, :], prev[..., h - keep_rows:, :]], dim=-2)
     return turned
@@ -550,6 +581,16 @@ def own_rollout(model, config: DynamicsConfig, latents, actions, starts, generat
     return torch.cat([x, latents[:, T:]], dim=1)
 
 
+@torch.no_grad()
+def clip_view_fill(config: DynamicsConfig, x_t, levels, actions):
+    """The view memory's fill of each frame of a training clip (x_t (B, T, ...) at levels (B, T), actions in
+    model order), as the sampler would make it: a panorama from the clip's first frame's view on, painted
+    with the frames at context levels (<= context_noise_max: those the sampler paints are finished frames)."""
+    from worldsim.view_memory import ViewMemory  # it builds on this module
+    memory = ViewMemory(config, x_t.shape[0], x_t.device, x_t.dtype)
+    return memory.fill_clip(x_t, actions, paint=levels <= config.context_noise_max)
+
+
 def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generator=None):
     """Rectified-flow loss on a clip: latents (B, T, C, h, w) clean, actions (B, T, 25) in the data's order
     (row i taken at frame i). `model` is only called (it may be wrapped in DDP). Returns (loss, metrics)."""
@@ -580,7 +621,8 @@ def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generato
             inputs[rows] = torch.where(own[rows, :, None, None, None], made, latents[rows])
     tb = t[:, :, None, None, None].to(latents.dtype)
     x_t = (1 - tb) * inputs + tb * eps
-    v = model(x_t, shift_actions(actions), t)
+    fill = clip_view_fill(config, x_t, t, shift_actions(actions)) if config.view_memory else None
+    v = model(x_t, shift_actions(actions), t, fill=fill)
     err = (v.float() - (eps - latents).float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
     weight = torch.where(in_context, config.context_loss, 1.0)  # the last frame is never context: sum > 0
     weight = torch.where(own, 0.0, weight)
