@@ -621,8 +621,10 @@ def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generato
             inputs[rows] = torch.where(own[rows, :, None, None, None], made, latents[rows])
     tb = t[:, :, None, None, None].to(latents.dtype)
     x_t = (1 - tb) * inputs + tb * eps
-    fill = clip_view_fill(config, x_t, t, shift_actions(actions)) if config.view_memory else None
-    v = model(x_t, shift_actions(actions), t, fill=fill)
+    if config.view_memory:
+        v = model(x_t, shift_actions(actions), t, fill=clip_view_fill(config, x_t, t, shift_actions(actions)))
+    else:
+        v = model(x_t, shift_actions(actions), t)
     err = (v.float() - (eps - latents).float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
     weight = torch.where(in_context, config.context_loss, 1.0)  # the last frame is never context: sum > 0
     weight = torch.where(own, 0.0, weight)
