@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from worldsim.models.dynamics import _CAMERA_PITCH, _CAMERA_YAW, CAMERA_MAX_DEGREES, DynamicsConfig
+from worldsim.models.dynamics import _CAMERA_PITCH, _CAMERA_YAW, CAMERA_MAX_DEGREES, DynamicsConfig, screen_rays
 
 NEVER = 1e9  # the age of a panorama cell no frame has painted
 
@@ -49,12 +49,8 @@ class ViewMemory:
         self.panorama = torch.zeros(batch, c.latent_channels, ph, pw, device=device, dtype=dtype)
         self.age = torch.full((batch, 1, ph, pw), NEVER, device=device)  # frames since a cell was last painted
         self.view = torch.zeros(batch, 2, device=device)  # (pitch, yaw) radians of the last frame painted
-        self.tan_y = math.tan(math.radians(self.fov) / 2)
-        self.tan_x = self.tan_y * self.w / self.h
         # the frames' pixel rays in camera coordinates (h, w, 3) and the panorama cells' directions (ph, pw, 3)
-        u = (torch.arange(self.w, device=device, dtype=torch.float32) + 0.5) / self.w * 2 - 1
-        v = (torch.arange(self.h, device=device, dtype=torch.float32) + 0.5) / self.h * 2 - 1
-        sx, sy = (u * self.tan_x)[None, :].expand(self.h, self.w), (-v * self.tan_y)[:, None].expand(self.h, self.w)
+        self.tan_x, self.tan_y, sx, sy = screen_rays(self.h, self.w, self.fov, device)
         self._rays = torch.stack([sx, sy, torch.ones_like(sx)], -1)
         yaw = ((torch.arange(pw, device=device, dtype=torch.float32) + 0.5) / pw * 2 - 1) * math.pi
         pitch = ((torch.arange(ph, device=device, dtype=torch.float32) + 0.5) / ph * 2 - 1) * (math.pi / 2)

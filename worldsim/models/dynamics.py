@@ -423,6 +423,16 @@ class DynamicsModel(nn.Module):
                              f"got {tuple(noise_levels.shape)}")
 
 
+def screen_rays(h: int, w: int, fov: float, device=None):
+    """tan of the half field of view across and up, and each pixel centre's screen coordinates (sx, sy), (h, w)
+    each, y up, of frames h x w with vertical field of view `fov` degrees: pixel (i, j)'s ray is (sx, sy, 1)."""
+    tan_y = math.tan(math.radians(fov) / 2)
+    tan_x = tan_y * w / h
+    u = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 - 1  # grid_sample's x in [-1, 1]
+    v = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 - 1  # y, down
+    return tan_x, tan_y, (u * tan_x)[None, :].expand(h, w), (-v * tan_y)[:, None].expand(h, w)
+
+
 def warp_previous(prev, actions, fov: float, keep_rows: int = 0, fill=None):
     """Each previous frame prev (B, F, C, h, w) as seen after the camera move of actions (B, F, 25), model order
     (row i turned the view from frame i - 1 to frame i): a pixel's ray in the new view, rotated by the turn into
@@ -437,11 +447,7 @@ def warp_previous(prev, actions, fov: float, keep_rows: int = 0, fill=None):
     B, Fr, C, h, w = prev.shape
     # a slice, not an index list: a list becomes a host tensor copied to the device, which a CUDA graph capture refuses
     camera = actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1].float() * math.radians(CAMERA_MAX_DEGREES)  # (B, F, 2)
-    tan_y = math.tan(math.radians(fov) / 2)
-    tan_x = tan_y * w / h
-    u = (torch.arange(w, device=prev.device, dtype=torch.float32) + 0.5) / w * 2 - 1  # grid_sample's x in [-1, 1]
-    v = (torch.arange(h, device=prev.device, dtype=torch.float32) + 0.5) / h * 2 - 1  # y, down
-    sx, sy = (u * tan_x)[None, :].expand(h, w), (-v * tan_y)[:, None].expand(h, w)  # screen coordinates, y up
+    tan_x, tan_y, sx, sy = screen_rays(h, w, fov, prev.device)
     cp, sp = camera[..., 0].cos()[..., None, None], camera[..., 0].sin()[..., None, None]  # (B, F, 1, 1)
     cy, syaw = camera[..., 1].cos()[..., None, None], camera[..., 1].sin()[..., None, None]
     # d = Yaw(yaw) Pitch(pitch) (sx, sy, 1): the new view's ray in the old view's frame
