@@ -127,7 +127,8 @@ def run_convert(cfg: DictConfig) -> None:
     from worldsim.data.convert import convert
     if not cfg.convert.src or not cfg.convert.dst:
         raise ValueError("mode=convert needs convert.src=PATH and convert.dst=PATH")
-    convert(cfg.convert.src, cfg.convert.dst, overwrite=cfg.convert.overwrite)
+    src = cfg.convert.src
+    convert(src if isinstance(src, str) else [str(s) for s in src], cfg.convert.dst, overwrite=cfg.convert.overwrite)
 
 
 def to_dict(node) -> dict:

@@ -188,6 +188,24 @@ def test_one_bad_episode_is_skipped_with_a_warning(tmp_path):
     assert [e["name"] for e in Cache(tmp_path / "cache").episodes] == ["ep0", "ep2"]
 
 
+def test_directories_join_into_one_cache(tmp_path):
+    """Several trajectory directories make one cache in the order given; a name taken by an earlier directory
+    is prefixed by its own directory's name."""
+    engine_trajectory_dir(tmp_path / "train", episodes=2, steps=4)
+    engine_trajectory_dir(tmp_path / "still", episodes=1, steps=3)
+    summary = convert([tmp_path / "train", tmp_path / "still"], tmp_path / "cache")
+    assert summary["episodes"] == 3 and summary["frames"] == 11
+    cache = Cache(tmp_path / "cache")
+    assert [e["name"] for e in cache.episodes] == ["ep0", "ep1", "still_ep0"]
+    alone = read_trajectory(tmp_path / "still" / "ep0")
+    assert np.array_equal(cache.frames[cache.episode_slice(2)], alone.frames)
+    with pytest.raises(ValueError, match="is a cache"):
+        convert([tmp_path / "cache", tmp_path / "train"], tmp_path / "again")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        convert([tmp_path / "train", tmp_path / "nowhere"], tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
 def test_convert_names_a_missing_source(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         convert(tmp_path / "missing", tmp_path / "out")

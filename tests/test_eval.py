@@ -262,7 +262,7 @@ def test_report_has_every_field(engine_report, tmp_path):
     assert report["fidelity"]["worlds"]["autoencoder"] is None  # no checkpoint: null, and a note says so
     assert any("autoencoder" in note for note in report["notes"])
     assert set(report["action_following"]["relative"]) == set(GROUPS)
-    assert set(report["consistency"]) == {"turn_around", "walk_there_and_back", "break_block"}
+    assert set(report["consistency"]) == {"turn_around", "walk_there_and_back", "stand_still", "break_block"}
     assert set(report["stability"]["stats"]) == set(STAT_NAMES)
     assert set(report["timing"]["fps"]) == {"candidate", "copy_last", "autoencoder", "engine"}
     assert set(report["timing"]["batch_fps"]) == {"candidate", "copy_last", "autoencoder"}

@@ -130,3 +130,24 @@ def test_config_checks_behaviour_names():
         PolicyConfig(weights={"swim": 1.0})
     with pytest.raises(ValueError, match="durations.walk"):
         PolicyConfig(durations={"walk": [10, 5]})
+    with pytest.raises(ValueError, match="still_rate"):
+        PolicyConfig(still_rate=1.5)
+
+
+def test_still_idle_spells_stand_still():
+    """With still_rate 1 every idle spell is a still stretch: no keys and an exactly still camera, as a player who
+    lets go of the controls; the camera then starts again from rest. still_rate 0 leaves the policy as it was."""
+    weights = {"walk": 1.0, "idle": 1.0}
+    config = PolicyConfig(weights=weights, durations={"walk": [10, 20], "idle": [10, 20]}, still_rate=1.0)
+    policy = ExplorationPolicy(config, seed=4)
+    taken, _ = rollout(policy, 300)
+    still = [all(not np.any(v) for v in a.values()) for a in taken]
+    assert 0.2 < np.mean(still) < 0.8, np.mean(still)  # both behaviours happened
+    assert min(run_lengths(still)) >= 10  # whole idle spells, not stray ticks
+    after = [i + 1 for i in range(len(still) - 1) if still[i] and not still[i + 1]]
+    assert after and all(np.abs(taken[i]["camera"]).max() < 1.0 for i in after)  # from rest, no jerk
+    # the default never stands still (the camera drifts even while idle), and 0 keeps its actions unchanged
+    plain, _ = rollout(ExplorationPolicy(PolicyConfig(weights=weights, durations=config.durations), seed=4), 300)
+    assert not any(all(not np.any(v) for v in a.values()) for a in plain)
+    zero = PolicyConfig(weights=weights, durations=config.durations, still_rate=0.0)
+    assert same_actions(rollout(ExplorationPolicy(zero, seed=4), 300)[0], plain)

@@ -1,9 +1,11 @@
 """Conversion both ways between a directory of interchange trajectories and a training cache.
 
-    python -m worldsim.data.convert SRC DST     (run_world.py exposes it as mode=convert src=... dst=...)
+    python -m worldsim.data.convert SRC [SRC ...] DST   (run_world.py: mode=convert convert.src=... convert.dst=...)
 
 The direction follows SRC: a cache (it has index.json) becomes trajectories, a directory of trajectories
-becomes a cache. An episode that cannot be read is skipped with a warning naming it; the rest convert.
+becomes a cache. Several trajectory directories join into one cache, in the order given; an episode whose name
+an earlier directory already used is renamed DIRNAME_NAME. An episode that cannot be read is skipped with a
+warning naming it; the rest convert.
 """
 import os
 import sys
@@ -44,11 +46,13 @@ def _read_ahead(stems, threads: int):
 
 
 def interchange_to_cache(src_dir, cache_dir, overwrite: bool = False, threads: int | None = None) -> dict:
-    """Read every trajectory in `src_dir` (unfinished recordings give their prefix) into a new cache, decoding
-    with `threads` threads (default: one per core, at most 8); the cache is the same for any number."""
-    stems = list_trajectories(src_dir, include_unfinished=True)
+    """Read every trajectory in `src_dir` (a directory, or a list of them joined in order; unfinished recordings
+    give their prefix) into a new cache, decoding with `threads` threads (default: one per core, at most 8); the
+    cache is the same for any number."""
+    dirs = [src_dir] if isinstance(src_dir, (str, os.PathLike)) else list(src_dir)
+    stems = [stem for directory in dirs for stem in list_trajectories(directory, include_unfinished=True)]
     threads = threads or min(8, os.cpu_count() or 1)
-    writer, skipped, frames = None, [], 0
+    writer, skipped, frames, names = None, [], 0, set()
     try:
         for stem, trajectory, error in _read_ahead(stems, threads):
             if error is not None:
@@ -63,18 +67,22 @@ def interchange_to_cache(src_dir, cache_dir, overwrite: bool = False, threads: i
                               f"{writer.width}×{writer.height}", stacklevel=2)
                 skipped.append(str(stem))
                 continue
-            meta = {"name": trajectory.name, "seed": trajectory.seed, "source": trajectory.source,
+            name = trajectory.name if trajectory.name not in names else f"{Path(stem).parent.name}_{trajectory.name}"
+            if name in names:
+                raise TrajectoryError(f"{stem}: the episode name {name!r} is taken twice; rename one directory")
+            names.add(name)
+            meta = {"name": name, "seed": trajectory.seed, "source": trajectory.source,
                     "options": trajectory.options}
             writer.add_episode(trajectory.frames, trajectory.actions, meta, trajectory.infos)
             frames += len(trajectory)
         if writer is None:
-            raise TrajectoryError(f"{src_dir}: no readable trajectories to convert")
+            raise TrajectoryError(f"{', '.join(map(str, dirs))}: no readable trajectories to convert")
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
     writer.close()
-    return {"direction": "interchange → cache", "src": str(src_dir), "dst": str(cache_dir),
+    return {"direction": "interchange → cache", "src": ", ".join(map(str, dirs)), "dst": str(cache_dir),
             "episodes": len(stems) - len(skipped), "frames": frames, "skipped": skipped}
 
 
@@ -102,14 +110,22 @@ def cache_to_interchange(cache_dir, out_dir) -> dict:
 
 
 def convert(src, dst, overwrite: bool = False) -> dict:
-    """Convert `src` (a cache or a directory of trajectories) into the other form at `dst`; prints a summary."""
-    src = Path(src)
-    if not src.exists():
-        raise TrajectoryNotFoundError(f"{src}: no such file or directory")
-    if is_cache(src):
-        summary = cache_to_interchange(src, dst)
+    """Convert `src` (a cache, a directory of trajectories, or a list of such directories to join) into the other
+    form at `dst`; prints a summary."""
+    sources = [Path(src)] if isinstance(src, (str, os.PathLike)) else [Path(s) for s in src]
+    if not sources:
+        raise ValueError("convert needs at least one source")
+    for path in sources:
+        if not path.exists():
+            raise TrajectoryNotFoundError(f"{path}: no such file or directory")
+    caches = [path for path in sources if is_cache(path)]
+    if caches and len(sources) > 1:
+        raise ValueError(f"only directories of trajectories join into one cache; {caches[0]} is a cache "
+                         "(convert it to trajectories first)")
+    if caches:
+        summary = cache_to_interchange(sources[0], dst)
     else:
-        summary = interchange_to_cache(src, dst, overwrite=overwrite)
+        summary = interchange_to_cache(sources, dst, overwrite=overwrite)
     skipped = f", skipped {len(summary['skipped'])} unreadable" if summary["skipped"] else ""
     print(f"converted {summary['src']} ({summary['direction']}) to {summary['dst']}: "
           f"{summary['episodes']} episodes, {summary['frames']} frames{skipped}")
@@ -118,11 +134,11 @@ def convert(src, dst, overwrite: bool = False) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m worldsim.data.convert SRC DST", file=sys.stderr)
+    if len(argv) < 2:
+        print("usage: python -m worldsim.data.convert SRC [SRC ...] DST", file=sys.stderr)
         return 2
     try:
-        convert(*argv)
+        convert(argv[:-1] if len(argv) > 2 else argv[0], argv[-1])
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

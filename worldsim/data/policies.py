@@ -50,6 +50,7 @@ class PolicyConfig:
     hotbar_rate: float = 0.004       # per tick: chance to pick another hotbar slot
     stuck_ticks: int = 6             # ticks of no progress with keys held before jumping
     random_camera_std: float = 2.0   # degrees: camera noise of the random policy
+    still_rate: float = 0.0          # chance that an idle spell stands still: no keys, camera exactly still
 
     def __post_init__(self):
         self.weights = {str(k): float(v) for k, v in dict(self.weights).items()}
@@ -61,6 +62,9 @@ class PolicyConfig:
         if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
             raise ValueError(f"policy.weights must be non-negative with a positive sum, got {self.weights}")
         self.durations = {**_default_durations(), **self.durations}
+        self.still_rate = float(self.still_rate)
+        if not 0.0 <= self.still_rate <= 1.0:
+            raise ValueError(f"policy.still_rate must be a probability in [0, 1], got {self.still_rate!r}")
         for name, span in self.durations.items():
             if len(span) != 2 or not 1 <= span[0] <= span[1]:
                 raise ValueError(f"policy.durations.{name} must be [min, max] ticks with 1 <= min <= max, got {span}")
@@ -94,6 +98,7 @@ class ExplorationPolicy:
         self.positions: deque = deque(maxlen=4)
         self.slot = None                 # hotbar slot to press this tick
         self.sneak = self.pillar = False
+        self.still = False               # an idle spell that stands still (still_rate)
         self.use_wait = 0                # ticks until the next use tap while building
         self.no_target = 0               # ticks in mine/build without a block under the crosshair
 
@@ -109,6 +114,10 @@ class ExplorationPolicy:
         self.pitch_target = self._horizon_pitch()
         self.sneak = self.pillar = False
         self.no_target = 0
+        # drawn only when asked for, so that still_rate 0 leaves every other draw (and the data) as it was
+        self.still = self.behaviour == "idle" and self.config.still_rate > 0 and rng.random() < self.config.still_rate
+        if self.still:
+            self.yaw_velocity = self.pitch_velocity = 0.0  # the camera starts again from rest
         if self.behaviour == "mine":
             self.pitch_target = float(rng.uniform(25.0, 65.0)) if rng.random() < 0.7 else self._horizon_pitch()
         elif self.behaviour == "build":
@@ -221,6 +230,10 @@ class ExplorationPolicy:
             self._start_behaviour()
         self.ticks_left -= 1
         action = actions.noop()
+        if self.still:  # hands off: only water still makes the player swim up
+            if info.get("in_water", False):
+                action["jump"] = 1
+            return action
         steady = self._hands(action, info)
         self._legs(action, info)
         action["camera"] = self._camera(steady)

@@ -13,7 +13,7 @@ through the autoencoder) and `WorldModelPredictor` (the dynamics model through t
 
 `evaluate` measures, on held-out world seeds driven by the exploration policy: fidelity per horizon, action
 following (an inverse-dynamics model on generated vs real frame pairs), consistency (turn around, walk there and
-back, break a block and look away and back), stability over several long rollouts, and speed. Every field of the report
+back, stand still, break a block and look away and back), stability over several long rollouts, and speed. Every field of the report
 is always present; what does not apply is null.
 """
 import dataclasses
@@ -54,6 +54,7 @@ class EvalConfig:
     turn_degrees: float = 10.0        # consistency: the turn is turn_ticks × turn_degrees of yaw
     turn_ticks: int = 36
     walk_ticks: int = 20              # consistency: walk forward this many ticks, then back as many
+    still_ticks: int = 60             # consistency: stand still (no keys, no mouse) this many ticks
     look_away_ticks: int = 18         # consistency: after breaking, turn away this many ticks of turn_degrees
     break_max_ticks: int = 60         # consistency: give up holding attack after this many ticks
     crosshair_fraction: float = 0.25  # side of the region around the crosshair compared, as a fraction of the frame
@@ -74,7 +75,7 @@ class EvalConfig:
             raise ValueError(f"eval.world must be one of {', '.join(WORLDS)}, got {self.world!r}")
         if not self.horizons or min(self.horizons) < 1:
             raise ValueError(f"eval.horizons must be positive frame counts, got {self.horizons}")
-        for name in ("episodes", "prompts_per_world", "batch_size", "prompt_frames", "turn_ticks", "walk_ticks",
+        for name in ("episodes", "prompts_per_world", "batch_size", "prompt_frames", "turn_ticks", "walk_ticks", "still_ticks",
                      "look_away_ticks", "break_max_ticks", "stability_frames", "stability_runs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"eval.{name} must be ≥ 1, got {getattr(self, name)!r}")
@@ -461,7 +462,8 @@ def consistency_scripts(config: EvalConfig, episode: Episode) -> dict[str, tuple
     d = config.turn_degrees
     scripts = {"turn_around": ([turn(d)] * config.turn_ticks, 0, False, {}),
                "walk_there_and_back": ([action_schema.validate({"forward": 1})] * config.walk_ticks
-                                       + [action_schema.validate({"back": 1})] * config.walk_ticks, 0, False, {})}
+                                       + [action_schema.validate({"back": 1})] * config.walk_ticks, 0, False, {}),
+               "stand_still": ([action_schema.noop()] * config.still_ticks, 0, False, {})}
     env = VoxelEnv(episode.env.config)
     env.set_state(episode.state)
     plan, pitch = [], float(episode.state["player"]["pitch"])
