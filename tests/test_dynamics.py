@@ -314,6 +314,78 @@ def test_self_context_continues_from_the_models_own_estimates():
         tiny_config(self_context_level=1.0)
 
 
+def test_worn_clips_are_flatter_blurred_and_shifted_within_strength():
+    """`worn` keeps shapes and dtype, draws once per clip (every frame of a clip worn alike), is the identity
+    at strength 0 (to rounding) and reproducible from a generator; at strength a the spatial spread about each frame's
+    channel means falls to no less than (1 - a) of its blurred self and no more than the original, and the
+    channel means move by the drawn shift alone."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 4, 8, 8, generator=g) * 2 + 1
+    torch.testing.assert_close(dynamics.worn(x, 0.0, torch.Generator().manual_seed(1)), x, rtol=0, atol=1e-5)
+    a = 0.6
+    y = dynamics.worn(x, a, torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert torch.equal(y, dynamics.worn(x, a, torch.Generator().manual_seed(1)))
+    assert not torch.equal(y, dynamics.worn(x, a, torch.Generator().manual_seed(2)))
+    ratio = y.std(dim=(3, 4)) / x.std(dim=(3, 4))  # (B, T, C)
+    assert bool((ratio <= 1 + 1e-5).all())
+    assert float(ratio.min()) > (1 - a) * 0.3  # a 3x3 blend keeps well over 0.3 of white noise's spread
+    assert float(ratio.mean()) < 0.85  # it does wear: the mean draw loses a fair part
+    per_clip = ratio / ratio.mean(dim=(1, 2), keepdim=True)
+    assert float((per_clip - 1).abs().max()) < 0.2  # one draw per clip: frames and channels alike
+    shift = y.mean(dim=(3, 4)) - x.mean(dim=(3, 4))  # (B, T, C): one shift per clip and channel
+    assert float((shift - shift[:, :1]).abs().max()) < 1e-4
+    spread = x.std(dim=(3, 4)).mean(dim=1)
+    assert abs(float((shift[:, 0] / spread).std()) - a / 2) < 0.06  # N(0, (a/2 spread)^2)
+    half = dynamics.worn(x.half(), a, torch.Generator().manual_seed(1))
+    assert half.dtype == torch.float16
+    still = dynamics.worn(x, a, torch.Generator().manual_seed(1), shift=0.0)  # the colours stay
+    torch.testing.assert_close(still.mean(dim=(3, 4)), x.mean(dim=(3, 4)), rtol=0, atol=1e-4)
+
+
+def test_context_wear_feeds_the_loss_worn_context_and_gets_no_loss_there():
+    """context_wear = 1: every context clip's context frames are the worn data, noised to their levels; they
+    get no loss, the targets (the data, never worn) do; 0 leaves the loss exactly as it was."""
+    config = tiny_config(latent_height=8, latent_width=8, context_prob=1.0, context_wear=1.0, wear_strength=0.5,
+                         wear_shift=0.1)
+    latents, actions, _ = inputs(config, B=6, T=8, seed=4)
+    out = torch.randn(latents.shape, requires_grad=True)
+    calls = []
+
+    def model(x, a, levels):
+        calls.append((x.detach().clone(), levels.clone()))
+        return out
+
+    loss, _ = flow_matching_loss(model, config, latents, actions, torch.Generator().manual_seed(7))
+    assert len(calls) == 1
+    g = torch.Generator().manual_seed(7)  # the loss's draws: levels, noise, which clips wear, then the wear
+    t, context = sample_noise_levels(config, 6, 8, g, with_context=True)
+    eps = torch.randn(latents.shape, generator=g)
+    torch.rand(6, 1, generator=g)
+    clean = torch.where(context[:, :, None, None, None], dynamics.worn(latents, 0.5, g, shift=0.1), latents)
+    tb = t[:, :, None, None, None]
+    x_t, levels = calls[0]
+    torch.testing.assert_close(levels, t)
+    torch.testing.assert_close(x_t, (1 - tb) * clean + tb * eps, rtol=1e-5, atol=1e-6)
+    assert float((clean - latents)[context].abs().max()) > 0.05  # the context was worn
+    grad, = torch.autograd.grad(loss, out)
+    per_frame = grad.abs().sum(dim=(2, 3, 4))
+    assert bool((per_frame[context] == 0).all()) and bool((per_frame[~context] > 0).all())
+    err = (out.detach() - (eps - latents)).pow(2).mean(dim=(2, 3, 4))
+    assert float(loss.detach()) == pytest.approx(float(err[~context].mean()), rel=1e-5)
+    off, _ = flow_matching_loss(model, dataclasses.replace(config, context_wear=0.0), latents, actions,
+                                torch.Generator().manual_seed(7))
+    x_t, _ = calls[-1]
+    torch.testing.assert_close(x_t, (1 - tb) * latents + tb * eps, rtol=1e-5, atol=1e-6)
+    assert float(off.detach()) == pytest.approx(float(err.mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="context_wear"):
+        tiny_config(context_wear=1.5)
+    with pytest.raises(ValueError, match="wear_strength"):
+        tiny_config(wear_strength=-0.1)
+    with pytest.raises(ValueError, match="wear_shift"):
+        tiny_config(wear_shift=-0.1)
+
+
 def test_autocast_bf16_forward_and_backward():
     config = tiny_config(latent_height=8, latent_width=8, n_layer=2)
     model = randomized(DynamicsModel(config))

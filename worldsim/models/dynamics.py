@@ -201,7 +201,7 @@ class DynamicsConfig:
     """Sizes, window, objective and sampling defaults; configs/dynamics/*.yaml hold exactly these fields."""
 
     LATER_FIELDS = ("self_context", "self_context_level", "rollout_context", "rollout_frames", "camera_warp",
-                    "warp_keep_rows", "view_memory", "view_memory_frames")  # checkpoints saved before them load with the defaults
+                    "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength", "wear_shift")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
@@ -241,6 +241,12 @@ class DynamicsConfig:
                                 # from noise) from the frames before them (no gradient; loss weight 0): the
                                 # frames after them learn to continue from, and correct, its own drift
     rollout_frames: int = 2     # frames of such a rollout
+    context_wear: float = 0.0   # chance a context clip's context frames are worn the way the model's own long
+                                # rollouts wear its frames (`worn`: flatter, blurred, the colours shifted; no
+                                # loss on them): the frames after them learn to continue sharp from a worn past
+    wear_strength: float = 0.5  # how far the wear goes at most (0: none; 1: the contrast down to nothing)
+    wear_shift: float = 0.25    # the wear's shift of each channel's mean: its standard deviation, in units of the
+                                # channel's spatial spread (0: the colours stay)
     # sampling
     context_noise: float = 0.05     # level at which finished frames are written into the cache
     sample_steps: int = 4           # Euler steps per chunk (the sampler may change it between chunks)
@@ -300,6 +306,9 @@ class DynamicsConfig:
              f"rollout_frames must lie in [1, context_frames={self.context_frames}), got {self.rollout_frames}")
         need(self.self_context == 0.0 or self.rollout_context == 0.0,
              "self_context and rollout_context both replace context frames: set one of them to 0")
+        need(0.0 <= self.context_wear <= 1.0, f"context_wear must lie in [0, 1], got {self.context_wear}")
+        need(0.0 <= self.wear_strength <= 1.0, f"wear_strength must lie in [0, 1], got {self.wear_strength}")
+        need(self.wear_shift >= 0.0, f"wear_shift must be >= 0, got {self.wear_shift}")
         need(self.chunk_frames == 1 or self.rollout_context == 0.0,
              f"rollout_context samples one frame at a time: it needs chunk_frames=1, got {self.chunk_frames}")
         need(0.0 <= self.context_noise < 1.0, f"context_noise must lie in [0, 1), got {self.context_noise}")
@@ -587,6 +596,31 @@ def own_rollout(model, config: DynamicsConfig, latents, actions, starts, generat
     return torch.cat([x, latents[:, T:]], dim=1)
 
 
+def worn(latents, strength: float, generator=None, shift: float | None = None):
+    """Clips of latents (B, T, C, h, w) worn the way the model's own long rollouts wear its frames (measured on
+    the shipped world: the latents' spatial spread falls by up to a half within 50 frames, the channel means
+    wander, the detail blurs). Per clip, drawn once for all its frames, with a = strength: a contrast
+    c ~ U[1 - a, 1] about each frame's channel means, a blend b ~ U[0, a] towards a 3x3 binomial blur, and a
+    shift of each channel's mean ~ N(0, (shift * that channel's spatial spread in the clip)^2), shift = a/2
+    unless given."""
+    B, T, C, h, w = latents.shape
+    kw = dict(generator=generator, device=latents.device)
+    contrast = 1 - strength * torch.rand(B, **kw)
+    blend = strength * torch.rand(B, **kw)
+    shift = torch.randn(B, C, **kw) * (0.5 * strength if shift is None else shift)
+    x = latents.float()
+    mean = x.mean(dim=(3, 4), keepdim=True)  # (B, T, C, 1, 1)
+    spread = x.std(dim=(3, 4)).mean(dim=1)  # (B, C)
+    k = torch.tensor([1.0, 2.0, 1.0], device=x.device) / 4
+    kernel = (k[:, None] * k[None]).expand(C, 1, 3, 3)
+    flat = F.pad(x.reshape(B * T, C, h, w), (1, 1, 1, 1), mode="replicate")
+    blurred = F.conv2d(flat, kernel, groups=C).reshape(B, T, C, h, w)
+    b = blend[:, None, None, None, None]
+    x = (1 - b) * x + b * blurred
+    x = mean + contrast[:, None, None, None, None] * (x - mean) + (shift * spread)[:, None, :, None, None]
+    return x.to(latents.dtype)
+
+
 @torch.no_grad()
 def clip_view_fill(config: DynamicsConfig, x_t, levels, actions):
     """The view memory's fill of each frame of a training clip (x_t (B, T, ...) at levels (B, T), actions in
@@ -625,6 +659,11 @@ def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generato
             inputs = latents.clone()
             made = own_rollout(model, config, latents[rows], actions[rows], starts[rows, 0], generator)
             inputs[rows] = torch.where(own[rows, :, None, None, None], made, latents[rows])
+    if config.context_wear > 0 and T > 1:
+        wear = in_context & (torch.rand(B, 1, generator=generator, device=latents.device) < config.context_wear)
+        inputs = torch.where(wear[:, :, None, None, None], worn(inputs, config.wear_strength, generator, config.wear_shift),
+                             inputs)
+        own = own | wear
     tb = t[:, :, None, None, None].to(latents.dtype)
     x_t = (1 - tb) * inputs + tb * eps
     if config.view_memory:
