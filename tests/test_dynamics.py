@@ -316,9 +316,9 @@ def test_self_context_continues_from_the_models_own_estimates():
 
 def test_worn_clips_are_flatter_blurred_and_shifted_within_strength():
     """`worn` keeps shapes and dtype, draws once per clip (every frame of a clip worn alike), is the identity
-    at strength 0 (to rounding) and reproducible from a generator; at strength a the spatial spread about each frame's
-    channel means falls to no less than (1 - a) of its blurred self and no more than the original, and the
-    channel means move by the drawn shift alone."""
+    at strength 0 (to rounding) and reproducible from a generator; at strength a the spatial spread about each
+    frame's channel means falls to no less than (1 - a) of its blurred self and no more than the original, and
+    the channel means move by the drawn shift alone."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, 4, 8, 8, generator=g) * 2 + 1
     torch.testing.assert_close(dynamics.worn(x, 0.0, torch.Generator().manual_seed(1)), x, rtol=0, atol=1e-5)

@@ -201,7 +201,8 @@ class DynamicsConfig:
     """Sizes, window, objective and sampling defaults; configs/dynamics/*.yaml hold exactly these fields."""
 
     LATER_FIELDS = ("self_context", "self_context_level", "rollout_context", "rollout_frames", "camera_warp",
-                    "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength", "wear_shift")  # checkpoints saved before them load with the defaults
+                    "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength",
+                    "wear_shift")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
@@ -661,8 +662,8 @@ def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generato
             inputs[rows] = torch.where(own[rows, :, None, None, None], made, latents[rows])
     if config.context_wear > 0 and T > 1:
         wear = in_context & (torch.rand(B, 1, generator=generator, device=latents.device) < config.context_wear)
-        inputs = torch.where(wear[:, :, None, None, None], worn(inputs, config.wear_strength, generator, config.wear_shift),
-                             inputs)
+        wearing = worn(inputs, config.wear_strength, generator, config.wear_shift)
+        inputs = torch.where(wear[:, :, None, None, None], wearing, inputs)
         own = own | wear
     tb = t[:, :, None, None, None].to(latents.dtype)
     x_t = (1 - tb) * inputs + tb * eps
