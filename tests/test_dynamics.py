@@ -539,6 +539,37 @@ def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):
         load_dynamics(tmp_path / "other")
 
 
+def test_a_shallower_checkpoint_grows_into_a_deeper_model_that_computes_the_same(tmp_path):
+    from worldsim.models.train_dynamics import train_dynamics
+    from worldsim.training import TrainConfig
+    from worldsim.training.checkpoint import CheckpointError, save_checkpoint
+    config = tiny_config(latent_channels=4, latent_height=8, latent_width=8, n_layer=2, context_frames=6)
+    shallow = randomized(DynamicsModel(config))
+    save_checkpoint(tmp_path / "shallow", shallow, config)
+    deeper = randomized(DynamicsModel(dataclasses.replace(config, n_layer=4)), seed=1)  # adaln not zero before
+    dynamics.grow_from(deeper, tmp_path / "shallow")
+    latents, actions, t = inputs(config)
+    torch.testing.assert_close(deeper(latents, actions, t), shallow(latents, actions, t), rtol=0, atol=0)
+    loss, _ = flow_matching_loss(deeper, deeper.config, latents, actions)
+    loss.backward()
+    assert deeper.blocks[3].adaln.weight.grad.abs().sum() > 0  # the new layers learn from the first step
+    with pytest.raises(CheckpointError, match=r"n_layer 2, model 1"):
+        dynamics.grow_from(DynamicsModel(dataclasses.replace(config, n_layer=1)), tmp_path / "shallow")
+    with pytest.raises(CheckpointError, match=r"n_embd: checkpoint 128, model 64"):
+        dynamics.grow_from(DynamicsModel(dataclasses.replace(config, n_layer=3, n_embd=64, n_head=2)), tmp_path / "shallow")
+    # through the trainer: train.init_grow starts the deeper run there; without it the load is strict
+    cache = moving_pattern_cache(tmp_path / "cache")
+    grown = dataclasses.replace(config, n_layer=3)
+    run = TrainConfig(out_dir=str(tmp_path / "run"), data=str(cache), steps=1, batch_size=2, lr=1e-12,
+                      warmup_steps=1, ckpt_every=0, sample_every=0, init_from=str(tmp_path / "shallow"),
+                      init_grow=True)
+    train_dynamics(grown, run, progress=False)
+    torch.testing.assert_close(load_dynamics(tmp_path / "run")(latents, actions, t), shallow(latents, actions, t))
+    with pytest.raises(CheckpointError, match="missing tensor 'blocks.2"):
+        train_dynamics(grown, dataclasses.replace(run, out_dir=str(tmp_path / "strict"), init_grow=False),
+                       progress=False)
+
+
 def moving_pattern_cache(path, episodes=3, frames=24, channels=4, size=8):
     """A cache whose latents are a smooth pattern that the camera_yaw action shifts by one cell per frame."""
     import numpy as np

@@ -682,6 +682,29 @@ def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generato
     return loss, metrics
 
 
+def grow_from(model: "DynamicsModel", directory, name: str = "model") -> "DynamicsModel":
+    """Load the dynamics checkpoint in DIRECTORY into `model`, a deeper model of the same config otherwise: its
+    first blocks get the checkpoint's, the blocks after them keep their AdaLN-zero init (gates zero: identities),
+    so the grown model computes exactly what the checkpoint did and training adds depth from there."""
+    from worldsim.training.checkpoint import CheckpointError
+    shallow = load_dynamics(directory, name=name)
+    saved, now = vars(shallow.config), vars(model.config)
+    differ = sorted(k for k in now if k != "n_layer" and saved[k] != now[k])
+    if differ or shallow.config.n_layer > model.config.n_layer:
+        raise CheckpointError(
+            f"{directory}/{name}.json cannot grow into this model: it must have the same config with no more layers "
+            f"(checkpoint n_layer {shallow.config.n_layer}, model {model.config.n_layer}"
+            + "".join(f"; {k}: checkpoint {saved[k]!r}, model {now[k]!r}" for k in differ) + ")")
+    missing, unexpected = model.load_state_dict(shallow.state_dict(), strict=False)
+    added = {f"blocks.{i}." for i in range(shallow.config.n_layer, model.config.n_layer)}
+    assert not unexpected and all(k[:k.index(".", 7) + 1] in added for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        for block in model.blocks[shallow.config.n_layer:]:
+            block.adaln.weight.zero_()
+            block.adaln.bias.zero_()
+    return model
+
+
 def load_dynamics(directory, expect: DynamicsConfig | None = None, *, name: str = "model", device="cpu"):
     """The model saved in DIRECTORY (`name`: model | ema), weights loaded strictly. With `expect`, a checkpoint
     of another config is a CheckpointError naming each differing field."""

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from worldsim.data.cache import Cache, ClipDataset
-from worldsim.models.dynamics import DynamicsConfig, DynamicsModel, flow_matching_loss
+from worldsim.models.dynamics import DynamicsConfig, DynamicsModel, flow_matching_loss, grow_from
 from worldsim.sampling import Sampler
 from worldsim.training import TrainConfig, train, unwrap
 
@@ -34,6 +34,10 @@ class DynamicsTask:
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
         return flow_matching_loss(model, self.config, batch["latents"], batch["actions"])
+
+    def grow_from(self, model, directory, name: str) -> None:
+        """train.init_grow: a shallower checkpoint's weights, the extra blocks left as identities."""
+        grow_from(model, directory, name)
 
     @torch.no_grad()
     def save_samples(self, model, batch: dict, path: Path) -> None:

@@ -35,7 +35,7 @@ from worldsim.training.config import TrainConfig
 from worldsim.training.curves import CurveLog
 from worldsim.training.distributed import Distributed, setup_distributed
 from worldsim.training.sampler import ResumableBatchSampler
-from worldsim.training.wrap import ForwardHost
+from worldsim.training.wrap import ForwardHost, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,13 @@ class _Run:
         if not path.exists():
             raise FileNotFoundError(f"train.init_from={directory}: no model.safetensors there (a run's out_dir or "
                                     "a shipped world's dynamics/ directory)")
-        load_weights(self.model, path)
+        if self.config.init_grow:
+            if not hasattr(self.task, "grow_from"):
+                raise ValueError(f"train.init_grow: the {type(self.task).__name__}'s model cannot grow from a "
+                                 "shallower checkpoint")
+            self.task.grow_from(unwrap(self.model), directory, name)
+        else:
+            load_weights(self.model, path)
         if self.ema is not None:
             self.ema.module.load_state_dict(self.model.state_dict())
         saved = read_json(directory / f"{name}.json").get("config", {}) if (directory / f"{name}.json").exists() else {}
