@@ -273,6 +273,9 @@ def test_init_from_starts_a_fresh_run_from_saved_weights_strictly(tmp_path, capl
     with pytest.raises(FileNotFoundError, match="train.init_from"):
         train(TinyTask(), dataset, config_for(tmp_path / "none", init_from=str(tmp_path / "nowhere")), progress=False)
     assert TrainConfig(init_from=None).init_from == ""
+    with pytest.raises(ValueError, match="init_grow.*cannot grow"):
+        train(TinyTask(), dataset, config_for(tmp_path / "grow", init_from=source.out_dir, init_grow=True),
+              progress=False)
 
 
 def test_trains_on_a_clip_dataset(tmp_path):
