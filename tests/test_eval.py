@@ -99,6 +99,30 @@ def test_collapse_catches_a_frozen_and_a_faded_world():
     both[170:] = (both[170:] // 8 + 100).astype(np.uint8)  # frozen first, then faded too: the earlier counts
     verdict = collapse(real_stats, frame_stats(both), fps=20)
     assert verdict["frozen"] and verdict["faded"] and verdict["first_frame"] == 151
+    assert not held["washed_out"] and held["lowest_contrast_ratio_10s"]["candidate"] == 1.0
+    assert not any(collapse(real_stats, frame_stats(run), fps=20)["washed_out"] for run in (frozen, faded))
+
+
+def test_collapse_catches_a_world_washed_out_into_a_haze_that_never_dips():
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, (600, SIZE, SIZE, 3)).astype(np.float64)  # 30 s
+    flatter = lambda frames, c, mean=128: (c * (frames - 128) + mean).astype(np.uint8)
+    real = noise.astype(np.uint8)
+    real[300:320] = flatter(noise[300:320], 0.45)  # the player faced a wall for a second
+    haze = real.copy()
+    # from frame 100 on: frames that change but at 0.4 of the usual contrast, over the 1-s dip limit (0.225)
+    haze[100:] = flatter(noise[100:], 0.4, 160)
+    real_stats, haze_stats = frame_stats(real), frame_stats(haze)
+    verdict = collapse(real_stats, haze_stats, fps=20)
+    assert verdict["lowest_contrast_1s"]["candidate"] > verdict["lowest_contrast_1s"]["limit"]  # no dip
+    assert verdict["washed_out"] and verdict["faded"] and verdict["collapsed"] and not verdict["frozen"]
+    assert verdict["lowest_contrast_ratio_10s"]["candidate"] == pytest.approx(0.4, abs=0.01)
+    # the first 10 s (200 frames) under half the real contrast start once fewer than a third of them are clear
+    # (0.4 + 0.6 clear / 200 < 0.5): at frame 67, so they end at 266
+    assert 256 < verdict["first_frame"] < 276 and verdict["seconds_before"] == verdict["first_frame"] / 20
+    lighter = real.copy()  # the same at 0.6 of the contrast: blurrier frames, not a haze
+    lighter[100:] = flatter(noise[100:], 0.6, 140)
+    assert not collapse(real_stats, frame_stats(lighter), fps=20)["collapsed"]
 
 
 def test_action_labels():

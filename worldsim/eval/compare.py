@@ -44,7 +44,9 @@ def _stability(report: dict) -> dict:
     return {"runs": len(runs), "collapsed_runs": sum(bool(r["collapse"].get("collapsed")) for r in runs),
             "lowest_contrast_1s": [c.get("candidate") for c in lowest], "fade_limit": [c.get("limit") for c in lowest],
             "seconds_before": [r["collapse"].get("seconds_before") for r in runs],  # None: a report before it
-            "contrast_ratio": [r["collapse"].get("mean_contrast", {}).get("ratio") for r in runs]}
+            "contrast_ratio": [r["collapse"].get("mean_contrast", {}).get("ratio") for r in runs],
+            # None: a report from before the washed-out rule, whose verdicts did not judge it
+            "lowest_ratio_10s": [r["collapse"].get("lowest_contrast_ratio_10s", {}).get("candidate") for r in runs]}
 
 
 def compare(a: dict, b: dict) -> dict:
@@ -101,7 +103,8 @@ def print_comparison(result: dict, names: tuple[str, str], console: Console | No
                       + ", ".join(f"{_fmt(c, 1)} (limit {_fmt(l, 1)})" for c, l in zip(s["lowest_contrast_1s"],
                                                                                       s["fade_limit"]))
                       + "; seconds before collapse " + ", ".join(_fmt(v, 1) for v in s["seconds_before"])
-                      + "; mean contrast / real " + ", ".join(_fmt(v, 2) for v in s["contrast_ratio"]))
+                      + "; mean contrast / real " + ", ".join(_fmt(v, 2) for v in s["contrast_ratio"])
+                      + f"; lowest 10-s contrast / real (limit {metrics.FADE_FRACTION}) " + ", ".join(_fmt(v, 2) for v in s["lowest_ratio_10s"]))
     table.add_row("stability", runs(result["stability"]["a"]), runs(result["stability"]["b"]))
     console.print(table)
 

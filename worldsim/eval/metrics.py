@@ -19,8 +19,10 @@ STAT_NAMES = ("mean_r", "mean_g", "mean_b", "sharpness", "contrast", "sky_fracti
 # Collapse (the two failures a long rollout must not show). A frame is still when its mean absolute change from
 # the frame before is under STILL_MOTION grey levels; frozen: a still stretch over twice the real run's longest and
 # over FROZEN_MIN_SECONDS (or a quarter of a shorter run). Faded: the contrast (luma standard deviation), averaged
-# over a second, falls under FADE_FRACTION of the real run's lowest one-second average.
-STILL_MOTION, FROZEN_MIN_SECONDS, FADE_FRACTION = 0.5, 5.0, 0.5
+# over a second, falls under FADE_FRACTION of the real run's lowest one-second average (a dip into one colour),
+# or, averaged over WASHED_SECONDS, under FADE_FRACTION of the real run's over the same seconds (washed out: a flat
+# haze that never dips but never holds a scene either).
+STILL_MOTION, FROZEN_MIN_SECONDS, FADE_FRACTION, WASHED_SECONDS = 0.5, 5.0, 0.5, 10.0
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
@@ -97,12 +99,14 @@ def first_run_over(flags: np.ndarray, length: float) -> int | None:
 
 
 def collapse(real: np.ndarray, candidate: np.ndarray, fps: float) -> dict:
-    """Whether a long rollout froze or faded to one colour, judged against the real run under the same actions,
-    and when: the frame at which it first did (the last of the still stretch that outgrew the limit, or of the
-    first second whose contrast fell under it), and the seconds of play before that (the whole run where it held),
-    which ranks candidates that all collapse; and the run's mean contrast against the real run's.
+    """Whether a long rollout froze or faded to one colour (dipped into it, or washed out into a flat haze for
+    WASHED_SECONDS), judged against the real run under the same actions, and when: the frame at which it first
+    did (the last of the still stretch that outgrew the limit, or of the first second or WASHED_SECONDS whose
+    contrast fell under its limit), and the seconds of play before that (the whole run where it held), which ranks
+    candidates that all collapse; and the run's mean contrast against the real run's.
 
-    real, candidate: frame_stats rows (N, len(STAT_NAMES)). See STILL_MOTION, FROZEN_MIN_SECONDS, FADE_FRACTION."""
+    real, candidate: frame_stats rows (N, len(STAT_NAMES)). See STILL_MOTION, FROZEN_MIN_SECONDS, FADE_FRACTION,
+    WASHED_SECONDS."""
     motion, contrast = STAT_NAMES.index("motion"), STAT_NAMES.index("contrast")
     still_real = longest_run(real[1:, motion] < STILL_MOTION)  # row 0 has no frame before it in the run
     still_candidate = longest_run(candidate[1:, motion] < STILL_MOTION)
@@ -111,20 +115,31 @@ def collapse(real: np.ndarray, candidate: np.ndarray, fps: float) -> dict:
     smooth = lambda v: np.convolve(v, np.ones(window) / window, mode="valid")
     smooth_candidate = smooth(candidate[:, contrast])
     contrast_real, contrast_candidate = smooth(real[:, contrast]).min(), smooth_candidate.min()
-    frozen, faded = still_candidate > frozen_limit, contrast_candidate < FADE_FRACTION * contrast_real
+    long = max(1, min(int(round(WASHED_SECONDS * fps)), len(real), len(candidate)))
+    n = min(len(real), len(candidate))  # the same seconds of both runs
+    average = lambda v: np.convolve(v[:n], np.ones(long) / long, mode="valid")
+    ratio = average(candidate[:, contrast]) / np.maximum(average(real[:, contrast]), 1e-9)
+    washed = bool(ratio.min() < FADE_FRACTION)
+    frozen = still_candidate > frozen_limit
+    faded = contrast_candidate < FADE_FRACTION * contrast_real or washed
     frozen_at = first_run_over(candidate[1:, motion] < STILL_MOTION, frozen_limit)
     faded_at = np.flatnonzero(smooth_candidate < FADE_FRACTION * contrast_real)
+    washed_at = np.flatnonzero(ratio < FADE_FRACTION)
     at = [frame for frame in (None if frozen_at is None else frozen_at + 1,
-                              int(faded_at[0]) + window - 1 if len(faded_at) else None) if frame is not None]
+                              int(faded_at[0]) + window - 1 if len(faded_at) else None,
+                              int(washed_at[0]) + long - 1 if len(washed_at) else None) if frame is not None]
     first = min(at) if at else None
-    return {"collapsed": bool(frozen or faded), "frozen": bool(frozen), "faded": bool(faded),
+    return {"collapsed": bool(frozen or faded), "frozen": bool(frozen), "faded": bool(faded), "washed_out": washed,
             "first_frame": first, "seconds_before": float((len(candidate) if first is None else first) / fps),
             # how faded the whole run is, a smoother ranking than the verdict: 1 keeps the real run's contrast
             "mean_contrast": {"real": float(real[:, contrast].mean()), "candidate": float(candidate[:, contrast].mean()),
                               "ratio": float(candidate[:, contrast].mean() / max(real[:, contrast].mean(), 1e-9))},
             "longest_still_frames": {"real": still_real, "candidate": still_candidate, "limit": float(frozen_limit)},
             "lowest_contrast_1s": {"real": float(contrast_real), "candidate": float(contrast_candidate),
-                                   "limit": float(FADE_FRACTION * contrast_real)}}
+                                   "limit": float(FADE_FRACTION * contrast_real)},
+            # the candidate's contrast over WASHED_SECONDS against the real run's over the same seconds
+            "lowest_contrast_ratio_10s": {"candidate": float(ratio.min()), "limit": FADE_FRACTION,
+                                          "seconds": long / fps}}
 
 
 class StatsStream:

@@ -170,15 +170,19 @@ def print_report(report: dict, console: Console | None = None) -> None:
         verdict += f"; mean contrast {_fmt(ratio['mean'], 2)} of the real runs'"
     table = Table(title=f"Stability over {c['runs']} runs of {stability['frames']} frames: {verdict}")
     for column in ("world", "verdict", "seconds before", "longest still stretch (real, limit)",
-                   "lowest 1-s contrast (real, limit)", "fraction out of range"):
+                   "lowest 1-s contrast (real, limit)", "lowest 10-s contrast of real's (limit)",
+                   "fraction out of range"):
         table.add_column(column, justify="left" if column in ("world", "verdict") else "right")
     for run in stability["runs"]:
         r = run["collapse"]
         still, contrast = r["longest_still_frames"], r["lowest_contrast_1s"]
-        table.add_row(str(run["seed"]), " and ".join(k for k in ("frozen", "faded") if r[k]) or "no collapse",
+        washed = r.get("lowest_contrast_ratio_10s", {})  # reports before it have none
+        kinds = [k + (" (washed out)" if k == "faded" and r.get("washed_out") else "") for k in ("frozen", "faded")
+                 if r[k]]
+        table.add_row(str(run["seed"]), " and ".join(kinds) or "no collapse",
                       _fmt(r.get("seconds_before"), 1), f"{still['candidate']} ({still['real']}, {_fmt(still['limit'], 0)})",
                       f"{_fmt(contrast['candidate'], 1)} ({_fmt(contrast['real'], 1)}, {_fmt(contrast['limit'], 1)})",
-                      _fmt(run["fraction_out_of_range"]))
+                      f"{_fmt(washed.get('candidate'))} ({_fmt(washed.get('limit'))})", _fmt(run["fraction_out_of_range"]))
     console.print(table)
     table = Table(title=f"Stability: candidate statistics vs the real range, pooled over the runs "
                         f"(first out of range: {stability['first_out_of_range']}, "
