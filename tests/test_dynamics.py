@@ -629,3 +629,30 @@ def test_checkpoints_saved_before_later_fields_load_with_their_defaults(tmp_path
     (tmp_path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"missing fields \['n_layer'\]"):
         load_dynamics(tmp_path)
+
+
+def test_clip_loss_is_paired_across_checkpoints_and_names_empty_episode_ranges(tmp_path):
+    from worldsim.eval.loss import clip_loss, main
+    from worldsim.training.checkpoint import save_checkpoint
+    cache = moving_pattern_cache(tmp_path / "cache")  # 3 episodes of 24 frames
+    config = tiny_config(latent_channels=4, latent_height=8, latent_width=8, n_layer=2, context_frames=6)
+    model = randomized(DynamicsModel(config))
+    first = clip_loss(model, cache, stride=3, clips=8, batch=4)
+    assert first == clip_loss(model, cache, stride=3, clips=8, batch=4)  # the same clips, levels and noise
+    assert first["clips"] == 8 and first["episodes"] == [0, 3] and first["standard_error"] > 0
+    # the loss is the objective's own: by hand on the same draw of clips and noise
+    one = clip_loss(model, cache, stride=3, clips=4, batch=4, repeats=1, episodes=(1, 2))
+    from worldsim.data.cache import ClipDataset
+    dataset = ClipDataset(cache, 6, stride=3, latents=True)
+    chosen = np.sort(np.random.default_rng(0).choice(np.flatnonzero(dataset.clip_episodes == 1), 4, replace=False))
+    items = [dataset[int(i)] for i in chosen]
+    by_hand = flow_matching_loss(model, config, torch.stack([i["latents"] for i in items]),
+                                 torch.stack([i["actions"] for i in items]), torch.Generator().manual_seed(0))[0]
+    assert one["loss"] == pytest.approx(by_hand.item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"episodes 5..6"):
+        clip_loss(model, cache, stride=3, episodes=(5, 7))
+    save_checkpoint(tmp_path / "run", model, config)
+    result = main(["--checkpoint", str(tmp_path / "run"), "--data", str(cache), "--clips", "8", "--stride", "3",
+                   "--out", str(tmp_path / "loss.json")])
+    assert result["loss"] == pytest.approx(clip_loss(model, cache, stride=3, clips=8)["loss"], rel=1e-6)
+    assert (tmp_path / "loss.json").exists() and result["weights"] == "model"

@@ -399,6 +399,11 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self._starts)
 
+    @property
+    def clip_episodes(self) -> np.ndarray:
+        """The episode of each clip, in index order."""
+        return self._episodes
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_cache"] = None  # memory maps are reopened by each worker, never pickled
