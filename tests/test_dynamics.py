@@ -553,9 +553,14 @@ def test_a_shallower_checkpoint_grows_into_a_deeper_model_that_computes_the_same
     loss, _ = flow_matching_loss(deeper, deeper.config, latents, actions)
     loss.backward()
     assert deeper.blocks[3].adaln.weight.grad.abs().sum() > 0  # the new layers learn from the first step
-    with pytest.raises(CheckpointError, match=r"n_layer 2, model 1"):
+    with pytest.raises(CheckpointError, match=r"too many layers; n_layer: checkpoint 2, model 1"):
         dynamics.grow_from(DynamicsModel(dataclasses.replace(config, n_layer=1)), tmp_path / "shallow")
-    with pytest.raises(CheckpointError, match=r"n_embd: checkpoint 128, model 64"):
+    # a field that changes no shape may differ (the objective's), as with init_from
+    other = DynamicsModel(dataclasses.replace(config, n_layer=3, context_noise_max=0.3))
+    torch.testing.assert_close(dynamics.grow_from(other, tmp_path / "shallow")(latents, actions, t),
+                               shallow(latents, actions, t), rtol=0, atol=0)
+    with pytest.raises(CheckpointError,
+                       match=r"checkpoint \(128,\), model \(64,\).*n_embd: checkpoint 128, model 64"):
         dynamics.grow_from(DynamicsModel(dataclasses.replace(config, n_layer=3, n_embd=64, n_head=2)), tmp_path / "shallow")
     # through the trainer: train.init_grow starts the deeper run there; without it the load is strict
     cache = moving_pattern_cache(tmp_path / "cache")

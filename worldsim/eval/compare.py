@@ -104,7 +104,8 @@ def print_comparison(result: dict, names: tuple[str, str], console: Console | No
                                                                                       s["fade_limit"]))
                       + "; seconds before collapse " + ", ".join(_fmt(v, 1) for v in s["seconds_before"])
                       + "; mean contrast / real " + ", ".join(_fmt(v, 2) for v in s["contrast_ratio"])
-                      + f"; lowest 10-s contrast / real (limit {metrics.FADE_FRACTION}) " + ", ".join(_fmt(v, 2) for v in s["lowest_ratio_10s"]))
+                      + f"; lowest 10-s contrast / real (limit {metrics.FADE_FRACTION}) "
+                      + ", ".join(_fmt(v, 2) for v in s["lowest_ratio_10s"]))
     table.add_row("stability", runs(result["stability"]["a"]), runs(result["stability"]["b"]))
     console.print(table)
 

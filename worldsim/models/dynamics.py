@@ -683,19 +683,22 @@ def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generato
 
 
 def grow_from(model: "DynamicsModel", directory, name: str = "model") -> "DynamicsModel":
-    """Load the dynamics checkpoint in DIRECTORY into `model`, a deeper model of the same config otherwise: its
-    first blocks get the checkpoint's, the blocks after them keep their AdaLN-zero init (gates zero: identities),
-    so the grown model computes exactly what the checkpoint did and training adds depth from there."""
+    """Load the dynamics checkpoint in DIRECTORY into `model`, a deeper model whose other weights have the same
+    shapes: its first blocks get the checkpoint's, the blocks after them keep their AdaLN-zero init (gates zero:
+    identities), so the grown model computes what the checkpoint did (under the same config) and training adds
+    depth from there. Fields that change no shape (the objective's, say) may differ, as with train.init_from."""
     from worldsim.training.checkpoint import CheckpointError
     shallow = load_dynamics(directory, name=name)
     saved, now = vars(shallow.config), vars(model.config)
-    differ = sorted(k for k in now if k != "n_layer" and saved[k] != now[k])
-    if differ or shallow.config.n_layer > model.config.n_layer:
+    expected, found = model.state_dict(), shallow.state_dict()
+    misfit = [f"tensor {k!r}: checkpoint {tuple(v.shape)}, model {tuple(expected[k].shape)}"
+              for k, v in found.items() if k in expected and expected[k].shape != v.shape]
+    if shallow.config.n_layer > model.config.n_layer or misfit:
+        differ = "".join(f"; {k}: checkpoint {saved[k]!r}, model {now[k]!r}" for k in now if saved[k] != now[k])
         raise CheckpointError(
-            f"{directory}/{name}.json cannot grow into this model: it must have the same config with no more layers "
-            f"(checkpoint n_layer {shallow.config.n_layer}, model {model.config.n_layer}"
-            + "".join(f"; {k}: checkpoint {saved[k]!r}, model {now[k]!r}" for k in differ) + ")")
-    missing, unexpected = model.load_state_dict(shallow.state_dict(), strict=False)
+            f"{directory}/{name}.json cannot grow into this model: it needs no more layers than the model and weights "
+            f"of the same shapes ({'; '.join(misfit[:3]) or 'too many layers'}{differ})")
+    missing, unexpected = model.load_state_dict(found, strict=False)
     added = {f"blocks.{i}." for i in range(shallow.config.n_layer, model.config.n_layer)}
     assert not unexpected and all(k[:k.index(".", 7) + 1] in added for k in missing), (missing, unexpected)
     with torch.no_grad():
