@@ -31,8 +31,9 @@ class TrainConfig:
     init_from: str = ""             # a fresh run starts from these weights: a directory with model.safetensors
                                     # (its ema.safetensors when there is one), e.g. a run or a shipped world's
                                     # dynamics/; "" or null: random initialisation. Ignored when resuming
-    init_grow: bool = False         # with init_from: the checkpoint may be shallower than the model (same config
-                                    # otherwise); the layers it lacks start as identities (models that can grow)
+    init_grow: bool = False         # with init_from: the checkpoint may be shallower than the model (every other
+                                    # weight of the same shape); the layers it lacks start as identities (models
+                                    # that can grow: the task has grow_from)
 
     def __post_init__(self):
         if self.init_from is None:
