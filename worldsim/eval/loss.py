@@ -75,4 +75,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from worldsim.training.checkpoint import CheckpointError
+    try:
+        main()
+    except (FileNotFoundError, CheckpointError, ValueError) as e:  # bad input: its message, not a traceback
+        raise SystemExit(f"error: {e}") from None
