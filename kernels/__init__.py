@@ -95,6 +95,9 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, *, scale: floa
     depend on their order, so a wrapped cache needs no roll. Positions (rotary) are applied before keys
     enter the cache, so none are needed here. Returns out (B, H, Tq, D), or (out, lse).
 
+    The Triton kernel is inference-only: with the backend left to auto, a call whose inputs need a gradient
+    takes the (differentiable) torch path; forcing triton there is an error.
+
     A valid_len outside [0, S_max] raises on the CPU; on CUDA checking it would need a host sync, so the
     kernel writes NaN to that row's output instead.
     """
@@ -122,8 +125,12 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, *, scale: floa
         if bool((valid_len < 0).any()) or bool((valid_len > S_max).any()):
             raise ValueError(f"valid_len must lie in [0, S_max={S_max}], got {valid_len.tolist()}")
 
-    if select_backend(q.device, backend) == "triton":
-        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k_cache, v_cache, k_new, v_new)):
+    chosen = select_backend(q.device, backend)
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k_cache, v_cache, k_new, v_new))
+    if chosen == "triton" and needs_grad and (backend or os.environ.get(BACKEND_ENV, "auto")) == "auto":
+        chosen = "torch"  # auto: the differentiable torch path for a call that needs a gradient
+    if chosen == "triton":
+        if needs_grad:
             raise RuntimeError("the Triton cache_attention is inference-only; call it under torch.no_grad()")
         from kernels.cache import cache_attention as triton_cache_attention
         out, lse = triton_cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale)

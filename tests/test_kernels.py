@@ -244,6 +244,21 @@ def test_triton_cache_attention_is_inference_only():
         assert kernels.cache_attention(q, kc, kc, torch.tensor([3]), q, q, backend="triton").shape == q.shape
 
 
+def test_auto_backend_takes_the_torch_path_where_a_gradient_is_needed(monkeypatch):
+    """Where auto would pick Triton (CUDA), a call that needs a gradient gets the differentiable torch path."""
+    q = torch.randn(1, 1, 4, 32, requires_grad=True)
+    kc = torch.randn(1, 1, 8, 32)
+    want = kernels.cache_attention(q, kc, kc, torch.tensor([3]), q, q, backend="torch")
+    monkeypatch.setattr(kernels, "select_backend", lambda device, backend=None: "triton")
+    monkeypatch.delenv(kernels.BACKEND_ENV, raising=False)
+    got = kernels.cache_attention(q, kc, kc, torch.tensor([3]), q, q)
+    torch.testing.assert_close(got, want)
+    got.sum().backward()
+    assert q.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="no_grad"):
+        kernels.cache_attention(q, kc, kc, torch.tensor([3]), q, q, backend="triton")
+
+
 def test_default_splits_fill_the_device_and_respect_short_caches():
     cpu = torch.device("cpu")
     assert cache.default_splits(1, 8, 64, 2048, cpu) > 1

@@ -202,7 +202,7 @@ class DynamicsConfig:
 
     LATER_FIELDS = ("self_context", "self_context_level", "rollout_context", "rollout_frames", "camera_warp",
                     "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength",
-                    "wear_shift")  # checkpoints saved before them load with the defaults
+                    "wear_shift", "adversarial", "adversarial_frames", "critic_lr", "critic_width")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
@@ -248,6 +248,13 @@ class DynamicsConfig:
     wear_strength: float = 0.5  # how far the wear goes at most (0: none; 1: the contrast down to nothing)
     wear_shift: float = 0.25    # the wear's shift of each channel's mean: its standard deviation, in units of the
                                 # channel's spatial spread (0: the colours stay)
+    adversarial: float = 0.0    # > 0: post-training on the model's own rollouts (worldsim/models/adversarial.py):
+                                # the weight, beside flow matching's 1, of a critic's verdict on a frame the model
+                                # made after `adversarial_frames - 1` of its own, through the sampler's Euler steps
+    adversarial_frames: int = 24  # frames the model makes after a prompt of context_frames / 2 real ones; the
+                                # last is judged (the clips are that much longer than the window)
+    critic_lr: float = 2e-4     # the critic's Adam learning rate (constant)
+    critic_width: int = 64      # channels of the critic's first convolution
     # sampling
     context_noise: float = 0.05     # level at which finished frames are written into the cache
     sample_steps: int = 4           # Euler steps per chunk (the sampler may change it between chunks)
@@ -310,6 +317,14 @@ class DynamicsConfig:
         need(0.0 <= self.context_wear <= 1.0, f"context_wear must lie in [0, 1], got {self.context_wear}")
         need(0.0 <= self.wear_strength <= 1.0, f"wear_strength must lie in [0, 1], got {self.wear_strength}")
         need(self.wear_shift >= 0.0, f"wear_shift must be >= 0, got {self.wear_shift}")
+        need(self.adversarial >= 0.0, f"adversarial must be >= 0 (0: off), got {self.adversarial}")
+        need(self.adversarial_frames >= 1, f"adversarial_frames must be >= 1, got {self.adversarial_frames}")
+        need(self.critic_lr > 0.0, f"critic_lr must be > 0, got {self.critic_lr}")
+        need(self.critic_width >= 1, f"critic_width must be >= 1, got {self.critic_width}")
+        need(not self.view_memory or self.adversarial == 0.0,
+             "adversarial training judges frames made without the view memory: set view_memory=false to train")
+        need(self.chunk_frames == 1 or self.adversarial == 0.0,
+             f"adversarial rolls out one frame at a time: it needs chunk_frames=1, got {self.chunk_frames}")
         need(self.chunk_frames == 1 or self.rollout_context == 0.0,
              f"rollout_context samples one frame at a time: it needs chunk_frames=1, got {self.chunk_frames}")
         need(0.0 <= self.context_noise < 1.0, f"context_noise must lie in [0, 1), got {self.context_noise}")

@@ -1,7 +1,7 @@
 """Training the dynamics transformer on encoded clips (`mode=train_dynamics`), with sampled rollouts as PNG strips.
 
 The cache must hold autoencoder latents (`mode=encode`). Clips are `context_frames` long, the window the
-sampler keeps. The autoencoder that made the latents (its run directory is in the cache index) decodes the
+sampler keeps (with `dynamics.adversarial` > 0, longer: worldsim/models/adversarial.py). The autoencoder that made the latents (its run directory is in the cache index) decodes the
 sample rollouts; without it the strips show the first three latent channels.
 """
 import logging
@@ -113,10 +113,14 @@ def sample_batch(dataset: ClipDataset) -> dict:
 
 def train_dynamics(model_config: DynamicsConfig, train_config: TrainConfig, **train_kwargs) -> dict:
     """Train on the latents of the cache train_config.data; checkpoints, curves and samples in out_dir."""
+    from worldsim.models import adversarial
     autoencoder_dir = latent_source(train_config.data, model_config)
-    dataset = ClipDataset(train_config.data, frames_per_clip=model_config.context_frames, latents=True)
+    frames = adversarial.clip_frames(model_config) if model_config.adversarial > 0 else model_config.context_frames
+    dataset = ClipDataset(train_config.data, frames_per_clip=frames, latents=True)
     if len(dataset) == 0:
-        raise ValueError(f"{train_config.data}: no episode is {model_config.context_frames} frames "
-                         "(context_frames) long")
+        what = "the adversarial prompt + adversarial_frames" if model_config.adversarial > 0 else "context_frames"
+        raise ValueError(f"{train_config.data}: no episode is {frames} frames ({what}) long")
     task = DynamicsTask(model_config, autoencoder_dir)
+    if model_config.adversarial > 0:
+        task = adversarial.AdversarialTask(task)
     return train(task, dataset, train_config, sample_batch=sample_batch(dataset), **train_kwargs)

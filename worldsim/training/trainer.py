@@ -58,6 +58,10 @@ class TrainTask(Protocol):
     def save_samples(self, model: nn.Module, batch: dict, path: Path) -> None:
         """Write an image of what the model makes of `batch` (e.g. a PNG grid)."""
 
+    # Optional: a task that trains more than the model (a critic with its own optimizer) has
+    # save_state(directory) and load_state(directory); each checkpoint then holds that state too, and resume
+    # restores it.
+
 
 def lr_at(step: int, config: TrainConfig, schedule: str = "cosine") -> float:
     """Learning rate for the update after `step` completed steps: linear warm-up, then cosine or constant."""
@@ -185,6 +189,8 @@ class _Run:
             ema_path = found / "ema.safetensors"
             load_weights(self.ema.module, ema_path if ema_path.exists() else found / "model.safetensors")
         state = load_training_state(found, self.optimizer)
+        if hasattr(self.task, "load_state"):  # what the task trains beside the model (a critic, say)
+            self.task.load_state(found)
         self._warn_changes(state)
         if len(state.rng) == self.dist.world_size:
             restore_rng_state(state.rng[self.dist.rank])
@@ -307,6 +313,8 @@ class _Run:
             save_checkpoint(partial, self.ema.module, self.task.config, name="ema", extra={**extra, "ema": self.ema.decay})
         save_training_state(partial, step=self.step, optimizer=self.optimizer, rng=rng,
                             data=self.sampler.position(self.step), extra={"train_config": asdict(self.config)})
+        if hasattr(self.task, "save_state"):
+            self.task.save_state(partial)
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         for name in ("model", "ema") if self.ema is not None else ("model",):

@@ -1,0 +1,113 @@
+"""Adversarial post-training (worldsim/models/adversarial.py): the frame it judges is the sampler's, the critic
+learns and is checkpointed, and a resumed run equals an uninterrupted one."""
+import dataclasses
+
+import pytest
+import torch
+
+from worldsim.models import adversarial
+from worldsim.models.dynamics import DynamicsModel, shift_actions
+from worldsim.sampling import sample_levels
+
+from test_dynamics import inputs, moving_pattern_cache, randomized, tiny_config
+
+
+def small_config(**changes):
+    values = dict(latent_channels=4, latent_height=8, latent_width=8, n_layer=2, context_frames=6, context_noise=0.0,
+                  sample_steps=2, adversarial=0.1, adversarial_frames=5, critic_width=8)
+    return tiny_config(**{**values, **changes})
+
+
+def test_judged_frame_is_the_samplers_next_frame_and_a_whole_clip_recomputation():
+    """After play_out, judged_frame makes what the sampler's own step makes from the same noise, and what Euler
+    steps of a cache-free forward over the whole clip make (past the window's wrap); with grad on, the last
+    step is in the graph and the value is the same."""
+    from worldsim.sampling import denoise_chunk
+    config = small_config(sample_steps=3)
+    model = randomized(DynamicsModel(config), seed=1)
+    latents, actions, _ = inputs(config, B=2, T=10, seed=2)  # 8 made frames: the 5-frame cache wraps
+    z = torch.randn(latents[:, 0].shape, generator=torch.Generator().manual_seed(3))
+    clip, sampler = adversarial.play_out(model, latents, actions, prompt=3, seed=0)
+    assert clip.shape[1] == 9 and torch.equal(clip[:, :3], latents[:, :3])
+    assert float((clip[:, 3] - latents[:, 3]).abs().max()) > 0.1  # made, not the data
+    with torch.no_grad():
+        got = adversarial.judged_frame(model, sampler, actions[:, -2], z)
+        own = denoise_chunk(model, sampler.caches, actions[:, -2:-1], sampler.frame, z[:, None], 3, sampler.last)
+        x = torch.cat([clip, z[:, None]], dim=1)
+        acts, ts, want = shift_actions(actions), sample_levels(3), z
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x[:, -1] = want
+            levels = torch.zeros(2, 10)
+            levels[:, -1] = t
+            want = want + (t_next - t) * model(x, acts, levels)[:, -1]
+    torch.testing.assert_close(got, own[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    made = adversarial.judged_frame(model, sampler, actions[:, -2], z)
+    made.sum().backward()
+    assert model.head.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(made.detach(), got, rtol=0, atol=0)
+
+
+def test_play_out_is_the_training_samples_rollout():
+    """The frames after the prompt are the sampler's, as the training samples make them."""
+    from worldsim.models.train_dynamics import rollout
+    config = small_config()
+    model = randomized(DynamicsModel(config), seed=4).eval()
+    latents, actions, _ = inputs(config, B=2, T=8, seed=5)
+    clip, _ = adversarial.play_out(model, latents, actions, prompt=3, seed=0)
+    torch.testing.assert_close(clip[:, 3:], rollout(model, latents[:, :7], actions[:, :7], 3), rtol=1e-5, atol=1e-5)  # fused commit: rounding
+
+
+def test_loss_steps_the_critic_and_reaches_the_model():
+    config = small_config()
+    base = __import__("worldsim.models.train_dynamics", fromlist=["DynamicsTask"]).DynamicsTask(config)
+    randomized(base.model, seed=6)
+    task = adversarial.AdversarialTask(base)
+    latents, actions, _ = inputs(config, B=3, T=adversarial.clip_frames(config), seed=7)
+    before = {k: v.clone() for k, v in task.critic.state_dict().items()}
+    loss, metrics = task.loss(base.model, {"latents": latents, "actions": actions})
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert base.model.head.weight.grad.abs().sum() > 0
+    assert any(not torch.equal(before[k], v) for k, v in task.critic.state_dict().items())
+    assert {"flow", "critic_loss", "critic_real", "critic_fake", "spread_made", "spread_real"} <= set(metrics)
+    with pytest.raises(ValueError, match="clips of 8 frames"):
+        task.loss(base.model, {"latents": latents[:, :6], "actions": actions[:, :6]})
+
+
+def test_adversarial_run_resumes_exactly_with_its_critic(tmp_path):
+    """Killed after 2 of 4 steps and resumed, the run ends with the weights and critic of an uninterrupted one."""
+    from worldsim.models.train_dynamics import train_dynamics
+    from worldsim.training import TrainConfig
+    from worldsim.training.checkpoint import CheckpointError, read_tensors
+    cache = moving_pattern_cache(tmp_path / "cache")
+    config = small_config()
+    run = lambda out, **kw: TrainConfig(out_dir=str(tmp_path / out), data=str(cache), steps=4, batch_size=2,
+                                        lr=1e-3, warmup_steps=1, ckpt_every=2, sample_every=0, seed=0, **kw)
+    def fresh(*args, **kw):  # each run starts as a new process would: the same initial weights
+        torch.manual_seed(0)
+        train_dynamics(*args, progress=False, **kw)
+    fresh(config, run("whole"))
+    fresh(config, run("split"), stop_after=2)
+    torch.manual_seed(1)  # the resumed half restores everything it needs
+    train_dynamics(config, run("split"), progress=False)
+    last = lambda out: sorted((tmp_path / out / "checkpoints").glob("step_*"))[-1]
+    for name in ("model.safetensors", adversarial.CRITIC_FILE):
+        a, b = read_tensors(last("whole") / name), read_tensors(last("split") / name)
+        assert a.keys() == b.keys() and len(a) > 0
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}: {k}")
+    # resuming a run that has no critic is a clear error
+    train_dynamics(dataclasses.replace(config, adversarial=0.0), run("plain"), progress=False, stop_after=2)
+    with pytest.raises(CheckpointError, match="critic.safetensors: missing"):
+        train_dynamics(config, run("plain"), progress=False)
+
+
+def test_bad_adversarial_settings_name_the_field():
+    for field, value in (("adversarial", -0.1), ("adversarial_frames", 0), ("critic_lr", 0.0), ("critic_width", 0)):
+        with pytest.raises(ValueError, match=field):
+            small_config(**{field: value})
+    with pytest.raises(ValueError, match="adversarial rolls out one frame at a time"):
+        small_config(chunk_frames=2)
+    with pytest.raises(ValueError, match="view_memory=false to train"):
+        small_config(view_memory=True)
