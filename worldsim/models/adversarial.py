@@ -53,7 +53,8 @@ def play_out(model, latents, actions, prompt: int, seed: int):
     sampler, every frame committed to its caches: it is ready to make frame T - 1."""
     sampler = Sampler(unwrap(model), batch_size=latents.shape[0], seed=seed, fuse_commit=False)
     sampler.reset(latents[:, :prompt], actions[:, :prompt - 1])
-    made = [sampler.step(actions[:, i - 1]).clone() for i in range(prompt, latents.shape[1] - 1)]  # out of inference mode
+    # clones: the sampler's frames come out of inference mode, and autograd may not save those
+    made = [sampler.step(actions[:, i - 1]).clone() for i in range(prompt, latents.shape[1] - 1)]
     return torch.cat([latents[:, :prompt], *made], dim=1), sampler
 
 

@@ -202,7 +202,8 @@ class DynamicsConfig:
 
     LATER_FIELDS = ("self_context", "self_context_level", "rollout_context", "rollout_frames", "camera_warp",
                     "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength",
-                    "wear_shift", "adversarial", "adversarial_frames", "critic_lr", "critic_width")  # checkpoints saved before them load with the defaults
+                    "wear_shift", "adversarial", "adversarial_frames", "critic_lr",
+                    "critic_width")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16

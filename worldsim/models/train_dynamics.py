@@ -1,8 +1,9 @@
 """Training the dynamics transformer on encoded clips (`mode=train_dynamics`), with sampled rollouts as PNG strips.
 
 The cache must hold autoencoder latents (`mode=encode`). Clips are `context_frames` long, the window the
-sampler keeps (with `dynamics.adversarial` > 0, longer: worldsim/models/adversarial.py). The autoencoder that made the latents (its run directory is in the cache index) decodes the
-sample rollouts; without it the strips show the first three latent channels.
+sampler keeps (with `dynamics.adversarial` > 0, longer: worldsim/models/adversarial.py). The autoencoder that
+made the latents (its run directory is in the cache index) decodes the sample rollouts; without it the strips
+show the first three latent channels.
 """
 import logging
 from pathlib import Path
