@@ -58,19 +58,43 @@ def test_play_out_is_the_training_samples_rollout():
     torch.testing.assert_close(clip[:, 3:], rollout(model, latents[:, :7], actions[:, :7], 3), rtol=1e-5, atol=1e-5)  # fused commit: rounding
 
 
-def test_loss_steps_the_critic_and_reaches_the_model():
+def test_first_judged_frame_is_the_samplers_first_frame():
+    """Straight after the prompt, judged_frame makes the sampler's first frame from the same noise: the frame the
+    paired critic judges is made from real context alone."""
+    from worldsim.sampling import denoise_chunk
     config = small_config()
+    model = randomized(DynamicsModel(config), seed=1)
+    latents, actions, _ = inputs(config, B=2, T=6, seed=2)
+    z = torch.randn(latents[:, 0].shape, generator=torch.Generator().manual_seed(3))
+    sampler = adversarial.prompted(model, latents, actions, prompt=3, seed=0)
+    with torch.no_grad():
+        got = adversarial.judged_frame(model, sampler, actions[:, 2], z)
+        own = denoise_chunk(model, sampler.caches, actions[:, 2:3], sampler.frame, z[:, None], 2, sampler.last)
+    torch.testing.assert_close(got, own[:, 0], rtol=0, atol=0)
+    # judging reads the caches and writes nothing: the rollout after it is the one without it
+    clip, _ = adversarial.play_out(model, latents, actions, prompt=3, seed=0, sampler=sampler)
+    plain, _ = adversarial.play_out(model, latents, actions, prompt=3, seed=0)
+    torch.testing.assert_close(clip, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("weights", [(0.1, 0.0), (0.0, 0.1), (0.1, 0.1)])
+def test_loss_steps_the_critics_and_reaches_the_model(weights):
+    config = small_config(adversarial=weights[0], adversarial_pair=weights[1])
     base = __import__("worldsim.models.train_dynamics", fromlist=["DynamicsTask"]).DynamicsTask(config)
     randomized(base.model, seed=6)
     task = adversarial.AdversarialTask(base)
+    want = {p for p, w in zip(("", "pair_"), weights) if w > 0}
+    assert set(task.critics) == want
     latents, actions, _ = inputs(config, B=3, T=adversarial.clip_frames(config), seed=7)
-    before = {k: v.clone() for k, v in task.critic.state_dict().items()}
+    before = {p: {k: v.clone() for k, v in c.state_dict().items()} for p, (c, _) in task.critics.items()}
     loss, metrics = task.loss(base.model, {"latents": latents, "actions": actions})
     assert torch.isfinite(loss)
     loss.backward()
     assert base.model.head.weight.grad.abs().sum() > 0
-    assert any(not torch.equal(before[k], v) for k, v in task.critic.state_dict().items())
-    assert {"flow", "critic_loss", "critic_real", "critic_fake", "spread_made", "spread_real"} <= set(metrics)
+    for p, (critic, _) in task.critics.items():
+        assert any(not torch.equal(before[p][k], v) for k, v in critic.state_dict().items()), p
+        assert {f"{p}critic_loss", f"{p}critic_real", f"{p}critic_fake"} <= set(metrics)
+    assert "flow" in metrics and (("spread_made" in metrics) == ("" in want))
     with pytest.raises(ValueError, match="clips of 8 frames"):
         task.loss(base.model, {"latents": latents[:, :6], "actions": actions[:, :6]})
 
@@ -81,7 +105,7 @@ def test_adversarial_run_resumes_exactly_with_its_critic(tmp_path):
     from worldsim.training import TrainConfig
     from worldsim.training.checkpoint import CheckpointError, read_tensors
     cache = moving_pattern_cache(tmp_path / "cache")
-    config = small_config()
+    config = small_config(adversarial_pair=0.1)
     run = lambda out, **kw: TrainConfig(out_dir=str(tmp_path / out), data=str(cache), steps=4, batch_size=2,
                                         lr=1e-3, warmup_steps=1, ckpt_every=2, sample_every=0, seed=0, **kw)
     def fresh(*args, **kw):  # each run starts as a new process would: the same initial weights
@@ -95,19 +119,32 @@ def test_adversarial_run_resumes_exactly_with_its_critic(tmp_path):
     for name in ("model.safetensors", adversarial.CRITIC_FILE):
         a, b = read_tensors(last("whole") / name), read_tensors(last("split") / name)
         assert a.keys() == b.keys() and len(a) > 0
+        assert name != adversarial.CRITIC_FILE or {k.split("/")[0] for k in a} == {"critic", "adam", "pair_critic",
+                                                                                    "pair_adam"}
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}: {k}")
     # resuming a run that has no critic is a clear error
-    train_dynamics(dataclasses.replace(config, adversarial=0.0), run("plain"), progress=False, stop_after=2)
+    plain = dataclasses.replace(config, adversarial=0.0, adversarial_pair=0.0)
+    train_dynamics(plain, run("plain"), progress=False, stop_after=2)
     with pytest.raises(CheckpointError, match="critic.safetensors: missing"):
         train_dynamics(config, run("plain"), progress=False)
+    # nor one whose critics are not this config's
+    train_dynamics(dataclasses.replace(config, adversarial_pair=0.0), run("one"), progress=False, stop_after=2)
+    with pytest.raises(CheckpointError, match="holds no pair_critic"):
+        train_dynamics(config, run("one"), progress=False)
 
 
 def test_bad_adversarial_settings_name_the_field():
-    for field, value in (("adversarial", -0.1), ("adversarial_frames", 0), ("critic_lr", 0.0), ("critic_width", 0)):
+    for field, value in (("adversarial", -0.1), ("adversarial_pair", -1.0), ("adversarial_frames", 0),
+                         ("critic_lr", 0.0), ("critic_width", 0)):
         with pytest.raises(ValueError, match=field):
             small_config(**{field: value})
     with pytest.raises(ValueError, match="adversarial rolls out one frame at a time"):
         small_config(chunk_frames=2)
     with pytest.raises(ValueError, match="view_memory=false to train"):
         small_config(view_memory=True)
+    with pytest.raises(ValueError, match="adversarial rolls out one frame at a time"):
+        small_config(adversarial=0.0, adversarial_pair=0.1, chunk_frames=2)
+    critic = adversarial.LatentCritic(4, 8, paired=True)
+    with pytest.raises(ValueError, match="paired critic"):
+        critic(torch.zeros(1, 4, 8, 8))

@@ -203,7 +203,7 @@ class DynamicsConfig:
     LATER_FIELDS = ("self_context", "self_context_level", "rollout_context", "rollout_frames", "camera_warp",
                     "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength",
                     "wear_shift", "adversarial", "adversarial_frames", "critic_lr",
-                    "critic_width")  # checkpoints saved before them load with the defaults
+                    "critic_width", "adversarial_pair")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
@@ -254,7 +254,9 @@ class DynamicsConfig:
                                 # made after `adversarial_frames - 1` of its own, through the sampler's Euler steps
     adversarial_frames: int = 24  # frames the model makes after a prompt of context_frames / 2 real ones; the
                                 # last is judged (the clips are that much longer than the window)
-    critic_lr: float = 2e-4     # the critic's Adam learning rate (constant)
+    adversarial_pair: float = 0.0  # > 0: the weight of a second critic's verdict on the first frame made from
+                                # the real prompt, judged beside the real frame before it and the action between
+    critic_lr: float = 2e-4     # the critics' Adam learning rate (constant)
     critic_width: int = 64      # channels of the critic's first convolution
     # sampling
     context_noise: float = 0.05     # level at which finished frames are written into the cache
@@ -319,12 +321,14 @@ class DynamicsConfig:
         need(0.0 <= self.wear_strength <= 1.0, f"wear_strength must lie in [0, 1], got {self.wear_strength}")
         need(self.wear_shift >= 0.0, f"wear_shift must be >= 0, got {self.wear_shift}")
         need(self.adversarial >= 0.0, f"adversarial must be >= 0 (0: off), got {self.adversarial}")
+        need(self.adversarial_pair >= 0.0, f"adversarial_pair must be >= 0 (0: off), got {self.adversarial_pair}")
         need(self.adversarial_frames >= 1, f"adversarial_frames must be >= 1, got {self.adversarial_frames}")
         need(self.critic_lr > 0.0, f"critic_lr must be > 0, got {self.critic_lr}")
         need(self.critic_width >= 1, f"critic_width must be >= 1, got {self.critic_width}")
-        need(not self.view_memory or self.adversarial == 0.0,
+        adversarial = self.adversarial > 0 or self.adversarial_pair > 0
+        need(not self.view_memory or not adversarial,
              "adversarial training judges frames made without the view memory: set view_memory=false to train")
-        need(self.chunk_frames == 1 or self.adversarial == 0.0,
+        need(self.chunk_frames == 1 or not adversarial,
              f"adversarial rolls out one frame at a time: it needs chunk_frames=1, got {self.chunk_frames}")
         need(self.chunk_frames == 1 or self.rollout_context == 0.0,
              f"rollout_context samples one frame at a time: it needs chunk_frames=1, got {self.chunk_frames}")

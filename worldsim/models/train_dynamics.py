@@ -116,12 +116,13 @@ def train_dynamics(model_config: DynamicsConfig, train_config: TrainConfig, **tr
     """Train on the latents of the cache train_config.data; checkpoints, curves and samples in out_dir."""
     from worldsim.models import adversarial
     autoencoder_dir = latent_source(train_config.data, model_config)
-    frames = adversarial.clip_frames(model_config) if model_config.adversarial > 0 else model_config.context_frames
+    adversarially = adversarial.enabled(model_config)
+    frames = adversarial.clip_frames(model_config) if adversarially else model_config.context_frames
     dataset = ClipDataset(train_config.data, frames_per_clip=frames, latents=True)
     if len(dataset) == 0:
-        what = "the adversarial prompt + adversarial_frames" if model_config.adversarial > 0 else "context_frames"
+        what = "the adversarial prompt + adversarial_frames" if adversarially else "context_frames"
         raise ValueError(f"{train_config.data}: no episode is {frames} frames ({what}) long")
     task = DynamicsTask(model_config, autoencoder_dir)
-    if model_config.adversarial > 0:
+    if adversarially:
         task = adversarial.AdversarialTask(task)
     return train(task, dataset, train_config, sample_batch=sample_batch(dataset), **train_kwargs)
