@@ -77,9 +77,9 @@ def test_first_judged_frame_is_the_samplers_first_frame():
     torch.testing.assert_close(clip, plain, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("weights", [(0.1, 0.0), (0.0, 0.1), (0.1, 0.1)])
-def test_loss_steps_the_critics_and_reaches_the_model(weights):
-    config = small_config(adversarial=weights[0], adversarial_pair=weights[1])
+@pytest.mark.parametrize("weights,pool", [((0.1, 0.0), 1), ((0.0, 0.1), 1), ((0.1, 0.1), 2)])
+def test_loss_steps_the_critics_and_reaches_the_model(weights, pool):
+    config = small_config(adversarial=weights[0], adversarial_pair=weights[1], critic_pool=pool)
     base = __import__("worldsim.models.train_dynamics", fromlist=["DynamicsTask"]).DynamicsTask(config)
     randomized(base.model, seed=6)
     task = adversarial.AdversarialTask(base)
@@ -136,7 +136,7 @@ def test_adversarial_run_resumes_exactly_with_its_critic(tmp_path):
 
 def test_bad_adversarial_settings_name_the_field():
     for field, value in (("adversarial", -0.1), ("adversarial_pair", -1.0), ("adversarial_frames", 0),
-                         ("critic_lr", 0.0), ("critic_width", 0)):
+                         ("critic_lr", 0.0), ("critic_width", 0), ("critic_pool", 0), ("critic_pool", 3)):
         with pytest.raises(ValueError, match=field):
             small_config(**{field: value})
     with pytest.raises(ValueError, match="adversarial rolls out one frame at a time"):
@@ -148,3 +148,14 @@ def test_bad_adversarial_settings_name_the_field():
     critic = adversarial.LatentCritic(4, 8, paired=True)
     with pytest.raises(ValueError, match="paired critic"):
         critic(torch.zeros(1, 4, 8, 8))
+
+
+def test_pooled_critic_sees_only_the_coarse_frame():
+    """With pool 2, two frames with the same 2 x 2 means get the same verdict: texture below that scale is
+    invisible to it, so it cannot ask the model to invent any."""
+    torch.manual_seed(0)
+    critic = adversarial.LatentCritic(4, 8, pool=2).eval()  # eval: no power iteration between the calls
+    frame = torch.randn(3, 4, 8, 8)
+    texture = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(4, 4)  # zero mean in every 2 x 2 cell
+    torch.testing.assert_close(critic(frame + texture), critic(frame), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(critic(frame + 0.5), critic(frame))

@@ -38,12 +38,13 @@ class LatentCritic(nn.Module):
     from real ones by that earlier frame (made, so already worn), which the judged frame cannot change: the verdict
     would carry no signal back to the model. With `paired`, it sees the frame beside a frame before it that must
     be the same on both sides (a real one), and the action between them (a projection: the pooled features'
-    product with an embedding of the action)."""
+    product with an embedding of the action). With `pool` > 1 it sees the frames average-pooled by that factor:
+    their coarse layout, colours and contrast, not their fine texture."""
 
-    def __init__(self, channels: int, width: int = 64, paired: bool = False):
+    def __init__(self, channels: int, width: int = 64, paired: bool = False, pool: int = 1):
         super().__init__()
         sn = spectral_norm
-        self.paired = paired
+        self.paired, self.pool = paired, pool
         self.body = nn.Sequential(
             sn(nn.Conv2d(channels * (2 if paired else 1), width, 3, padding=1)), nn.LeakyReLU(0.2),
             sn(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
@@ -57,6 +58,7 @@ class LatentCritic(nn.Module):
             raise ValueError("a paired critic judges (frame, the frame before, the action); a plain one the frame "
                              "alone")
         x = frame.float() if before is None else torch.cat([before.float(), frame.float()], dim=1)
+        x = F.avg_pool2d(x, self.pool) if self.pool > 1 else x
         h = self.body(x).sum(dim=(2, 3))
         logit = self.out(h).squeeze(1)  # (B,)
         if self.action is not None:
@@ -134,7 +136,7 @@ class AdversarialTask:
         for prefix, weight in (("", self.config.adversarial), ("pair_", self.config.adversarial_pair)):
             if weight > 0:
                 critic = LatentCritic(self.config.latent_channels, self.config.critic_width,
-                                      paired=prefix == "pair_")
+                                      paired=prefix == "pair_", pool=self.config.critic_pool)
                 opt = torch.optim.Adam(critic.parameters(), lr=self.config.critic_lr, betas=(0.0, 0.99))
                 self.critics[prefix] = (critic, opt)
 

@@ -203,7 +203,7 @@ class DynamicsConfig:
     LATER_FIELDS = ("self_context", "self_context_level", "rollout_context", "rollout_frames", "camera_warp",
                     "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength",
                     "wear_shift", "adversarial", "adversarial_frames", "critic_lr",
-                    "critic_width", "adversarial_pair")  # checkpoints saved before them load with the defaults
+                    "critic_width", "adversarial_pair", "critic_pool")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
@@ -258,6 +258,8 @@ class DynamicsConfig:
                                 # the real prompt, judged beside the real frame before it and the action between
     critic_lr: float = 2e-4     # the critics' Adam learning rate (constant)
     critic_width: int = 64      # channels of the critic's first convolution
+    critic_pool: int = 1        # the critics see frames average-pooled by this factor (2: an 8 x 8 grid at tiny):
+                                # coarse layout, colour and contrast, not the fine texture it could ask to invent
     # sampling
     context_noise: float = 0.05     # level at which finished frames are written into the cache
     sample_steps: int = 4           # Euler steps per chunk (the sampler may change it between chunks)
@@ -325,6 +327,10 @@ class DynamicsConfig:
         need(self.adversarial_frames >= 1, f"adversarial_frames must be >= 1, got {self.adversarial_frames}")
         need(self.critic_lr > 0.0, f"critic_lr must be > 0, got {self.critic_lr}")
         need(self.critic_width >= 1, f"critic_width must be >= 1, got {self.critic_width}")
+        need(self.critic_pool >= 1 and self.latent_height % self.critic_pool == 0
+             and self.latent_width % self.critic_pool == 0,
+             f"critic_pool must be >= 1 and divide the latent grid {self.latent_height} x {self.latent_width}, "
+             f"got {self.critic_pool}")
         adversarial = self.adversarial > 0 or self.adversarial_pair > 0
         need(not self.view_memory or not adversarial,
              "adversarial training judges frames made without the view memory: set view_memory=false to train")
