@@ -159,3 +159,24 @@ def test_pooled_critic_sees_only_the_coarse_frame():
     texture = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(4, 4)  # zero mean in every 2 x 2 cell
     torch.testing.assert_close(critic(frame + texture), critic(frame), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(critic(frame + 0.5), critic(frame))
+
+
+def test_adaptive_weight_makes_the_verdict_a_share_of_the_output_layers_gradient():
+    """With adversarial_adaptive the verdict's gradient at the output layer, times its scale, has the norm of
+    flow matching's there, however large the critic's own scale; the loss path logs the scale."""
+    config = small_config(adversarial_adaptive=True, adversarial_pair=0.1)
+    base = __import__("worldsim.models.train_dynamics", fromlist=["DynamicsTask"]).DynamicsTask(config)
+    model = randomized(base.model, seed=6)
+    task = adversarial.AdversarialTask(base)
+    latents, actions, _ = inputs(config, B=2, T=adversarial.clip_frames(config), seed=8)
+    out = model(latents[:, :4], shift_actions(actions[:, :4]), torch.full((2, 4), 0.5))
+    fm, verdict = out.square().mean(), 1000.0 * out[:, -1].sum()
+    head = model.head.weight
+    scale = task.scale("", model, fm, verdict, {})
+    g_fm, = torch.autograd.grad(fm, head, retain_graph=True)
+    g_adv, = torch.autograd.grad(scale * verdict, head, retain_graph=True)
+    torch.testing.assert_close(g_adv.norm(), g_fm.norm(), rtol=1e-4, atol=0)
+    assert adversarial.AdversarialTask(type(base)(small_config())).scale("", model, fm, verdict, {}) == 1.0
+    loss, metrics = task.loss(model, {"latents": latents, "actions": actions})
+    loss.backward()
+    assert float(metrics["adaptive_scale"]) > 0 and float(metrics["pair_adaptive_scale"]) > 0

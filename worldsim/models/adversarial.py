@@ -14,6 +14,10 @@ context all real: teacher forced), shown beside the real frame before it and the
 the clip's real pair. Given the same real past on both sides it cannot tell the two apart by the past, only by
 whether the frame follows from it: it asks for a next frame that fits what came before, where the frame-alone critic
 accepts any frame that looks real.
+
+With `adversarial_adaptive` each verdict's weight is rescaled every step by the ratio of flow matching's gradient norm
+to the verdict's at the model's output layer (as VQGAN weighs its adversarial loss), so that `adversarial` is the
+verdict's share of the gradient there rather than a factor on a critic's arbitrary scale.
 """
 from pathlib import Path
 from types import SimpleNamespace
@@ -157,6 +161,20 @@ class AdversarialTask:
                         f"{prefix}critic_fake": d_fake.mean().detach()})
         return verdict
 
+    def scale(self, prefix: str, model, fm, verdict, metrics: dict) -> float:
+        """1, or with `adversarial_adaptive` the ratio of flow matching's gradient norm to the verdict's at the
+        model's output layer (a constant): the weight is then the verdict's share of the gradient there, whatever
+        the critic's own scale."""
+        if not self.config.adversarial_adaptive:
+            return 1.0
+        head = unwrap(model).head.weight
+        g_fm, = torch.autograd.grad(fm, head, retain_graph=True)
+        g_adv, = torch.autograd.grad(verdict, head, retain_graph=True)
+        ratio = float(g_fm.norm() / (g_adv.norm() + 1e-8))
+        ratio = min(ratio, 1e4)
+        metrics[f"{prefix}adaptive_scale"] = torch.tensor(ratio)
+        return ratio
+
     def loss(self, model, batch):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             raise ValueError("dynamics.adversarial trains its critics in one process: run it without torchrun")
@@ -174,11 +192,12 @@ class AdversarialTask:
             first = judged_frame(model, sampler, actions[:, P - 1])  # from the real prompt alone
             verdict = self.judge("pair_", first, latents[:, P], metrics, before=latents[:, P - 1],
                                  action=actions[:, P - 1])
-            loss = loss + config.adversarial_pair * verdict
+            loss = loss + config.adversarial_pair * self.scale("pair_", model, fm, verdict, metrics) * verdict
         if "" in self.critics:
             play_out(model, latents, actions, P, seed, sampler=sampler)
             fake, real = judged_frame(model, sampler, actions[:, -2]), latents[:, -1]
-            loss = loss + config.adversarial * self.judge("", fake, real, metrics)
+            verdict = self.judge("", fake, real, metrics)
+            loss = loss + config.adversarial * self.scale("", model, fm, verdict, metrics) * verdict
             spread = lambda x: x.detach().float().std(dim=(2, 3)).mean()
             metrics.update(spread_made=spread(fake), spread_real=spread(real))
         return loss, metrics

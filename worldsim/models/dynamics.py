@@ -203,7 +203,8 @@ class DynamicsConfig:
     LATER_FIELDS = ("self_context", "self_context_level", "rollout_context", "rollout_frames", "camera_warp",
                     "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength",
                     "wear_shift", "adversarial", "adversarial_frames", "critic_lr",
-                    "critic_width", "adversarial_pair", "critic_pool")  # checkpoints saved before them load with the defaults
+                    "critic_width", "adversarial_pair", "critic_pool",
+                    "adversarial_adaptive")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
@@ -256,6 +257,8 @@ class DynamicsConfig:
                                 # last is judged (the clips are that much longer than the window)
     adversarial_pair: float = 0.0  # > 0: the weight of a second critic's verdict on the first frame made from
                                 # the real prompt, judged beside the real frame before it and the action between
+    adversarial_adaptive: bool = False  # scale each verdict each step by the ratio of flow matching's gradient
+                                # norm to its own at the output layer: the weights are then shares of the gradient
     critic_lr: float = 2e-4     # the critics' Adam learning rate (constant)
     critic_width: int = 64      # channels of the critic's first convolution
     critic_pool: int = 1        # the critics see frames average-pooled by this factor (2: an 8 x 8 grid at tiny):
