@@ -172,11 +172,11 @@ def test_adaptive_weight_makes_the_verdict_a_share_of_the_output_layers_gradient
     out = model(latents[:, :4], shift_actions(actions[:, :4]), torch.full((2, 4), 0.5))
     fm, verdict = out.square().mean(), 1000.0 * out[:, -1].sum()
     head = model.head.weight
-    scale = task.scale("", model, fm, verdict, {})
+    scale = task.scale("", model, task.head_grad_norm(model, fm), verdict, {})
     g_fm, = torch.autograd.grad(fm, head, retain_graph=True)
     g_adv, = torch.autograd.grad(scale * verdict, head, retain_graph=True)
     torch.testing.assert_close(g_adv.norm(), g_fm.norm(), rtol=1e-4, atol=0)
-    assert adversarial.AdversarialTask(type(base)(small_config())).scale("", model, fm, verdict, {}) == 1.0
+    assert adversarial.AdversarialTask(type(base)(small_config())).scale("", model, None, verdict, {}) == 1.0
     loss, metrics = task.loss(model, {"latents": latents, "actions": actions})
     loss.backward()
     assert float(metrics["adaptive_scale"]) > 0 and float(metrics["pair_adaptive_scale"]) > 0

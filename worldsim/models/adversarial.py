@@ -161,17 +161,19 @@ class AdversarialTask:
                         f"{prefix}critic_fake": d_fake.mean().detach()})
         return verdict
 
-    def scale(self, prefix: str, model, fm, verdict, metrics: dict) -> float:
-        """1, or with `adversarial_adaptive` the ratio of flow matching's gradient norm to the verdict's at the
-        model's output layer (a constant): the weight is then the verdict's share of the gradient there, whatever
-        the critic's own scale."""
+    @staticmethod
+    def head_grad_norm(model, loss) -> float:
+        """The norm of loss's gradient at the model's output layer (the graph is kept)."""
+        grad, = torch.autograd.grad(loss, unwrap(model).head.weight, retain_graph=True)
+        return float(grad.norm())
+
+    def scale(self, prefix: str, model, fm_norm: float | None, verdict, metrics: dict) -> float:
+        """1, or with `adversarial_adaptive` the ratio of flow matching's gradient norm at the model's output
+        layer (`fm_norm`, from `head_grad_norm`) to the verdict's there (a constant): the weight is then the
+        verdict's share of the gradient there, whatever the critic's own scale."""
         if not self.config.adversarial_adaptive:
             return 1.0
-        head = unwrap(model).head.weight
-        g_fm, = torch.autograd.grad(fm, head, retain_graph=True)
-        g_adv, = torch.autograd.grad(verdict, head, retain_graph=True)
-        ratio = float(g_fm.norm() / (g_adv.norm() + 1e-8))
-        ratio = min(ratio, 1e4)
+        ratio = min(fm_norm / (self.head_grad_norm(model, verdict) + 1e-8), 1e4)
         metrics[f"{prefix}adaptive_scale"] = torch.tensor(ratio)
         return ratio
 
@@ -186,18 +188,19 @@ class AdversarialTask:
         fm, metrics = flow_matching_loss(model, config, latents[:, -W:], actions[:, -W:])
         metrics["flow"] = metrics.pop("loss")  # the trainer logs the whole loss as "loss"
         loss = fm
+        fm_norm = self.head_grad_norm(model, fm) if config.adversarial_adaptive else None  # once for both critics
         seed = int(torch.randint(0, 2 ** 62, ()))  # from the trainer's restored RNG: resume repeats it
         sampler = prompted(model, latents, actions, P, seed)
         if "pair_" in self.critics:
             first = judged_frame(model, sampler, actions[:, P - 1])  # from the real prompt alone
             verdict = self.judge("pair_", first, latents[:, P], metrics, before=latents[:, P - 1],
                                  action=actions[:, P - 1])
-            loss = loss + config.adversarial_pair * self.scale("pair_", model, fm, verdict, metrics) * verdict
+            loss = loss + config.adversarial_pair * self.scale("pair_", model, fm_norm, verdict, metrics) * verdict
         if "" in self.critics:
             play_out(model, latents, actions, P, seed, sampler=sampler)
             fake, real = judged_frame(model, sampler, actions[:, -2]), latents[:, -1]
             verdict = self.judge("", fake, real, metrics)
-            loss = loss + config.adversarial * self.scale("", model, fm, verdict, metrics) * verdict
+            loss = loss + config.adversarial * self.scale("", model, fm_norm, verdict, metrics) * verdict
             spread = lambda x: x.detach().float().std(dim=(2, 3)).mean()
             metrics.update(spread_made=spread(fake), spread_real=spread(real))
         return loss, metrics
