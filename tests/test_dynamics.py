@@ -150,6 +150,30 @@ def test_noise_levels_and_context_prefix():
     assert abs(float(uniform.mean()) - 0.5) < 0.03
 
 
+def test_sampler_levels_train_where_the_sampler_steps_from():
+    """sampler_levels = p: a target frame's level is, with chance p, one the sampler's Euler steps start from
+    (1 and 0.5 for 2 steps; shifted with sample_shift); context frames keep their small levels; at 0 the draws
+    are those of a config without the field."""
+    config = tiny_config(context_prob=0.5, context_noise_max=0.1, sample_steps=2, sampler_levels=0.6)
+    t, context = sample_noise_levels(config, 4096, 8, torch.Generator().manual_seed(0), with_context=True)
+    targets = t[~context]
+    asked = (targets == 1.0) | (targets == 0.5)
+    assert abs(float(asked.float().mean()) - 0.6) < 0.02  # a logit-normal draw hits 1 or 0.5 exactly never
+    assert abs(float((targets == 1.0).float().mean()) - 0.3) < 0.02
+    assert bool((t[context] <= 0.1).all()) and bool(context.any())
+    shifted = sample_noise_levels(dataclasses.replace(config, sample_shift=3.0, sampler_levels=1.0, context_prob=0.0),
+                                  256, 8, torch.Generator().manual_seed(0))
+    assert set(shifted.unique().tolist()) == {1.0, 0.75}
+    # the schedule is drawn first, the same as without the field; only the asked frames change
+    free = dataclasses.replace(config, context_prob=0.0)
+    mixed = sample_noise_levels(free, 64, 8, torch.Generator().manual_seed(1))
+    plain = sample_noise_levels(dataclasses.replace(free, sampler_levels=0.0), 64, 8, torch.Generator().manual_seed(1))
+    kept = (mixed != 1.0) & (mixed != 0.5)
+    assert torch.equal(mixed[kept], plain[kept]) and 0.3 < float(kept.float().mean()) < 0.5
+    with pytest.raises(ValueError, match="sampler_levels"):
+        tiny_config(sampler_levels=1.5)
+
+
 def test_sparse_targets_are_whole_chunks_among_context():
     config = tiny_config(context_prob=1.0, context_noise_max=0.01, target_prob=0.3, chunk_frames=2, context_frames=8)
     t = sample_noise_levels(config, 4096, 8, torch.Generator().manual_seed(0))

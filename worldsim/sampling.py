@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, check_actions, check_latents
+from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, check_actions, check_latents, sample_levels
 from worldsim.view_memory import ViewMemory
 
 
@@ -100,12 +100,6 @@ def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fil
                   prev_frame=prev_frame, fill=fill)
         x = x + (t_next - t) * v
     return x
-
-
-def sample_levels(steps: int, shift: float = 1.0) -> list:
-    """The levels 1 = t_0 > t_1 > .. > t_steps = 0 of the Euler steps: even, then shifted t -> s t / (1 + (s - 1) t)
-    (s = config.sample_shift; s > 1 spends the steps at high noise)."""
-    return [shift * t / (1 + (shift - 1) * t) for t in (1 - i / steps for i in range(steps + 1))]
 
 
 @torch.inference_mode()

@@ -204,7 +204,7 @@ class DynamicsConfig:
                     "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength",
                     "wear_shift", "adversarial", "adversarial_frames", "critic_lr",
                     "critic_width", "adversarial_pair", "critic_pool",
-                    "adversarial_adaptive")  # checkpoints saved before them load with the defaults
+                    "adversarial_adaptive", "sampler_levels")  # checkpoints saved before them load with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
@@ -227,6 +227,9 @@ class DynamicsConfig:
     context_frames: int = 16    # W: frames a token sees, its own chunk included; a multiple of K, > K
     # objective (training)
     noise_schedule: str = "logit_normal"  # logit_normal | uniform: per-frame noise level t
+    sampler_levels: float = 0.0  # chance a frame's level is instead one the sampler starts an Euler step from
+                                # (sample_levels(sample_steps, sample_shift) but 0: 1 and 0.5 for 2 steps), the
+                                # levels the model is asked about when it plays; context frames keep theirs
     context_prob: float = 0.5   # chance a clip gets nearly clean context instead of independent levels
     context_noise_max: float = 0.1  # context frames' levels are drawn from U[0, context_noise_max]
     target_prob: float = 0.0    # in a context clip: 0 -> a clean prefix, then independent levels; > 0 -> each
@@ -311,6 +314,7 @@ class DynamicsConfig:
              "and larger than it")
         need(self.noise_schedule in ("logit_normal", "uniform"),
              f"noise_schedule must be logit_normal or uniform, got {self.noise_schedule!r}")
+        need(0.0 <= self.sampler_levels <= 1.0, f"sampler_levels must lie in [0, 1], got {self.sampler_levels}")
         need(0.0 <= self.context_prob <= 1.0, f"context_prob must lie in [0, 1], got {self.context_prob}")
         need(0.0 <= self.target_prob <= 1.0, f"target_prob must lie in [0, 1], got {self.target_prob}")
         need(self.context_loss >= 0.0, f"context_loss must be >= 0, got {self.context_loss}")
@@ -561,9 +565,16 @@ def shift_actions(actions):
     return torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], dim=1)
 
 
+def sample_levels(steps: int, shift: float = 1.0) -> list:
+    """The levels 1 = t_0 > t_1 > .. > t_steps = 0 of the sampler's Euler steps: even, then shifted
+    t -> s t / (1 + (s - 1) t) (s = config.sample_shift; s > 1 spends the steps at high noise)."""
+    return [shift * t / (1 + (shift - 1) * t) for t in (1 - i / steps for i in range(steps + 1))]
+
+
 def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generator=None, device=None,
                         with_context: bool = False):
-    """Diffusion forcing: an independent noise level per frame (B, F). With probability `context_prob` a clip
+    """Diffusion forcing: an independent noise level per frame (B, F), from `noise_schedule`, or with chance
+    `sampler_levels` one of the levels the sampler's Euler steps start from. With probability `context_prob` a clip
     instead gets context at small levels U[0, context_noise_max] (context noise augmentation), the situation
     the sampler meets (nearly clean past, then a noisy chunk): with target_prob = 0 a random-length prefix,
     then independent levels; with target_prob > 0 each chunk is a target (independent level) with that
@@ -574,6 +585,10 @@ def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generat
         t = torch.sigmoid(torch.randn(batch, frames, **kw))
     else:
         t = torch.rand(batch, frames, **kw)
+    if config.sampler_levels > 0:  # drawn only when asked for: at 0 the levels are those of earlier runs
+        levels = torch.tensor(sample_levels(config.sample_steps, config.sample_shift)[:-1], device=device)
+        asked = levels[torch.randint(len(levels), (batch, frames), **kw)]
+        t = torch.where(torch.rand(batch, frames, **kw) < config.sampler_levels, asked, t)
     if frames > 1:
         has_context = torch.rand(batch, 1, **kw) < config.context_prob
         if config.target_prob > 0:
@@ -608,7 +623,6 @@ def own_rollout(model, config: DynamicsConfig, latents, actions, starts, generat
     replaced by the model's own samples, one frame after another as the sampler makes them: each from noise in
     `sample_steps` Euler steps, seeing the frames before it (the clean ones, then its own) at the sampler's
     context level `context_noise`. Frames after the rollout are the clip's own."""
-    from worldsim.sampling import sample_levels  # worldsim.sampling builds on this module
     B = latents.shape[0]
     T = min(latents.shape[1], int(starts.max()) + config.rollout_frames)  # the causal mask: later frames unseen
     x, acts, s = latents[:, :T].clone(), shift_actions(actions[:, :T]), config.context_noise
