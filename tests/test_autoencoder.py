@@ -14,7 +14,8 @@ import torch
 from worldsim.data.cache import Cache, CacheWriter, ClipDataset, MissingLatentsError
 from worldsim.data.policies import ExplorationPolicy
 from worldsim.engine.env import VoxelEnv
-from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig, GraphedDecode, psnr, ssim, to_uint8
+from worldsim.models.autoencoder import (Autoencoder, AutoencoderConfig, ChannelsLastDecode, GraphedDecode, psnr, ssim,
+                                         to_uint8)
 from worldsim.models.train_autoencoder import (
     DecoderTuneConfig, encode_cache, load_autoencoder, train_autoencoder, tune_decoder)
 from worldsim.training import CheckpointError, TrainConfig, load_weights, save_checkpoint
@@ -268,3 +269,18 @@ def test_graphed_decode_refuses_cpu_latents():
     model = Autoencoder(AutoencoderConfig(**TINY))
     with pytest.raises(ValueError, match="CUDA graphs"):
         GraphedDecode(model)(torch.zeros(1, *model.config.latent_shape))
+
+
+def test_channels_last_decode_gives_the_frames_of_decode_and_leaves_the_model_alone(trained):
+    model = load_autoencoder(trained)
+    latents = torch.randn(3, *model.config.latent_shape, generator=torch.Generator().manual_seed(0))
+    decode = ChannelsLastDecode(model)
+    with torch.no_grad():
+        expected = model.decode(latents)
+    out = decode(latents)
+    assert out.shape == expected.shape and out.dtype == expected.dtype
+    assert (out - expected).abs().max() < 1e-4 and out.abs().max() <= 1.0
+    assert (to_uint8(out).int() - to_uint8(expected).int()).abs().max() <= 1  # rounding may tip one level
+    assert all(p.is_contiguous() for p in model.decoder.parameters())  # the model's own weights keep their layout
+    with pytest.raises(ValueError, match="latents"):
+        decode(torch.zeros(1, 3, 4, 4))

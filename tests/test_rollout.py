@@ -115,3 +115,16 @@ def test_rollout_speed_resets_once_and_times_only_the_steps(world, monkeypatch):
     monkeypatch.setattr(WorldModelVectorEnv, "reset", lambda self, **kw: resets.append(kw) or original(self, **kw))
     result = rollout_speed(world, 2, steps=3, warmup=1)
     assert len(resets) == 1 and result["frames"] == 6 and result["fps"] > 0 and result["reset_s"] > 0
+
+
+def test_play_bench_latency_takes_the_first_drawn_frame_that_reflects_each_probe():
+    from worldsim.play.bench import resolve
+    nan = float("nan")
+    probes, latencies = [(3, 1.0), (5, 2.0)], []
+    resolve(probes, [(2, 0.9), (3, nan), (4, 1.05)], latencies)  # frame (3) was never drawn: (4) shows probe 3
+    assert latencies == [pytest.approx(50.0)] and probes == [(5, 2.0)]
+    resolve(probes, [(4, 1.05), (5, nan)], latencies)            # not drawn yet: the probe waits
+    assert probes == [(5, 2.0)]
+    # the game keeps only its last frames; a probe resolved as play goes is not matched to a later one
+    resolve(probes, [(5, 2.08), (6, 2.13)], latencies)
+    assert latencies == [pytest.approx(50.0), pytest.approx(80.0)] and probes == []

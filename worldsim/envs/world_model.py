@@ -35,6 +35,7 @@ twin and the hotbar slot). The CPU and GPU interactive configs have K = 1.
 """
 import copy
 import dataclasses
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ from gymnasium.vector.utils import batch_space
 from worldsim.engine import actions
 from worldsim.engine.env import SEED_BOUND, EngineConfig, VoxelEnv, config_with_overrides
 from worldsim.engine.player import TICKS_PER_SECOND
-from worldsim.models.autoencoder import GraphedDecode
+from worldsim.models.autoencoder import ChannelsLastDecode, GraphedDecode
 from worldsim.sampling import Sampler
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -73,7 +74,7 @@ class WorldModelConfig:
                                       # with a file prompt it is turned off with a warning)
     timing: bool = True               # report ms_per_frame in info
     max_episode_steps: int | None = None
-    torch_threads: int | None = 1     # torch's CPU threads (see pin_torch_threads); None leaves them alone
+    torch_threads: int | None = 2     # torch's CPU threads, at most the cores (see pin_torch_threads); None leaves them alone
     cuda_graphs: bool = True          # on CUDA, replay each sampler step as a CUDA graph (Sampler(graphs=True))
     precision: str = "fp32"           # fp32 | bf16: the dynamics model's weights, KV cache and sampling (the
                                       # decoder stays fp32); bf16 halves the cache's bytes and runs the attention
@@ -109,12 +110,14 @@ class WorldModelConfig:
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 def pin_torch_threads(threads: int | None) -> None:
-    """Keep torch at `threads` CPU threads. The engine's numba renderer shares the OpenMP runtime with torch:
-    its first parallel call sets the thread count torch reads (to the core count), and once numba's pool
-    exists, every small torch op with more than one thread waits on it (measured on the 2-core machine:
-    5 to 12 ms per layer_norm instead of 5 us). So the model runs single-threaded beside the engine."""
-    if threads is not None and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    """Keep torch at `threads` CPU threads (at most the machine's cores). The engine's numba renderer shares the
+    OpenMP runtime with torch, and its first parallel call sets the thread count torch reads; this puts it back.
+    Measured on the 2-core machine (torch 2.13, numba 0.68, omp layer), the tiny world per env step: 43 ms with
+    one thread, 29 ms with two, 31 ms with two and the engine twin rendering every step."""
+    if threads is not None:
+        threads = max(1, min(int(threads), os.cpu_count() or 1))
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def resolve_device(device: str) -> str:
@@ -291,7 +294,12 @@ class Imagination:
         graphs = cuda_graphs and dynamics.head.weight.device.type == "cuda"
         self.sampler = RowSeededSampler(dynamics, batch, steps, graphs=graphs)
         graph_decode = graphs and self.autoencoder.latent_std.device.type == "cuda"
-        self.decode = GraphedDecode(self.autoencoder) if graph_decode else self.autoencoder.decode
+        if graph_decode:
+            self.decode = GraphedDecode(self.autoencoder)
+        elif self.autoencoder.latent_std.device.type == "cpu":
+            self.decode = ChannelsLastDecode(self.autoencoder)
+        else:
+            self.decode = self.autoencoder.decode
         self.chunk_frames = dynamics.config.chunk_frames
         self.window = dynamics.config.cache_frames
         self.queue: list[np.ndarray] = []   # decoded frames of the current chunk not shown yet (K > 1)

@@ -7,6 +7,7 @@ decoder, which runs every displayed frame, cheap on a CPU. A small KL term keeps
 latents leave `encode` shifted and scaled per channel to zero mean and unit variance (the statistics are
 measured on training frames after training and saved with the weights as buffers).
 """
+import copy
 import math
 from dataclasses import dataclass
 
@@ -159,6 +160,23 @@ class Autoencoder(nn.Module):
     def _check_latents(self, latents: torch.Tensor) -> None:
         if latents.ndim != 4 or latents.shape[1] != self.config.latent_channels:
             raise ValueError(f"expected latents (B, {self.config.latent_channels}, h, w), got {tuple(latents.shape)}")
+
+
+class ChannelsLastDecode:
+    """`autoencoder.decode` on the CPU with a copy of the decoder in channels-last memory, which oneDNN's
+    convolutions prefer (measured on the 2-core machine, one 128×128 frame: 20 → 16 ms with one thread, 12 → 10
+    with two). The same frames to float rounding (about 4e-6); the autoencoder itself is left as it was."""
+
+    def __init__(self, autoencoder: Autoencoder):
+        self.autoencoder = autoencoder.eval()
+        self.decoder = copy.deepcopy(autoencoder.decoder).to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        ae = self.autoencoder
+        ae._check_latents(latents)
+        raw = latents * ae.latent_std[:, None, None] + ae.latent_mean[:, None, None]
+        return self.decoder(raw.contiguous(memory_format=torch.channels_last)).clamp(-1.0, 1.0)
 
 
 class GraphedDecode:

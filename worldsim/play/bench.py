@@ -50,15 +50,27 @@ def untrained_world(directory) -> str:
     return str(random_world(directory, dynamics, autoencoder))
 
 
+def resolve(probes: list, shown: list, latencies: list) -> None:
+    """Move each probe (input events counted when it was read, time posted) whose event a drawn frame reflects
+    into `latencies` (ms from posting to the first such frame drawn). The game keeps only its last 256 shown
+    frames, so probes are resolved as play goes, not at the end."""
+    for probe in list(probes):
+        serial, posted = probe
+        drawn = [t for seen, t in shown if seen >= serial and t == t]
+        if drawn:
+            latencies.append((drawn[0] - posted) * 1000.0)
+            probes.remove(probe)
+
+
 def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: int | None = None,
-                 display_fps: int = 60, precision: str = "fp32") -> dict:
+                 display_fps: int = 60, precision: str = "fp32", threads: int = 1) -> dict:
     """Play headless for `seconds` with the worker thread; returns rates and, with `probe`, latencies."""
     os.environ["SDL_VIDEODRIVER"] = "dummy"
     import pygame
 
     from worldsim.envs.world_model import WorldModelEnv
     from worldsim.play.game import Game, PlayConfig
-    env = WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps, precision=precision)
+    env = WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps, precision=precision, torch_threads=threads)
     game = Game(env, PlayConfig(scale=4, fps=fps, generation="thread", display_fps=display_fps,
                                  record_dir=tempfile.mkdtemp()), seed=0)
     game.mouse.set(True)
@@ -78,6 +90,7 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
                 next_probe += PROBE_EVERY
             else:
                 game.tick(pygame.event.get())
+            resolve(probes, game.shown, latencies)
             draws += 1
             if game.info.get("ms_per_frame") is not None:
                 ms.append(game.info["ms_per_frame"])
@@ -86,10 +99,7 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
         frames = game.ticks
     finally:
         game.close()
-    for serial, posted in probes:
-        shown = [t for seen, t in game.shown if seen >= serial and t == t]
-        if shown:
-            latencies.append((shown[0] - posted) * 1000.0)
+    resolve(probes, game.shown, latencies)
     out = {"fps": frames / elapsed, "frames": frames, "seconds": elapsed, "redraws_per_s": draws / elapsed,
            "model_ms_per_frame_median": statistics.median(ms) if ms else None}
     if probe:
@@ -98,17 +108,17 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
                     "latency_ms_max": max(latencies) if latencies else None,
                     "latency_frames_median": statistics.median(latencies) / frame_ms if latencies else None,
                     "latency_frames_max": max(latencies) / frame_ms if latencies else None,
-                    "probes": len(probes), "probes_seen": len(latencies)})
+                    "probes": len(probes) + len(latencies), "probes_seen": len(latencies)})
     return out
 
 
-def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring: int = 11) -> dict:
+def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring: int = 11, threads: int = 1) -> dict:
     """`frames` env steps of a scripted walk with rewind snapshots kept; memory and per-frame time trend."""
     import collections
 
     from worldsim.envs.world_model import WorldModelEnv
     from worldsim.play.headless import scripted_walk
-    env = WorldModelEnv(checkpoint=checkpoint, twin=False)
+    env = WorldModelEnv(checkpoint=checkpoint, twin=False, torch_threads=threads)
     env.reset(seed=0)
     script = scripted_walk(20 * fps, fps)  # 20 s of walking and turning, repeated
     snapshots = collections.deque(maxlen=ring)
@@ -180,25 +190,29 @@ def main(argv=None) -> dict:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="world.precision of the play and rollout worlds")
     parser.add_argument("--rollout-envs", type=int, default=16, help="batch of the rollout timing (0: skip)")
+    parser.add_argument("--threads", type=int, default=1, help="world.torch_threads of the play and soak worlds")
     parser.add_argument("--out", default="bench_results/play.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or untrained_world(Path(tmp) / "world")
         import torch
         results = {"setup": {"checkpoint": args.checkpoint or "untrained: dynamics tiny + autoencoder cpu",
-                             "soak_checkpoint": args.soak_checkpoint or "the play checkpoint", "torch_threads": 1,
+                             "soak_checkpoint": args.soak_checkpoint or "the play checkpoint", "torch_threads": args.threads,
                              "steps": args.steps, "precision": args.precision,
                              "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                              "torch": torch.__version__}}
         if not args.skip_play:
             results["play"] = play_session(checkpoint, args.seconds, args.fps, probe=True, steps=args.steps,
-                                           display_fps=args.display_fps, precision=args.precision)
+                                           display_fps=args.display_fps, precision=args.precision,
+                                           threads=args.threads)
             results["play_unpaced"] = play_session(checkpoint, args.seconds, 1000, probe=False, steps=args.steps,
-                                                   display_fps=args.display_fps, precision=args.precision)
+                                                   display_fps=args.display_fps, precision=args.precision,
+                                                   threads=args.threads)
         if args.rollout_envs:
             results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20, precision=args.precision)
         if args.soak_frames:
-            results["soak"] = soak(args.soak_checkpoint or checkpoint, args.soak_frames, args.fps)
+            results["soak"] = soak(args.soak_checkpoint or checkpoint, args.soak_frames, args.fps,
+                                   threads=args.threads)
     results["setup"]["load_average_1min_end"] = os.getloadavg()[0]
     print_table(results)
     out = Path(args.out)
