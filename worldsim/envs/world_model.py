@@ -74,7 +74,7 @@ class WorldModelConfig:
                                       # with a file prompt it is turned off with a warning)
     timing: bool = True               # report ms_per_frame in info
     max_episode_steps: int | None = None
-    torch_threads: int | None = 2     # torch's CPU threads, at most the cores (see pin_torch_threads); None leaves them alone
+    torch_threads: int | None = 2     # torch's CPU threads, at most the cores (pin_torch_threads); None: left alone
     cuda_graphs: bool = True          # on CUDA, replay each sampler step as a CUDA graph (Sampler(graphs=True))
     precision: str = "fp32"           # fp32 | bf16: the dynamics model's weights, KV cache and sampling (the
                                       # decoder stays fp32); bf16 halves the cache's bytes and runs the attention

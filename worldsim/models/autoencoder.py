@@ -144,7 +144,11 @@ class Autoencoder(nn.Module):
 
     def decode_unclamped(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents → float frames, not clamped: the decoder's training path (mode=tune_decoder)."""
-        return self.decoder(latents * self.latent_std[:, None, None] + self.latent_mean[:, None, None])
+        return self.decoder(self.unnormalise(latents))
+
+    def unnormalise(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents → the raw latents the decoder reads."""
+        return latents * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
 
     def forward(self, x: torch.Tensor, sample: bool = True):
         """Float frames (B, 3, H, W) → (reconstruction (B, 3, H, W) unclamped, mean, logvar): the training path."""
@@ -173,10 +177,9 @@ class ChannelsLastDecode:
 
     @torch.inference_mode()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        ae = self.autoencoder
-        ae._check_latents(latents)
-        raw = latents * ae.latent_std[:, None, None] + ae.latent_mean[:, None, None]
-        return self.decoder(raw.contiguous(memory_format=torch.channels_last)).clamp(-1.0, 1.0)
+        self.autoencoder._check_latents(latents)
+        raw = self.autoencoder.unnormalise(latents).contiguous(memory_format=torch.channels_last)
+        return self.decoder(raw).clamp(-1.0, 1.0)
 
 
 class GraphedDecode:

@@ -50,6 +50,11 @@ def untrained_world(directory) -> str:
     return str(random_world(directory, dynamics, autoencoder))
 
 
+def _threads(threads: int | None) -> dict:
+    """The env's torch_threads override: none (the world's default) when `threads` is None."""
+    return {} if threads is None else {"torch_threads": threads}
+
+
 def resolve(probes: list, shown: list, latencies: list) -> None:
     """Move each probe (input events counted when it was read, time posted) whose event a drawn frame reflects
     into `latencies` (ms from posting to the first such frame drawn). The game keeps only its last 256 shown
@@ -63,14 +68,14 @@ def resolve(probes: list, shown: list, latencies: list) -> None:
 
 
 def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: int | None = None,
-                 display_fps: int = 60, precision: str = "fp32", threads: int = 1) -> dict:
+                 display_fps: int = 60, precision: str = "fp32", threads: int | None = None) -> dict:
     """Play headless for `seconds` with the worker thread; returns rates and, with `probe`, latencies."""
     os.environ["SDL_VIDEODRIVER"] = "dummy"
     import pygame
 
     from worldsim.envs.world_model import WorldModelEnv
     from worldsim.play.game import Game, PlayConfig
-    env = WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps, precision=precision, torch_threads=threads)
+    env = WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps, precision=precision, **_threads(threads))
     game = Game(env, PlayConfig(scale=4, fps=fps, generation="thread", display_fps=display_fps,
                                  record_dir=tempfile.mkdtemp()), seed=0)
     game.mouse.set(True)
@@ -112,13 +117,14 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
     return out
 
 
-def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring: int = 11, threads: int = 1) -> dict:
+def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring: int = 11,
+         threads: int | None = None) -> dict:
     """`frames` env steps of a scripted walk with rewind snapshots kept; memory and per-frame time trend."""
     import collections
 
     from worldsim.envs.world_model import WorldModelEnv
     from worldsim.play.headless import scripted_walk
-    env = WorldModelEnv(checkpoint=checkpoint, twin=False, torch_threads=threads)
+    env = WorldModelEnv(checkpoint=checkpoint, twin=False, **_threads(threads))
     env.reset(seed=0)
     script = scripted_walk(20 * fps, fps)  # 20 s of walking and turning, repeated
     snapshots = collections.deque(maxlen=ring)
@@ -190,14 +196,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="world.precision of the play and rollout worlds")
     parser.add_argument("--rollout-envs", type=int, default=16, help="batch of the rollout timing (0: skip)")
-    parser.add_argument("--threads", type=int, default=1, help="world.torch_threads of the play and soak worlds")
+    parser.add_argument("--threads", type=int, help="world.torch_threads of the play and soak worlds (default: "
+                                                     "the world's, 2)")
     parser.add_argument("--out", default="bench_results/play.json")
     args = parser.parse_args(argv)
+    from worldsim.envs.world_model import WorldModelConfig
+    default_threads = WorldModelConfig().torch_threads
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or untrained_world(Path(tmp) / "world")
         import torch
         results = {"setup": {"checkpoint": args.checkpoint or "untrained: dynamics tiny + autoencoder cpu",
-                             "soak_checkpoint": args.soak_checkpoint or "the play checkpoint", "torch_threads": args.threads,
+                             "soak_checkpoint": args.soak_checkpoint or "the play checkpoint",
+                             "torch_threads": args.threads or default_threads,
                              "steps": args.steps, "precision": args.precision,
                              "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                              "torch": torch.__version__}}
