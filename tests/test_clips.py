@@ -63,3 +63,31 @@ def test_sampling_overrides_reach_the_sampler(world_and_cache, tmp_path):
     shifted = clips.main([*args, "--shift", "4", "--out", str(tmp_path / "b.json")])
     assert plain["sample_shift"] == 1.0 and shifted["sample_shift"] == 4.0 and shifted["context_noise"] == 0.0
     assert shifted["psnr"]["1"]["model"] != plain["psnr"]["1"]["model"]  # other levels, another frame
+
+
+def test_sample_spread_is_zero_for_one_seed_twice_and_its_error_is_that_one_sample_s(world_and_cache):
+    world, cache = world_and_cache
+    dynamics, autoencoder = load_world(world)
+    cache = Cache(cache)
+    same = clips.sample_spread(dynamics, autoencoder, cache, prompt=3, per_episode=2, steps=(1, 2), seeds=[5, 5])
+    alone = clips.sample_spread(dynamics, autoencoder, cache, prompt=3, per_episode=2, steps=(1, 2), seeds=[5])
+    assert same["clips"] == 6 and set(same["steps"]) == {"1", "2"}  # a clip is 4 frames: every episode holds two
+    for count in ("1", "2"):
+        assert same["steps"][count]["spread"] == 0.0 and same["steps"][count]["ratio"] == 0.0
+        assert same["steps"][count]["error"] == pytest.approx(alone["steps"][count]["error"], rel=1e-6)
+    several = clips.sample_spread(dynamics, autoencoder, cache, prompt=3, per_episode=2, steps=(2,), seeds=range(3))
+    row = several["steps"]["2"]
+    assert row["spread"] > 0 and row["ratio"] == pytest.approx(row["spread"] / row["error"])
+    assert row["change_real"] == same["steps"]["2"]["change_real"] and row["std_real"] > 0
+    with pytest.raises(ValueError, match="seed"):
+        clips.sample_spread(dynamics, autoencoder, cache, prompt=3, per_episode=2, seeds=[])
+
+
+def test_spread_seeds_add_the_spread_to_the_json(world_and_cache, tmp_path):
+    world, cache = world_and_cache
+    out = tmp_path / "clips.json"
+    result = clips.main(["--checkpoint", str(world), "--data", str(cache), "--prompt", "3", "--horizons", "1",
+                         "--per-episode", "2", "--threads", "1", "--spread-seeds", "2", "--spread-steps", "1",
+                         "--out", str(out)])
+    assert json.loads(out.read_text())["spread"] == result["spread"]
+    assert result["spread"]["seeds"] == [0, 1] and set(result["spread"]["steps"]) == {"1"}

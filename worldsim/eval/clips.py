@@ -1,7 +1,7 @@
 """A quick held-out check of a dynamics run on recorded clips, without the engine: prints a table, saves JSON.
 
     python -m worldsim.eval.clips --checkpoint runs/dyn --autoencoder runs/ae --data data/heldout/cache \
-        --steps 2 --context-noise 0.0
+        --steps 2 --context-noise 0.0 [--spread-seeds 8]
 
 From clips spread evenly over each episode of a training cache (held-out seeds), the model is prompted with
 the clip's first frames (encoded) and rolls on with the recorded actions, all clips as one batch. At each
@@ -9,6 +9,9 @@ horizon its decoded frame is scored (PSNR, the eval's own metric) against the re
 the last prompt frame and the autoencoder's reconstruction; the mean brightness difference shows drift. A
 minute on the CPU where `mode=eval` takes several: for choosing sampling settings and checkpoints, with
 `mode=eval` (engine twin, action following, consistency, stability) for the final word.
+
+With `--spread-seeds N` it also draws each clip's next frame under N noise seeds (`sample_spread`): the spread of
+those draws against the error of their mean says whether the sampler samples the frame or averages it.
 """
 import argparse
 import json
@@ -66,6 +69,46 @@ def rollout_clips(dynamics, autoencoder, cache, *, prompt: int = 8, horizons=(1,
             "psnr": rows}
 
 
+@torch.no_grad()
+def sample_spread(dynamics, autoencoder, cache, *, prompt: int = 8, per_episode: int = 8, steps=(1, 2, 4, 8),
+                  seeds=range(8)) -> dict:
+    """Whether the sampler draws the next frame or averages it: from each clip's prompt, the next frame's latents
+    under every noise seed in `seeds`, for each count of Euler steps. Per count, over all latent elements:
+    - spread: their variance across the seeds; error: the mean square distance of their mean from the recorded
+      frame's latents; ratio = spread / error. Samples of a right posterior have a spread equal to the error of
+      their mean (ratio 1); a sampler that returns the posterior mean has none (ratio 0) and drops the part of
+      every change it cannot predict, which over a long run is a haze;
+    - change_made, change_real: the mean square change from the last prompt frame, made and recorded;
+    - std_made, std_real: the frames' spatial standard deviation of latents per channel (contrast), averaged."""
+    from worldsim.models.autoencoder import frames_to_float
+    from worldsim.sampling import Sampler
+    seeds = [int(seed) for seed in seeds]
+    if not seeds:
+        raise ValueError("sample_spread needs at least one noise seed")
+    starts = clip_starts(cache, prompt + 1, per_episode)
+    frames = np.stack([np.asarray(cache.frames[s:s + prompt + 1]) for s in starts])  # (N, P + 1, H, W, 3)
+    acts = torch.from_numpy(np.stack([np.asarray(cache.actions[s:s + prompt]) for s in starts])).float()
+    latents = torch.stack([autoencoder.encode(frames_to_float(torch.from_numpy(f), autoencoder.config))
+                           for f in frames])                                          # (N, P + 1, C, h, w)
+    real, last = latents[:, prompt], latents[:, prompt - 1]
+    rows = {}
+    for count in steps:
+        made = []
+        for seed in seeds:
+            sampler = Sampler(dynamics, batch_size=len(starts), steps=int(count), seed=seed)
+            sampler.reset(latents[:, :prompt], acts[:, :prompt - 1])
+            made.append(sampler.step(acts[:, prompt - 1])[:, 0])
+        made = torch.stack(made)                                                      # (S, N, C, h, w)
+        spread = made.var(dim=0, unbiased=False).mean().item() if len(seeds) > 1 else 0.0
+        error = (made.mean(dim=0) - real).pow(2).mean().item()
+        rows[str(count)] = {"spread": spread, "error": error, "ratio": spread / error if error > 0 else None,
+                            "change_made": (made - last).pow(2).mean().item(),
+                            "change_real": (real - last).pow(2).mean().item(),
+                            "std_made": made.flatten(3).std(dim=-1).mean().item(),
+                            "std_real": real.flatten(2).std(dim=-1).mean().item()}
+    return {"clips": len(starts), "seeds": seeds, "steps": rows}
+
+
 def main(argv=None) -> dict:
     from rich.console import Console
     from rich.table import Table
@@ -86,6 +129,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--per-episode", type=int, default=8, help="clips per episode")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--spread-seeds", type=int, default=0,
+                        help="> 0: also measure whether the sampler draws or averages the next frame (sample_spread) "
+                             "over this many noise seeds")
+    parser.add_argument("--spread-steps", type=int, nargs="+", default=[1, 2, 4, 8],
+                        help="Euler step counts of the spread measure")
     parser.add_argument("--out", help="JSON path (default: clips.json in the checkpoint directory)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -102,6 +150,18 @@ def main(argv=None) -> dict:
     for name in ("model", "copy_last", "autoencoder", "brightness_difference"):
         table.add_row(name, *(f"{row[name]:.2f}" for row in result["psnr"].values()))
     Console().print(table)
+    if args.spread_seeds > 0:
+        result["spread"] = sample_spread(dynamics, autoencoder, cache, prompt=args.prompt,
+                                         per_episode=args.per_episode, steps=args.spread_steps,
+                                         seeds=range(args.spread_seeds))
+        table = Table(title=f"the next frame's latents over {args.spread_seeds} noise seeds: spread across seeds "
+                            "against the error of their mean (1: draws, 0: averages)")
+        names = ("spread", "error", "ratio", "change_made", "change_real", "std_made", "std_real")
+        for column in ("steps", *names):
+            table.add_column(column, justify="right")
+        for count, row in result["spread"]["steps"].items():
+            table.add_row(count, *("-" if row[name] is None else f"{row[name]:.3f}" for name in names))
+        Console().print(table)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "clips.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
