@@ -263,6 +263,13 @@ def test_switches_that_are_not_booleans_are_refused(field):
         WorldModelConfig(checkpoint="x", **{field: "maybe"})
 
 
+@pytest.mark.parametrize("threads", [0, -1, 1.5, "two", True])
+def test_torch_threads_that_are_not_a_positive_count_are_refused(threads):
+    with pytest.raises(ValueError, match="world.torch_threads must be null or a positive whole number"):
+        WorldModelConfig(checkpoint="x", torch_threads=threads)
+    assert WorldModelConfig(checkpoint="x", torch_threads=None).torch_threads is None
+
+
 def test_bf16_precision_samples_close_to_fp32_and_leaves_given_models_alone(world):
     models = load_world(world)
     full, half = (make(world, twin=False, models=models, precision=p) for p in ("fp32", "bf16"))

@@ -96,6 +96,9 @@ class WorldModelConfig:
                                                    or self.max_episode_steps < 1):
             raise ValueError(f"max_episode_steps must be None or a positive whole number, "
                              f"got {self.max_episode_steps!r}")
+        threads = self.torch_threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"world.torch_threads must be null or a positive whole number, got {self.torch_threads!r}")
 
     @property
     def seed_prompt(self) -> bool:
