@@ -164,6 +164,9 @@ def test_sampler_levels_train_where_the_sampler_steps_from():
     shifted = sample_noise_levels(dataclasses.replace(config, sample_shift=3.0, sampler_levels=1.0, context_prob=0.0),
                                   256, 8, torch.Generator().manual_seed(0))
     assert set(shifted.unique().tolist()) == {1.0, 0.75}
+    started = sample_noise_levels(dataclasses.replace(config, sample_start=0.6, sampler_levels=1.0, context_prob=0.0),
+                                  256, 8, torch.Generator().manual_seed(0))
+    assert started.unique().tolist() == pytest.approx([0.3, 0.6])  # the levels a start at 0.6 steps from
     # the schedule is drawn first, the same as without the field; only the asked frames change
     free = dataclasses.replace(config, context_prob=0.0)
     mixed = sample_noise_levels(free, 64, 8, torch.Generator().manual_seed(1))

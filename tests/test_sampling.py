@@ -1,12 +1,13 @@
 """The sampler: cached sampling equals recomputing everything, before and after the ring wraps; the ring
 buffer's slots; batch rows; snapshot/restore; 2,000 frames in flat memory; bad input."""
+import dataclasses
 import os
 import tracemalloc
 
 import pytest
 import torch
 
-from worldsim.models.dynamics import ACTION_DIM, DynamicsModel
+from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, step_levels, warp_previous
 from worldsim.sampling import KVCache, Sampler, commit_chunk, denoise_chunk, make_caches, prefill, sample_levels
 from worldsim.view_memory import ViewMemory
 
@@ -37,7 +38,7 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
     actions = torch.cat([torch.zeros(B, 1, ACTION_DIM), prompt_actions], dim=1)  # model order
     levels = torch.full((B, P), s)
     ts = [1 - i / steps for i in range(steps + 1)]
-    ts = [c.sample_shift * t / (1 + (c.sample_shift - 1) * t) for t in ts]
+    ts = [c.sample_start * c.sample_shift * t / (1 + (c.sample_shift - 1) * t) for t in ts]
     out, memory, fills = [], None, None
     if c.view_memory if view_memory is None else view_memory:
         memory = ViewMemory(c, B)
@@ -49,6 +50,12 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
             if memory is not None:
                 views = memory.views(a)
                 fills = tuple(torch.cat(pair, 1) for pair in zip(fills, memory.render(views)))
+            if c.sample_start < 1:  # from the last frame in the context, turned as the model turns it, noised
+                last = context[:, -1:]
+                if c.camera_warp:
+                    new_fill = None if fills is None else tuple(f[:, -K:] for f in fills)
+                    last = warp_previous(last, a, c.camera_warp, c.warp_keep_rows, new_fill)
+                x = (1 - c.sample_start) * last + c.sample_start * x
             for t, t_next in zip(ts[:-1], ts[1:]):
                 v = model(torch.cat([context, x], 1), torch.cat([actions, a], 1),
                           torch.cat([levels, torch.full((B, K), t)], 1), fill=fills)[:, -K:]
@@ -109,6 +116,43 @@ def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_fra
         forgetful = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7,
                                      view_memory=False)
         assert float((forgetful - expected).abs().max()) > 1e-2
+
+
+@pytest.mark.parametrize("variant", VARIANTS[2:], ids=VARIANT_IDS[2:])
+@pytest.mark.parametrize("fuse_commit,graphs", [(True, False), (False, False), (True, True)],
+                         ids=["fused-commit", "separate-commit", "graphed"])
+def test_sampling_from_the_last_frame_equals_recomputing_everything(fuse_commit, graphs, variant):
+    """sample_start < 1: each frame's steps start from the frame before it (turned, filled, noised), in every
+    path of the sampler as in the reference; and not where sampling from noise goes."""
+    model = small_model(chunk_frames=1, context_frames=4, sample_start=0.6, **variant)
+    c = model.config
+    assert step_levels(c, 3) == pytest.approx([0.6 * t for t in sample_levels(3, c.sample_shift)])
+    g = torch.Generator().manual_seed(1)
+    B, P = 2, 2
+    prompt = torch.randn(latent_shape(c, B, P), generator=g)
+    prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
+    step_actions = [torch.rand(B, 1, ACTION_DIM, generator=g) for _ in range(8)]
+    for a in step_actions:
+        a[..., 15:17] = a[..., 15:17] * 2 - 1
+    sampler = Sampler(model, batch_size=B, steps=3, seed=7, fuse_commit=fuse_commit, graphs=graphs)
+    sampler.reset(prompt, prompt_actions)
+    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
+    expected = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
+    torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)
+    model.config = dataclasses.replace(c, sample_start=1.0)
+    from_noise = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
+    assert float((from_noise - expected).abs().max()) > 1e-2
+
+
+def test_sample_start_is_checked():
+    with pytest.raises(ValueError, match="sample_start must lie in"):
+        tiny_config(sample_start=0.0)
+    with pytest.raises(ValueError, match="sample_start must lie in"):
+        tiny_config(sample_start=1.5)
+    with pytest.raises(ValueError, match="chunk_frames=1"):
+        tiny_config(sample_start=0.5, chunk_frames=2)
+    with pytest.raises(ValueError, match="rollout_context"):
+        tiny_config(sample_start=0.5, rollout_context=0.5)
 
 
 def test_kv_cache_is_a_ring_buffer():

@@ -71,11 +71,12 @@ def test_the_world_ships_with_the_sampling_its_eval_ran_with(tmp_path):
     assert shipped_steps(ship(runs, tmp_path / "b", sample_steps=1)) == 1
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "report.json").write_text(json.dumps({"config": {"sample_steps": 3, "context_noise": 0.0,
-                                                                                "sample_shift": 4.0}}))
+                                                                                "sample_shift": 4.0,
+                                                                                "sample_start": 0.6}}))
     out = ship(runs, tmp_path / "c", eval=str(tmp_path / "eval"))
     config = load_world(out)[0].config
     assert shipped_steps(out) == 3 and config.sample_steps == 3 and config.context_noise == 0.0
-    assert config.sample_shift == 4.0
+    assert config.sample_shift == 4.0 and config.sample_start == 0.6
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["runs"]["dynamics"]["config"]["sample_steps"] == 3
     assert provenance["runs"]["dynamics"]["config"]["context_noise"] == 0.0
@@ -85,7 +86,19 @@ def test_the_world_ships_with_the_sampling_its_eval_ran_with(tmp_path):
         ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), context_noise=0.05)
     with pytest.raises(ValueError, match="ran with sample_shift=4.0"):
         ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), sample_shift=1.0)
+    with pytest.raises(ValueError, match="ran with sample_start=0.6"):
+        ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), sample_start=1.0)
+    with pytest.raises(ValueError, match="ship.sample_start must be in"):
+        ship(runs, tmp_path / "d", sample_start=0.0)
     assert not (tmp_path / "d").exists()
+    # a run saved before sample_start existed ships with its default
+    for name in ("model", "ema"):
+        path = runs / "dynamics" / f"{name}.json"
+        if path.exists():
+            meta = json.loads(path.read_text())
+            del meta["config"]["sample_start"]
+            path.write_text(json.dumps(meta))
+    assert load_world(ship(runs, tmp_path / "e"))[0].config.sample_start == 1.0
 
 
 def test_half_size_weights_without_their_record_or_with_a_bad_one_are_refused(tmp_path):

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, check_actions, check_latents, sample_levels
+from worldsim.models.dynamics import (ACTION_DIM, DynamicsModel, check_actions, check_latents,  # noqa: F401
+                                      sample_levels, step_levels, warp_previous)  # sample_levels: re-exported
 from worldsim.view_memory import ViewMemory
 
 
@@ -102,13 +103,28 @@ def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fil
     return x
 
 
+def start_point(model, noise, last, actions, fill=None):
+    """Where a chunk's Euler steps start: the noise itself at sample_start = 1; below, the frame before the chunk
+    as it entered the caches (`last`, (B, 1, C, h, w)), turned by the chunk's camera move where the model warps
+    (and filled from the view memory where the turn reveals what it did not hold), noised to sample_start."""
+    s = model.config.sample_start
+    if s == 1.0:
+        return noise
+    if last is None:
+        raise ValueError("sample_start < 1 starts a chunk from the frame before it: give prev_frame")
+    c = model.config
+    guess = warp_previous(last, actions, c.camera_warp, c.warp_keep_rows, fill) if c.camera_warp else last
+    return (1 - s) * guess + s * noise
+
+
 @torch.inference_mode()
 def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_frame=None, fill=None):
-    """Euler-integrate the chunk (B, K, ...) starting at `frame` from noise (t = 1) to t = 0 against the
-    caches, which are read only. actions (B, K, 25) in model order; prev_frame: `last_frame` of the frame
-    before the chunk; fill: the view memory's `render` for the chunk. Returns the clean latents."""
-    return _euler(model, caches, actions, frame, noise, sample_levels(steps, model.config.sample_shift), prev_frame,
-                  fill)
+    """Euler-integrate the chunk (B, K, ...) starting at `frame` from its `start_point` (t = sample_start, 1:
+    noise) to t = 0 against the caches, which are read only. actions (B, K, 25) in model order; prev_frame:
+    `last_frame` of the frame before the chunk; fill: the view memory's `render` for the chunk. Returns the
+    clean latents."""
+    x = start_point(model, noise, None if prev_frame is None else prev_frame[0], actions, fill)
+    return _euler(model, caches, actions, frame, x, step_levels(model.config, steps), prev_frame, fill)
 
 
 @torch.inference_mode()
@@ -118,14 +134,15 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
     with the commit sharing a pass with the first Euler step: S passes per chunk instead of S + 1.
     before: `last_frame` of the frame before `prev`; prev_fill and fill: the view memory's for each chunk."""
     B, K = noise.shape[:2]
-    ts = sample_levels(steps, model.config.sample_shift)
+    ts = step_levels(model.config, steps)
     context, context_levels = context_noised(model, prev, prev_noise)
+    x = start_point(model, noise, context[:, -1:], actions, fill)
     levels = torch.cat([context_levels, torch.full((B, K), ts[0], device=noise.device)], dim=1)  # (B, 2K)
     both = None if fill is None else tuple(torch.cat(pair, dim=1) for pair in zip(prev_fill, fill))
-    v = model(torch.cat([context, noise], dim=1), torch.cat([prev_actions, actions], dim=1), levels,
+    v = model(torch.cat([context, x], dim=1), torch.cat([prev_actions, actions], dim=1), levels,
               _positions(frame - K, 2 * K, noise.device), caches, mode="commit_read", prev_frame=before,
               fill=both)[:, K:]
-    return _euler(model, caches, actions, frame, noise + (ts[1] - ts[0]) * v, ts[1:],
+    return _euler(model, caches, actions, frame, x + (ts[1] - ts[0]) * v, ts[1:],
                   (context[:, -1:], context_levels[:, -1:]), fill)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from worldsim.models.dynamics import DynamicsConfig
 from worldsim.training.checkpoint import STORAGE_DTYPES, read_json, save_checkpoint, write_json
 
 RECIPE = [
@@ -43,6 +44,7 @@ class ShipConfig:
     context_noise: float | None = None  # the shipped context noise level (None: the eval's, else the run's)
     sample_shift: float | None = None   # the shipped shift of the steps' levels (None: the eval's, else the run's)
     view_memory: bool | None = None     # whether the shipped sampler keeps its panorama (None: the eval's, else the run's)
+    sample_start: float | None = None   # the shipped level the steps start from (None: the eval's, else the run's)
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
@@ -58,6 +60,8 @@ class ShipConfig:
             raise ValueError(f"ship.context_noise must be in [0, 1) or null, got {self.context_noise!r}")
         if self.sample_shift is not None and not self.sample_shift > 0:
             raise ValueError(f"ship.sample_shift must be > 0 or null, got {self.sample_shift!r}")
+        if self.sample_start is not None and not 0 < self.sample_start <= 1:
+            raise ValueError(f"ship.sample_start must be in (0, 1] or null, got {self.sample_start!r}")
 
 
 def _run_record(run: Path, name: str) -> dict:
@@ -92,7 +96,8 @@ def eval_summary(report: dict) -> dict:
 
 
 # the dynamics config's sampling defaults, set when shipping
-SAMPLING = ("sample_steps", "context_noise", "sample_shift", "view_memory")
+SAMPLING = ("sample_steps", "context_noise", "sample_shift", "view_memory", "sample_start")
+DYNAMICS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DynamicsConfig)}
 
 
 def shipped_sampling(config: ShipConfig, run: dict, report: dict | None) -> dict:
@@ -101,15 +106,15 @@ def shipped_sampling(config: ShipConfig, run: dict, report: dict | None) -> dict
     ship.X, else the run's (`run`: the run's dynamics config)."""
     out = {}
     for key in SAMPLING:
-        wanted = getattr(config, key)
+        wanted, own = getattr(config, key), run.get(key, DYNAMICS_DEFAULTS[key])  # runs saved before a field: its default
         evaluated = None
         if report is not None:
             evaluated = (report.get("config") or {}).get(key)
-            evaluated = run[key] if evaluated is None else evaluated
+            evaluated = own if evaluated is None else evaluated
         if wanted is not None and evaluated is not None and wanted != evaluated:
             raise ValueError(f"ship.{key}={wanted} but the eval in {config.eval} ran with {key}={evaluated}: "
                              f"evaluate with eval.{key}={wanted} first")
-        out[key] = next(v for v in (wanted, evaluated, run[key]) if v is not None)
+        out[key] = next(v for v in (wanted, evaluated, own) if v is not None)
     return out
 
 

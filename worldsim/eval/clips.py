@@ -125,6 +125,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--context-noise", type=float, help="level finished frames enter the cache at "
                                                             "(default: the model's)")
     parser.add_argument("--shift", type=float, help="shift of the steps' levels (default: the model's)")
+    parser.add_argument("--start", type=float, help="level the steps start from, 1 from noise (default: the model's)")
     parser.add_argument("--prompt", type=int, default=8)
     parser.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--per-episode", type=int, default=8, help="clips per episode")
@@ -138,7 +139,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dynamics, autoencoder = load_world(args.checkpoint, args.autoencoder)
-    dynamics.config = with_sampling(dynamics.config, context_noise=args.context_noise, sample_shift=args.shift)
+    dynamics.config = with_sampling(dynamics.config, context_noise=args.context_noise, sample_shift=args.shift,
+                                    sample_start=args.start)
     cache = Cache(args.data, expect_resolution=(autoencoder.config.height, autoencoder.config.width))
     result = rollout_clips(dynamics.eval(), autoencoder.eval(), cache, prompt=args.prompt, horizons=args.horizons,
                            per_episode=args.per_episode, steps=args.steps)

@@ -64,6 +64,7 @@ class EvalConfig:
     sample_steps: int | None = None   # Euler steps per chunk for world=model (None: the model's default)
     context_noise: float | None = None  # level finished frames enter the cache at (None: the model's default)
     sample_shift: float | None = None   # shift of the Euler steps' levels (None: the model's default)
+    sample_start: float | None = None   # level the Euler steps start from, 1 from noise (None: the model's default)
     view_memory: bool | None = None     # the sampler's panorama of what it saw (None: the model's default)
     device: str = "auto"              # auto | cpu | cuda
     sheet: bool = True                # write sheet.png
@@ -88,6 +89,8 @@ class EvalConfig:
             raise ValueError(f"eval.context_noise must be in [0, 1) or null, got {self.context_noise!r}")
         if self.sample_shift is not None and not self.sample_shift > 0:
             raise ValueError(f"eval.sample_shift must be > 0 or null, got {self.sample_shift!r}")
+        if self.sample_start is not None and not 0 < self.sample_start <= 1:
+            raise ValueError(f"eval.sample_start must be in (0, 1] or null, got {self.sample_start!r}")
         if self.view_memory is not None and not isinstance(self.view_memory, bool):
             raise ValueError(f"eval.view_memory must be true, false or null, got {self.view_memory!r}")
 
@@ -185,7 +188,7 @@ class WorldModelPredictor:
 
     @classmethod
     def from_checkpoints(cls, dynamics_dir, autoencoder_dir, device="cpu", sample_steps=None, seed=0,
-                         context_noise=None, sample_shift=None, view_memory=None):
+                         context_noise=None, sample_shift=None, view_memory=None, sample_start=None):
         from worldsim.models.dynamics import DynamicsConfig, DynamicsModel, with_sampling
         from worldsim.models.train_autoencoder import load_autoencoder
         from worldsim.training.checkpoint import load_model
@@ -194,7 +197,7 @@ class WorldModelPredictor:
         name = "ema" if (Path(dynamics_dir) / "ema.safetensors").exists() else "model"
         dynamics = load_model(dynamics_dir, DynamicsModel, DynamicsConfig, name=name, device=device).eval()
         dynamics.config = with_sampling(dynamics.config, context_noise=context_noise, sample_shift=sample_shift,
-                                        view_memory=view_memory)
+                                        view_memory=view_memory, sample_start=sample_start)
         return cls(dynamics, load_autoencoder(autoencoder_dir, device=device), sample_steps, seed)
 
     def _vectors(self, taken: list[dict]):
@@ -282,7 +285,7 @@ def make_world(kind: str, config: EvalConfig, engine_config: EngineConfig) -> Pr
     if kind == "model":
         return WorldModelPredictor.from_checkpoints(config.checkpoint, config.autoencoder, _device(config.device),
                                                     config.sample_steps, config.seed, config.context_noise,
-                                                    config.sample_shift, config.view_memory)
+                                                    config.sample_shift, config.view_memory, config.sample_start)
     raise ValueError(f"unknown world {kind!r}; known: {', '.join(WORLDS)}")
 
 

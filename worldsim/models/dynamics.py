@@ -204,7 +204,8 @@ class DynamicsConfig:
                     "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength",
                     "wear_shift", "adversarial", "adversarial_frames", "critic_lr",
                     "critic_width", "adversarial_pair", "critic_pool",
-                    "adversarial_adaptive", "sampler_levels")  # checkpoints saved before them load with the defaults
+                    "adversarial_adaptive", "sampler_levels", "sample_start")  # checkpoints saved before them load
+                                                                                  # with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
     latent_width: int = 16
@@ -228,7 +229,7 @@ class DynamicsConfig:
     # objective (training)
     noise_schedule: str = "logit_normal"  # logit_normal | uniform: per-frame noise level t
     sampler_levels: float = 0.0  # chance a frame's level is instead one the sampler starts an Euler step from
-                                # (sample_levels(sample_steps, sample_shift) but 0: 1 and 0.5 for 2 steps), the
+                                # (step_levels(config) but 0: 1 and 0.5 for 2 steps), the
                                 # levels the model is asked about when it plays; context frames keep theirs
     context_prob: float = 0.5   # chance a clip gets nearly clean context instead of independent levels
     context_noise_max: float = 0.1  # context frames' levels are drawn from U[0, context_noise_max]
@@ -270,6 +271,8 @@ class DynamicsConfig:
     context_noise: float = 0.05     # level at which finished frames are written into the cache
     sample_steps: int = 4           # Euler steps per chunk (the sampler may change it between chunks)
     sample_shift: float = 1.0       # the steps' levels t -> s t / (1 + (s - 1) t): s > 1 spends them at high noise
+    sample_start: float = 1.0       # the level each frame's Euler steps start from: 1 from noise; below 1 from the
+                                    # previous frame (turned by camera_warp) noised to it, the levels scaled by it
     view_memory: bool = False       # the sampler keeps a panorama of the frames it made (worldsim/view_memory.py):
                                     # what a turn reveals comes from it where it was seen (needs camera_warp)
     view_memory_frames: int = 100   # what the panorama saw longer ago than this many frames is not used
@@ -348,6 +351,11 @@ class DynamicsConfig:
         need(0.0 <= self.context_noise < 1.0, f"context_noise must lie in [0, 1), got {self.context_noise}")
         need(self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}")
         need(self.sample_shift > 0, f"sample_shift must be > 0, got {self.sample_shift}")
+        need(0.0 < self.sample_start <= 1.0, f"sample_start must lie in (0, 1], got {self.sample_start}")
+        need(self.sample_start == 1.0 or self.chunk_frames == 1,
+             f"sample_start < 1 starts a frame from the one before it: it needs chunk_frames=1, got {self.chunk_frames}")
+        need(self.sample_start == 1.0 or self.rollout_context == 0.0,
+             "rollout_context makes the model's frames from noise: it needs sample_start=1")
         need(self.prev_input or not self.residual, "residual needs prev_input (the previous frame it adds to)")
         need(self.change_var > 0, f"change_var must be > 0, got {self.change_var}")
         need(0.0 <= self.camera_warp < 180.0,
@@ -571,6 +579,12 @@ def sample_levels(steps: int, shift: float = 1.0) -> list:
     return [shift * t / (1 + (shift - 1) * t) for t in (1 - i / steps for i in range(steps + 1))]
 
 
+def step_levels(config: DynamicsConfig, steps: int | None = None) -> list:
+    """The levels the sampler's Euler steps go through for this config: `sample_levels(steps, sample_shift)`
+    scaled by `sample_start`, so they start there and end at 0 (steps: the config's sample_steps by default)."""
+    return [config.sample_start * t for t in sample_levels(steps or config.sample_steps, config.sample_shift)]
+
+
 def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generator=None, device=None,
                         with_context: bool = False):
     """Diffusion forcing: an independent noise level per frame (B, F), from `noise_schedule`, or with chance
@@ -586,7 +600,7 @@ def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generat
     else:
         t = torch.rand(batch, frames, **kw)
     if config.sampler_levels > 0:  # drawn only when asked for: at 0 the levels are those of earlier runs
-        levels = torch.tensor(sample_levels(config.sample_steps, config.sample_shift)[:-1], device=device)
+        levels = torch.tensor(step_levels(config)[:-1], device=device)
         asked = levels[torch.randint(len(levels), (batch, frames), **kw)]
         t = torch.where(torch.rand(batch, frames, **kw) < config.sampler_levels, asked, t)
     if frames > 1:
