@@ -413,6 +413,70 @@ def test_context_wear_feeds_the_loss_worn_context_and_gets_no_loss_there():
         tiny_config(wear_shift=-0.1)
 
 
+def test_start_bridge_trains_the_path_the_sampler_takes_from_the_last_frame():
+    """start_bridge = 1 with sample_start s: each target frame after the first, at a level t <= s, is on the
+    straight path from x_s = (1 - s) warp(previous frame as cached) + s noise at s to the frame at 0, and its
+    velocity target is the path's, so Euler's steps from x_s land on the frame; the first frame, frames above s
+    and context frames keep the path from noise; 0 changes nothing."""
+    s = 0.6
+    config = tiny_config(latent_height=8, latent_width=8, chunk_frames=1, context_prob=0.0, sampler_levels=0.75,
+                         sample_start=s, start_bridge=1.0, camera_warp=70.0, warp_keep_rows=2)
+    latents, actions, _ = inputs(config, B=6, T=6, seed=5)
+    out = torch.randn(latents.shape, requires_grad=True)
+    calls = []
+
+    def model(x, a, levels):
+        calls.append((x.detach().clone(), levels.clone()))
+        return out
+
+    loss, _ = flow_matching_loss(model, config, latents, actions, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the loss's draws: levels, noise, which frames bridge, the start's noise
+    t = sample_noise_levels(config, 6, 6, g)
+    eps = torch.randn(latents.shape, generator=g)
+    chosen = (torch.rand(6, 6, generator=g) < 1.0) & (t <= s)
+    chosen[:, 0] = False
+    noise = torch.randn(6, 5, *latents.shape[2:], generator=g)
+    assert bool(chosen.any()) and bool((~chosen[:, 1:]).any())  # both kinds among the frames after the first
+    x_t, levels = calls[0]
+    torch.testing.assert_close(levels, t)
+    tb = t[:, :, None, None, None]
+    cached = (1 - tb.clamp(max=0.1)) * latents + tb.clamp(max=0.1) * eps  # a frame as the sampler caches it
+    turned = dynamics.warp_previous(cached[:, :-1], shift_actions(actions)[:, 1:], 70.0, 2)
+    x_s = (1 - s) * turned + s * noise
+    pick = chosen[:, 1:]
+    r = (t[:, 1:] / s)[:, :, None, None, None]
+    torch.testing.assert_close(x_t[:, 1:][pick], ((1 - r) * latents[:, 1:] + r * x_s)[pick], rtol=1e-5, atol=1e-6)
+    plain = (1 - tb) * latents + tb * eps
+    torch.testing.assert_close(x_t[:, :1], plain[:, :1])
+    torch.testing.assert_close(x_t[:, 1:][~pick], plain[:, 1:][~pick])
+    target = torch.cat([eps[:, :1] - latents[:, :1],
+                        torch.where(pick[..., None, None, None], (x_s - latents[:, 1:]) / s, eps[:, 1:] - latents[:, 1:])],
+                       dim=1)
+    # the Euler steps of the sampler, given the true velocity, go from x_s through x_t to the frame
+    step = (x_t - tb * target)[:, 1:][pick]
+    torch.testing.assert_close(step, latents[:, 1:][pick], rtol=1e-4, atol=1e-5)
+    assert float(turned.sub(cached[:, :-1]).abs().max()) > 0.1  # the camera moved: the start is the turned frame
+    err = (out.detach() - target).pow(2).mean(dim=(2, 3, 4))
+    assert float(loss.detach()) == pytest.approx(float(err.mean()), rel=1e-5)
+    off, _ = flow_matching_loss(model, dataclasses.replace(config, start_bridge=0.0), latents, actions,
+                                torch.Generator().manual_seed(3))
+    torch.testing.assert_close(calls[-1][0], plain, rtol=1e-5, atol=1e-6)
+    # context frames never bridge
+    context_config = dataclasses.replace(config, context_prob=1.0, context_noise_max=0.3)
+    flow_matching_loss(model, context_config, latents, actions, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    t, context = sample_noise_levels(context_config, 6, 6, g, with_context=True)
+    eps = torch.randn(latents.shape, generator=g)
+    tb = t[:, :, None, None, None]
+    torch.testing.assert_close(calls[-1][0][context], ((1 - tb) * latents + tb * eps)[context], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="start_bridge must lie"):
+        tiny_config(start_bridge=1.5)
+    with pytest.raises(ValueError, match="needs sample_start < 1"):
+        tiny_config(chunk_frames=1, start_bridge=0.5)
+    with pytest.raises(ValueError, match="view_memory"):
+        tiny_config(chunk_frames=1, sample_start=0.6, start_bridge=0.5, view_memory=True)
+
+
 def test_autocast_bf16_forward_and_backward():
     config = tiny_config(latent_height=8, latent_width=8, n_layer=2)
     model = randomized(DynamicsModel(config))

@@ -204,7 +204,7 @@ class DynamicsConfig:
                     "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength",
                     "wear_shift", "adversarial", "adversarial_frames", "critic_lr",
                     "critic_width", "adversarial_pair", "critic_pool",
-                    "adversarial_adaptive", "sampler_levels", "sample_start")  # checkpoints saved before them load
+                    "adversarial_adaptive", "sampler_levels", "sample_start", "start_bridge")  # checkpoints saved before them load
                                                                                   # with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
@@ -231,6 +231,10 @@ class DynamicsConfig:
     sampler_levels: float = 0.0  # chance a frame's level is instead one the sampler starts an Euler step from
                                 # (step_levels(config) but 0: 1 and 0.5 for 2 steps), the
                                 # levels the model is asked about when it plays; context frames keep theirs
+    start_bridge: float = 0.0   # with sample_start < 1: chance a target frame at a level t <= sample_start trains
+                                # on the sampler's own path, x_t = (1 - t/s) x + (t/s) x_s with x_s the frame
+                                # before it, turned and noised to s = sample_start (`start_point`), and velocity
+                                # (x_s - x) / s, instead of on the path from noise through the frame itself
     context_prob: float = 0.5   # chance a clip gets nearly clean context instead of independent levels
     context_noise_max: float = 0.1  # context frames' levels are drawn from U[0, context_noise_max]
     target_prob: float = 0.0    # in a context clip: 0 -> a clean prefix, then independent levels; > 0 -> each
@@ -354,6 +358,11 @@ class DynamicsConfig:
         need(0.0 < self.sample_start <= 1.0, f"sample_start must lie in (0, 1], got {self.sample_start}")
         need(self.sample_start == 1.0 or self.chunk_frames == 1,
              f"sample_start < 1 starts a frame from the one before it: it needs chunk_frames=1, got {self.chunk_frames}")
+        need(0.0 <= self.start_bridge <= 1.0, f"start_bridge must lie in [0, 1], got {self.start_bridge}")
+        need(self.start_bridge == 0.0 or self.sample_start < 1.0,
+             "start_bridge trains the path from the previous frame that sample_start < 1 samples: it needs sample_start < 1")
+        need(self.start_bridge == 0.0 or not self.view_memory,
+             "start_bridge does not build the view memory's fill of the turned frame: it needs view_memory=false")
         need(self.sample_start == 1.0 or self.rollout_context == 0.0,
              "rollout_context makes the model's frames from noise: it needs sample_start=1")
         need(self.prev_input or not self.residual, "residual needs prev_input (the previous frame it adds to)")
@@ -689,6 +698,31 @@ def clip_view_fill(config: DynamicsConfig, x_t, levels, actions):
     return memory.fill_clip(x_t, actions, paint=levels <= config.context_noise_max)
 
 
+def bridged(config: DynamicsConfig, x_t, target, inputs, latents, eps, t, in_context, own, actions, generator=None):
+    """`start_bridge`: x_t and the velocity target with the chosen frames on the sampler's own path. A target frame
+    i >= 1 at a level t <= s = sample_start is chosen with chance start_bridge; its start x_s is what `start_point`
+    makes of the frame before it as the sampler would have cached it (the clip's input at its level, at most
+    context_noise_max), turned by frame i's camera move: x_s = (1 - s) warp(prev) + s eps. The path runs straight
+    from x_s at s to the frame at 0: x_t = (1 - t/s) x + (t/s) x_s, velocity (x_s - x) / s, which the sampler's
+    Euler steps follow from s down."""
+    B, T = t.shape
+    s = config.sample_start
+    kw = dict(generator=generator, device=latents.device)
+    chosen = (torch.rand(B, T, **kw) < config.start_bridge) & ~in_context & ~own & (t <= s) & (t > 0)
+    chosen[:, 0] = False  # a clip's first frame has no frame before it
+    c = t[:, :-1].clamp(max=config.context_noise_max)[:, :, None, None, None].to(latents.dtype)
+    prev = (1 - c) * inputs[:, :-1] + c * eps[:, :-1]  # as the sampler caches a finished frame
+    acts = shift_actions(actions)[:, 1:]
+    guess = warp_previous(prev, acts, config.camera_warp, config.warp_keep_rows) if config.camera_warp else prev
+    x_s = (1 - s) * guess + s * torch.randn(guess.shape, dtype=guess.dtype, **kw)
+    r = (t[:, 1:] / s)[:, :, None, None, None].to(latents.dtype)
+    on_path = (1 - r) * latents[:, 1:] + r * x_s
+    pick = chosen[:, 1:, None, None, None]
+    x_t = torch.cat([x_t[:, :1], torch.where(pick, on_path, x_t[:, 1:])], dim=1)
+    target = torch.cat([target[:, :1], torch.where(pick, (x_s - latents[:, 1:]) / s, target[:, 1:])], dim=1)
+    return x_t, target
+
+
 def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generator=None):
     """Rectified-flow loss on a clip: latents (B, T, C, h, w) clean, actions (B, T, 25) in the data's order
     (row i taken at frame i). `model` is only called (it may be wrapped in DDP). Returns (loss, metrics)."""
@@ -724,11 +758,14 @@ def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generato
         own = own | wear
     tb = t[:, :, None, None, None].to(latents.dtype)
     x_t = (1 - tb) * inputs + tb * eps
+    target = eps - latents
+    if config.start_bridge > 0 and T > 1:
+        x_t, target = bridged(config, x_t, target, inputs, latents, eps, t, in_context, own, actions, generator)
     if config.view_memory:
         v = model(x_t, shift_actions(actions), t, fill=clip_view_fill(config, x_t, t, shift_actions(actions)))
     else:
         v = model(x_t, shift_actions(actions), t)
-    err = (v.float() - (eps - latents).float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
+    err = (v.float() - target.float()).pow(2).mean(dim=(2, 3, 4))  # (B, T)
     weight = torch.where(in_context, config.context_loss, 1.0)  # the last frame is never context: sum > 0
     weight = torch.where(own, 0.0, weight)
     loss = (err * weight).sum() / weight.sum()
