@@ -708,6 +708,27 @@ def test_training_end_to_end_lowers_the_loss_and_saves_samples(tmp_path):
         train_dynamics(tiny_config(), train_config)
 
 
+def test_training_with_latent_guard_saves_the_data_range_and_the_state_dict_is_unchanged(tmp_path):
+    """latent_guard = p: the run's saved config carries guard_range, the data's per-channel frame-mean percentiles
+    p and 100 - p; the weights are those of a model without it (the range lives in the config)."""
+    from worldsim.data.cache import Cache
+    from worldsim.models.train_dynamics import train_dynamics
+    from worldsim.training import TrainConfig
+    cache = moving_pattern_cache(tmp_path / "cache")
+    config = tiny_config(latent_channels=4, latent_height=8, latent_width=8, n_layer=2, context_frames=6,
+                         latent_guard=5.0)
+    train_config = TrainConfig(out_dir=str(tmp_path / "run"), data=str(cache), steps=1, batch_size=2,
+                               warmup_steps=1, ckpt_every=0, sample_every=0)
+    train_dynamics(config, train_config, progress=False)
+    model = load_dynamics(tmp_path / "run")
+    means = np.asarray(Cache(cache).latents, dtype=np.float32).mean(axis=(2, 3))
+    expected = np.percentile(means, [5.0, 95.0], axis=0).flatten()
+    assert model.config.guard_range == pytest.approx(expected.tolist(), abs=1e-5)
+    assert set(model.state_dict()) == set(DynamicsModel(config).state_dict())
+    frames = torch.full((1, 1, 4, 8, 8), 100.0)
+    torch.testing.assert_close(model.guard(frames).mean(dim=(3, 4)).flatten(), torch.tensor(expected[4:]).float())
+
+
 def test_checkpoints_saved_before_later_fields_load_with_their_defaults(tmp_path):
     import json
 

@@ -60,6 +60,10 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
                 v = model(torch.cat([context, x], 1), torch.cat([actions, a], 1),
                           torch.cat([levels, torch.full((B, K), t)], 1), fill=fills)[:, -K:]
                 x = x + (t_next - t) * v
+            if c.guard_range is not None:  # each channel's mean moved into its range, the detail kept
+                low, high = torch.tensor(c.guard_range).view(2, 1, 1, -1, 1, 1)
+                mean = x.mean(dim=(3, 4), keepdim=True)
+                x = x - mean + torch.maximum(torch.minimum(mean, high), low)
             out.append(x)
             x = (1 - s) * x + s * torch.randn(x.shape, generator=g)
             if memory is not None:
@@ -142,6 +146,60 @@ def test_sampling_from_the_last_frame_equals_recomputing_everything(fuse_commit,
     model.config = dataclasses.replace(c, sample_start=1.0)
     from_noise = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
     assert float((from_noise - expected).abs().max()) > 1e-2
+
+
+@pytest.mark.parametrize("fuse_commit,graphs", [(True, False), (False, False), (True, True)],
+                         ids=["fused-commit", "separate-commit", "graphed"])
+def test_guarded_sampling_equals_recomputing_everything(fuse_commit, graphs):
+    """guard_range: every made frame's channel means lie in it, in every path of the sampler as in the reference
+    (where the frames, cached, feed the next ones); the guard moves frames whose means leave it, only by their
+    means."""
+    C = 16
+    low = [-0.05 * (1 + i % 3) for i in range(C)]
+    guard = tuple(low + [0.02 * (1 + i % 4) for i in range(C)])
+    model = small_model(guard_range=guard, camera_warp=70.0, warp_keep_rows=2)
+    c = model.config
+    g = torch.Generator().manual_seed(2)
+    B, P = 2, 3
+    prompt = torch.randn(latent_shape(c, B, P), generator=g)
+    prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
+    step_actions = [torch.rand(B, 1, ACTION_DIM, generator=g) for _ in range(6)]
+    sampler = Sampler(model, batch_size=B, steps=2, seed=3, fuse_commit=fuse_commit, graphs=graphs)
+    sampler.reset(prompt, prompt_actions)
+    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
+    torch.testing.assert_close(cached, uncached_rollout(model, prompt, prompt_actions, step_actions, 2, seed=3),
+                               rtol=1e-5, atol=1e-5)
+    means = cached.mean(dim=(3, 4))  # (B, F, C)
+    bounds = torch.tensor(guard).view(2, 1, 1, C)
+    assert bool(((means >= bounds[0] - 1e-5) & (means <= bounds[1] + 1e-5)).all())
+    model.config = dataclasses.replace(c, guard_range=None)
+    free = uncached_rollout(model, prompt, prompt_actions, step_actions, 2, seed=3)
+    assert bool(((free.mean(dim=(3, 4)) < bounds[0]) | (free.mean(dim=(3, 4)) > bounds[1])).any())  # it bites
+    first = free[:, :1]  # the first frame sees the same past: guarded, it differs from it only by channel means
+    detail = lambda x: x - x.mean(dim=(3, 4), keepdim=True)
+    torch.testing.assert_close(detail(cached[:, :1]), detail(first), rtol=1e-5, atol=1e-5)
+
+
+def test_guard_range_is_the_data_range_and_is_checked():
+    from worldsim.models.dynamics import frame_mean_range
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randn(1000, 4, 2, 2, generator=g) + torch.arange(4.0).view(1, 4, 1, 1)  # channel c about c
+    bounds = frame_mean_range(frames.numpy(), 5.0)
+    means = frames.mean(dim=(2, 3))
+    assert bounds == pytest.approx(torch.quantile(means, torch.tensor([0.05, 0.95]), dim=0).flatten().tolist(),
+                                   abs=1e-3)
+    config = tiny_config(latent_channels=4, guard_range=[float(v) for v in bounds])  # a list, as JSON gives it
+    assert config.guard_range == tuple(bounds)
+    with pytest.raises(ValueError, match="guard_range must be 8 finite numbers"):
+        tiny_config(latent_channels=4, guard_range=(0.0,) * 7)
+    with pytest.raises(ValueError, match="low <= high"):
+        tiny_config(latent_channels=4, guard_range=(1.0,) * 4 + (0.0,) * 4)
+    with pytest.raises(ValueError, match="guard_range must be"):
+        tiny_config(latent_channels=4, guard_range=(0.0,) * 3 + (float("nan"),) + (1.0,) * 4)
+    with pytest.raises(ValueError, match="latent_guard is a percentile"):
+        tiny_config(latent_guard=50.0)
+    with pytest.raises(ValueError, match="at least one frame"):
+        frame_mean_range(frames.numpy()[:0], 1.0)
 
 
 def test_sample_start_is_checked():

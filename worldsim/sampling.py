@@ -93,14 +93,15 @@ def prefill(model, caches, latents, actions, noise, fill=None):
 
 
 def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None):
-    """Euler steps of the chunk x (B, K, ...) through the noise levels ts against read-only caches."""
+    """Euler steps of the chunk x (B, K, ...) through the noise levels ts against read-only caches; the made
+    frames are kept in the model's guard_range."""
     B, K = x.shape[:2]
     pos = _positions(frame, K, x.device)
     for t, t_next in zip(ts[:-1], ts[1:]):
         v = model(x, actions, torch.full((B, K), t, device=x.device), pos, caches, mode="read",
                   prev_frame=prev_frame, fill=fill)
         x = x + (t_next - t) * v
-    return x
+    return model.guard(x)
 
 
 def start_point(model, noise, last, actions, fill=None):

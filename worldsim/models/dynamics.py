@@ -20,6 +20,7 @@ Conventions, shared by the objective and the sampler:
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -204,7 +205,8 @@ class DynamicsConfig:
                     "warp_keep_rows", "view_memory", "view_memory_frames", "context_wear", "wear_strength",
                     "wear_shift", "adversarial", "adversarial_frames", "critic_lr",
                     "critic_width", "adversarial_pair", "critic_pool",
-                    "adversarial_adaptive", "sampler_levels", "sample_start", "start_bridge")  # checkpoints saved before them load
+                    "adversarial_adaptive", "sampler_levels", "sample_start", "start_bridge",
+                    "latent_guard", "guard_range")  # checkpoints saved before them load
                                                                                   # with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
@@ -280,6 +282,11 @@ class DynamicsConfig:
     view_memory: bool = False       # the sampler keeps a panorama of the frames it made (worldsim/view_memory.py):
                                     # what a turn reveals comes from it where it was seen (needs camera_warp)
     view_memory_frames: int = 100   # what the panorama saw longer ago than this many frames is not used
+    latent_guard: float = 0.0       # > 0: training records guard_range from its data's frames at these percentiles
+                                    # (latent_guard and 100 - latent_guard) of each channel's spatial mean
+    guard_range: tuple | None = None  # (low_0 .. low_C-1, high_0 .. high_C-1): the sampler moves each made frame's
+                                    # channel means back into it (long rollouts drift out of the latents' range,
+                                    # where the decoder paints one texture everywhere); None: no guard
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -358,6 +365,15 @@ class DynamicsConfig:
         need(0.0 < self.sample_start <= 1.0, f"sample_start must lie in (0, 1], got {self.sample_start}")
         need(self.sample_start == 1.0 or self.chunk_frames == 1,
              f"sample_start < 1 starts a frame from the one before it: it needs chunk_frames=1, got {self.chunk_frames}")
+        need(0.0 <= self.latent_guard < 50.0, f"latent_guard is a percentile in [0, 50), got {self.latent_guard}")
+        if self.guard_range is not None:
+            bounds = tuple(float(v) for v in self.guard_range)
+            C = self.latent_channels
+            need(len(bounds) == 2 * C and all(math.isfinite(v) for v in bounds)
+                 and all(lo <= hi for lo, hi in zip(bounds[:C], bounds[C:])),
+                 f"guard_range must be {2 * C} finite numbers, each channel's low <= high (lows, then highs), "
+                 f"got {self.guard_range!r}")
+            self.guard_range = bounds
         need(0.0 <= self.start_bridge <= 1.0, f"start_bridge must lie in [0, 1], got {self.start_bridge}")
         need(self.start_bridge == 0.0 or self.sample_start < 1.0,
              "start_bridge trains the path from the previous frame that sample_start < 1 samples: it needs sample_start < 1")
@@ -387,6 +403,10 @@ class DynamicsModel(nn.Module):
         self.patch_embed = nn.Linear(config.patch_dim, d)
         self.time_embed = TimestepEmbedding(d)
         self.action_embed = nn.Sequential(nn.Linear(ACTION_DIM, d), nn.SiLU(), nn.Linear(d, d))
+        if config.guard_range is not None:  # from the config, not the weights: the state dict is the same
+            low, high = torch.tensor(config.guard_range).view(2, config.latent_channels, 1, 1)
+            self.register_buffer("guard_low", low, persistent=False)
+            self.register_buffer("guard_high", high, persistent=False)
         if config.prev_input:
             self.prev_embed = nn.Linear(config.patch_dim, d)
             self.prev_time_embed = TimestepEmbedding(d)
@@ -473,6 +493,15 @@ class DynamicsModel(nn.Module):
         if not self.config.residual:
             return out
         return residual_velocity(out, latents, noise_levels, prev, prev_levels, self.config.change_var)
+
+    def guard(self, latents):
+        """Made frames (..., C, h, w) with each channel's spatial mean moved into guard_range (the frame's detail
+        about the mean unchanged); the frames themselves without a guard_range."""
+        if self.config.guard_range is None:
+            return latents
+        mean = latents.mean(dim=(-2, -1), keepdim=True)
+        inside = torch.minimum(torch.maximum(mean, self.guard_low.to(mean.dtype)), self.guard_high.to(mean.dtype))
+        return latents + (inside - mean)
 
     def check_inputs(self, latents, actions, noise_levels):
         """Raise ValueError naming the input whose shape or values do not fit this model."""
@@ -592,6 +621,16 @@ def step_levels(config: DynamicsConfig, steps: int | None = None) -> list:
     """The levels the sampler's Euler steps go through for this config: `sample_levels(steps, sample_shift)`
     scaled by `sample_start`, so they start there and end at 0 (steps: the config's sample_steps by default)."""
     return [config.sample_start * t for t in sample_levels(steps or config.sample_steps, config.sample_shift)]
+
+
+def frame_mean_range(latents, percentile: float, max_frames: int = 20000) -> tuple:
+    """guard_range of frames (N, C, h, w) (a cache's latents, memory-mapped is fine): the `percentile` and
+    100 - `percentile` percentiles of each channel's spatial mean, over at most max_frames evenly spaced frames."""
+    if len(latents) == 0:
+        raise ValueError("frame_mean_range needs at least one frame")
+    means = np.asarray(latents[::max(1, -(-len(latents) // max_frames))], dtype=np.float32).mean(axis=(2, 3))
+    low, high = np.percentile(means, [percentile, 100 - percentile], axis=0)  # (C,) each
+    return tuple(float(v) for v in np.concatenate([low, high]))
 
 
 def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generator=None, device=None,

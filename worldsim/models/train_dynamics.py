@@ -5,6 +5,7 @@ sampler keeps (with `dynamics.adversarial` > 0, longer: worldsim/models/adversar
 made the latents (its run directory is in the cache index) decodes the sample rollouts; without it the strips
 show the first three latent channels.
 """
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from worldsim.data.cache import Cache, ClipDataset
-from worldsim.models.dynamics import DynamicsConfig, DynamicsModel, flow_matching_loss, grow_from
+from worldsim.models.dynamics import (DynamicsConfig, DynamicsModel, flow_matching_loss, frame_mean_range,
+                                      grow_from)
 from worldsim.sampling import Sampler
 from worldsim.training import TrainConfig, train, unwrap
 
@@ -122,6 +124,9 @@ def train_dynamics(model_config: DynamicsConfig, train_config: TrainConfig, **tr
     if len(dataset) == 0:
         what = "the adversarial prompt + adversarial_frames" if adversarially else "context_frames"
         raise ValueError(f"{train_config.data}: no episode is {frames} frames ({what}) long")
+    if model_config.latent_guard > 0 and model_config.guard_range is None:  # the data's range, saved with the run
+        guard_range = frame_mean_range(Cache(train_config.data).latents, model_config.latent_guard)
+        model_config = dataclasses.replace(model_config, guard_range=guard_range)
     task = DynamicsTask(model_config, autoencoder_dir)
     if adversarially:
         task = adversarial.AdversarialTask(task)
