@@ -129,10 +129,12 @@ def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring:
     script = scripted_walk(20 * fps, fps)  # 20 s of walking and turning, repeated
     snapshots = collections.deque(maxlen=ring)
     times = np.empty(frames)
-    baseline = None
+    baseline, every, series = None, max(1, frames // 20), []
     for t in range(frames):
         if t == WARMUP_FRAMES:
             baseline = rss_mb()
+        if t % every == 0:
+            series.append([t, rss_mb()])
         start = time.perf_counter()
         env.step(script[t % len(script)])
         times[t] = time.perf_counter() - start
@@ -145,7 +147,9 @@ def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring:
             "rss_growth_mb": None if baseline is None else end - baseline,
             "ms_per_frame_first_tenth": float(times[:tenth].mean() * 1000.0),
             "ms_per_frame_last_tenth": float(times[-tenth:].mean() * 1000.0),
-            "trend_ms_per_1000_frames": float(slope)}
+            "trend_ms_per_1000_frames": float(slope),
+            "rss_mb_series": series,  # [frame, resident MB] 20 times along the soak: growth that levels off or not
+            "ms_per_frame_by_twentieth": [float(c.mean() * 1000.0) for c in np.array_split(times, min(20, frames))]}
 
 
 def rollout_speed(checkpoint: str, num_envs: int, steps: int, warmup: int = 3, precision: str = "fp32") -> dict:
@@ -178,6 +182,8 @@ def print_table(results: dict) -> None:
         if not isinstance(values, dict):
             continue
         for key, value in values.items():
+            if isinstance(value, list):  # series go to the JSON only
+                continue
             text = f"{value:.2f}" if isinstance(value, float) else str(value)
             table.add_row(f"{section}.{key}", text)
     Console().print(table)
