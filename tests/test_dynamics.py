@@ -370,6 +370,16 @@ def test_worn_clips_are_flatter_blurred_and_shifted_within_strength():
     torch.testing.assert_close(still.mean(dim=(3, 4)), x.mean(dim=(3, 4)), rtol=0, atol=1e-4)
 
 
+def recording(out):
+    """A stand-in for the model that returns `out` and keeps each call's (inputs, levels): what the loss fed it."""
+    calls = []
+
+    def model(x, a, levels):
+        calls.append((x.detach().clone(), levels.clone()))
+        return out
+    return model, calls
+
+
 def test_context_wear_feeds_the_loss_worn_context_and_gets_no_loss_there():
     """context_wear = 1: every context clip's context frames are the worn data, noised to their levels; they
     get no loss, the targets (the data, never worn) do; 0 leaves the loss exactly as it was."""
@@ -377,12 +387,7 @@ def test_context_wear_feeds_the_loss_worn_context_and_gets_no_loss_there():
                          wear_shift=0.1)
     latents, actions, _ = inputs(config, B=6, T=8, seed=4)
     out = torch.randn(latents.shape, requires_grad=True)
-    calls = []
-
-    def model(x, a, levels):
-        calls.append((x.detach().clone(), levels.clone()))
-        return out
-
+    model, calls = recording(out)
     loss, _ = flow_matching_loss(model, config, latents, actions, torch.Generator().manual_seed(7))
     assert len(calls) == 1
     g = torch.Generator().manual_seed(7)  # the loss's draws: levels, noise, which clips wear, then the wear
@@ -423,12 +428,7 @@ def test_start_bridge_trains_the_path_the_sampler_takes_from_the_last_frame():
                          sample_start=s, start_bridge=1.0, camera_warp=70.0, warp_keep_rows=2)
     latents, actions, _ = inputs(config, B=6, T=6, seed=5)
     out = torch.randn(latents.shape, requires_grad=True)
-    calls = []
-
-    def model(x, a, levels):
-        calls.append((x.detach().clone(), levels.clone()))
-        return out
-
+    model, calls = recording(out)
     loss, _ = flow_matching_loss(model, config, latents, actions, torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)  # the loss's draws: levels, noise, which frames bridge, the start's noise
     t = sample_noise_levels(config, 6, 6, g)
