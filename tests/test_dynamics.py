@@ -710,13 +710,14 @@ def test_training_end_to_end_lowers_the_loss_and_saves_samples(tmp_path):
 
 def test_training_with_latent_guard_saves_the_data_range_and_the_state_dict_is_unchanged(tmp_path):
     """latent_guard = p: the run's saved config carries guard_range, the data's per-channel frame-mean percentiles
-    p and 100 - p; the weights are those of a model without it (the range lives in the config)."""
+    p and 100 - p, and spread_guard = q its spread_floor, the per-channel spatial-std percentile q; the weights
+    are those of a model without them (they live in the config)."""
     from worldsim.data.cache import Cache
     from worldsim.models.train_dynamics import train_dynamics
     from worldsim.training import TrainConfig
     cache = moving_pattern_cache(tmp_path / "cache")
     config = tiny_config(latent_channels=4, latent_height=8, latent_width=8, n_layer=2, context_frames=6,
-                         latent_guard=5.0)
+                         latent_guard=5.0, spread_guard=10.0)
     train_config = TrainConfig(out_dir=str(tmp_path / "run"), data=str(cache), steps=1, batch_size=2,
                                warmup_steps=1, ckpt_every=0, sample_every=0)
     train_dynamics(config, train_config, progress=False)
@@ -724,9 +725,47 @@ def test_training_with_latent_guard_saves_the_data_range_and_the_state_dict_is_u
     means = np.asarray(Cache(cache).latents, dtype=np.float32).mean(axis=(2, 3))
     expected = np.percentile(means, [5.0, 95.0], axis=0).flatten()
     assert model.config.guard_range == pytest.approx(expected.tolist(), abs=1e-5)
+    stds = np.asarray(Cache(cache).latents, dtype=np.float32).std(axis=(2, 3))
+    assert model.config.spread_floor == pytest.approx(np.percentile(stds, 10.0, axis=0).tolist(), abs=1e-5)
     assert set(model.state_dict()) == set(DynamicsModel(config).state_dict())
     frames = torch.full((1, 1, 4, 8, 8), 100.0)
     torch.testing.assert_close(model.guard(frames).mean(dim=(3, 4)).flatten(), torch.tensor(expected[4:]).float())
+
+
+def test_guards_are_set_on_a_finished_run_from_a_cache_with_the_weights_unchanged(tmp_path):
+    """python -m worldsim.models.guards: a copy of the run (model and EMA) whose config carries the cache's
+    guard_range and spread_floor, the weights byte for byte the run's; a used OUT, a cache of other latents and
+    a bad percentile are errors naming them, and the run is left as it was."""
+    from worldsim.data.cache import Cache
+    from worldsim.models.guards import main
+    from worldsim.training.checkpoint import save_checkpoint
+    cache = moving_pattern_cache(tmp_path / "cache")
+    config = tiny_config(latent_channels=4, latent_height=8, latent_width=8, n_layer=2)
+    model = randomized(DynamicsModel(config))
+    for name in ("model", "ema"):
+        save_checkpoint(tmp_path / "run", model, config, name=name, extra={"step": 7})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    main([str(tmp_path / "run"), "--data", str(cache), "--out", str(tmp_path / "out"),
+          "--latent-guard", "5", "--spread-guard", "10"])
+    latents = np.asarray(Cache(cache).latents, dtype=np.float32)
+    for name in ("model", "ema"):
+        guarded = load_dynamics(tmp_path / "out", name=name)
+        assert guarded.config.guard_range == pytest.approx(
+            np.percentile(latents.mean(axis=(2, 3)), [5.0, 95.0], axis=0).flatten().tolist(), abs=1e-5)
+        assert guarded.config.spread_floor == pytest.approx(
+            np.percentile(latents.std(axis=(2, 3)), 10.0, axis=0).tolist(), abs=1e-5)
+        assert (tmp_path / "out" / f"{name}.safetensors").read_bytes() == before[f"{name}.safetensors"]
+    main([str(tmp_path / "out"), "--data", str(cache), "--out", str(tmp_path / "off"), "--spread-guard", "0"])
+    off = load_dynamics(tmp_path / "off")
+    assert off.config.spread_floor is None and off.config.guard_range is not None  # the one left out is kept
+    with pytest.raises(SystemExit, match="exists and is not empty"):
+        main([str(tmp_path / "run"), "--data", str(cache), "--out", str(tmp_path / "out"), "--spread-guard", "5"])
+    with pytest.raises(SystemExit, match="spread_guard is a percentile"):
+        main([str(tmp_path / "run"), "--data", str(cache), "--out", str(tmp_path / "bad"), "--spread-guard", "60"])
+    other = moving_pattern_cache(tmp_path / "other", channels=3)
+    with pytest.raises(SystemExit, match=r"latents are \(C, h, w\) = \(3, 8, 8\)"):
+        main([str(tmp_path / "run"), "--data", str(other), "--out", str(tmp_path / "bad2"), "--spread-guard", "5"])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 
 def test_checkpoints_saved_before_later_fields_load_with_their_defaults(tmp_path):

@@ -64,6 +64,11 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
                 low, high = torch.tensor(c.guard_range).view(2, 1, 1, -1, 1, 1)
                 mean = x.mean(dim=(3, 4), keepdim=True)
                 x = x - mean + torch.maximum(torch.minimum(mean, high), low)
+            if c.spread_floor is not None:  # each channel's detail scaled up to the floor's std, by at most 2
+                floor = torch.tensor(c.spread_floor).view(1, 1, -1, 1, 1)
+                mean = x.mean(dim=(3, 4), keepdim=True)
+                std = (x - mean).pow(2).mean(dim=(3, 4), keepdim=True).sqrt()
+                x = mean + (x - mean) * (floor / std.clamp(min=1e-6)).clamp(1.0, 2.0)
             out.append(x)
             x = (1 - s) * x + s * torch.randn(x.shape, generator=g)
             if memory is not None:
@@ -178,6 +183,65 @@ def test_guarded_sampling_equals_recomputing_everything(fuse_commit, graphs):
     first = free[:, :1]  # the first frame sees the same past: guarded, it differs from it only by channel means
     detail = lambda x: x - x.mean(dim=(3, 4), keepdim=True)
     torch.testing.assert_close(detail(cached[:, :1]), detail(first), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fuse_commit,graphs", [(True, False), (False, False), (True, True)],
+                         ids=["fused-commit", "separate-commit", "graphed"])
+def test_spread_floor_sampling_equals_recomputing_everything(fuse_commit, graphs):
+    """spread_floor (with guard_range): every path of the sampler equals the reference; each made frame's
+    channel std reaches the floor unless the gain is at its cap of 2, and channels already above it keep
+    their detail; without the floor some channel falls below it (the floor bites)."""
+    C = 16
+    floor = tuple(0.5 + 0.2 * (i % 4) for i in range(C))  # 0.5 .. 1.1
+    guard = tuple([-0.5] * C + [0.5] * C)
+    model = small_model(guard_range=guard, spread_floor=floor, camera_warp=70.0, warp_keep_rows=2)
+    c = model.config
+    g = torch.Generator().manual_seed(4)
+    B, P = 2, 3
+    prompt = 0.5 * torch.randn(latent_shape(c, B, P), generator=g)
+    prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
+    step_actions = [torch.rand(B, 1, ACTION_DIM, generator=g) for _ in range(6)]
+    sampler = Sampler(model, batch_size=B, steps=2, seed=5, fuse_commit=fuse_commit, graphs=graphs)
+    sampler.reset(prompt, prompt_actions)
+    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
+    torch.testing.assert_close(cached, uncached_rollout(model, prompt, prompt_actions, step_actions, 2, seed=5),
+                               rtol=1e-5, atol=1e-5)
+    stds = cached.std(dim=(3, 4), unbiased=False)  # (B, F, C)
+    assert bool((stds >= torch.tensor(floor) - 1e-4).all()), stds.min()
+    model.config = dataclasses.replace(c, spread_floor=None)
+    free = uncached_rollout(model, prompt, prompt_actions, step_actions, 2, seed=5)
+    free_stds = free.std(dim=(3, 4), unbiased=False)
+    assert bool((free_stds < torch.tensor(floor)).any())  # it bites
+    first_gain = stds[:, 0] / free_stds[:, 0]  # the first frame sees the same past: only its detail is scaled
+    expected = (torch.tensor(floor) / free_stds[:, 0]).clamp(1.0, 2.0)
+    torch.testing.assert_close(first_gain, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_spread_floor_is_the_data_floor_and_is_checked():
+    from worldsim.models.dynamics import frame_spread_floor
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randn(1000, 4, 3, 3, generator=g) * torch.arange(1.0, 5.0).view(1, 4, 1, 1)  # channel c: std c+1
+    floor = frame_spread_floor(frames.numpy(), 10.0)
+    stds = frames.std(dim=(2, 3), unbiased=False)
+    assert floor == pytest.approx(torch.quantile(stds, 0.10, dim=0).tolist(), abs=1e-3)
+    model = DynamicsModel(tiny_config(latent_channels=4, latent_height=3, latent_width=3, patch_size=1,
+                                      spread_floor=list(floor)))  # a list, as JSON gives it
+    assert model.config.spread_floor == tuple(floor)
+    flat = 0.01 * frames[:5, None]
+    lifted = model.guard(flat)  # very flat frames: at most twice their detail, their means unchanged
+    torch.testing.assert_close(lifted - lifted.mean(dim=(3, 4), keepdim=True),
+                               2 * (flat - flat.mean(dim=(3, 4), keepdim=True)))
+    torch.testing.assert_close(lifted.mean(dim=(3, 4)), flat.mean(dim=(3, 4)))
+    lively = 10 * frames[:5, None]  # frames above the floor pass unchanged
+    torch.testing.assert_close(model.guard(lively), lively)
+    with pytest.raises(ValueError, match="spread_floor must be 4 finite numbers >= 0"):
+        tiny_config(latent_channels=4, spread_floor=(1.0,) * 3)
+    with pytest.raises(ValueError, match="spread_floor must be 4"):
+        tiny_config(latent_channels=4, spread_floor=(1.0, -1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="spread_guard is a percentile"):
+        tiny_config(spread_guard=-1.0)
+    with pytest.raises(ValueError, match="at least one frame"):
+        frame_spread_floor(frames.numpy()[:0], 1.0)
 
 
 def test_guard_range_is_the_data_range_and_is_checked():

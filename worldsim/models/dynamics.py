@@ -36,6 +36,7 @@ ROPE_BASE_SPACE = 100.0
 # Noise levels are embedded as t * 1000, the scale sinusoidal timestep embeddings were designed for.
 TIMESTEP_SCALE = 1000.0
 TIMESTEP_FREQ_DIM = 256
+SPREAD_GAIN = 2.0  # the most the spread floor scales a made frame's detail by
 
 
 class LayerNorm(nn.Module):
@@ -206,7 +207,7 @@ class DynamicsConfig:
                     "wear_shift", "adversarial", "adversarial_frames", "critic_lr",
                     "critic_width", "adversarial_pair", "critic_pool",
                     "adversarial_adaptive", "sampler_levels", "sample_start", "start_bridge",
-                    "latent_guard", "guard_range")  # checkpoints saved before them load
+                    "latent_guard", "guard_range", "spread_guard", "spread_floor")  # checkpoints saved before them load
                                                                                   # with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
@@ -287,6 +288,11 @@ class DynamicsConfig:
     guard_range: tuple | None = None  # (low_0 .. low_C-1, high_0 .. high_C-1): the sampler moves each made frame's
                                     # channel means back into it (long rollouts drift out of the latents' range,
                                     # where the decoder paints one texture everywhere); None: no guard
+    spread_guard: float = 0.0       # > 0: training records spread_floor, the spread_guard percentile of each
+                                    # channel's spatial std over its data's frames
+    spread_floor: tuple | None = None  # (C floats): the sampler scales each made frame's detail about its channel
+                                    # means up until each channel's spatial std reaches it, by at most SPREAD_GAIN
+                                    # (long rollouts fade to flat frames the data never shows); None: no floor
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -374,6 +380,13 @@ class DynamicsConfig:
                  f"guard_range must be {2 * C} finite numbers, each channel's low <= high (lows, then highs), "
                  f"got {self.guard_range!r}")
             self.guard_range = bounds
+        need(0.0 <= self.spread_guard < 50.0, f"spread_guard is a percentile in [0, 50), got {self.spread_guard}")
+        if self.spread_floor is not None:
+            floor = tuple(float(v) for v in self.spread_floor)
+            need(len(floor) == self.latent_channels and all(math.isfinite(v) and v >= 0 for v in floor),
+                 f"spread_floor must be {self.latent_channels} finite numbers >= 0 (one per channel), "
+                 f"got {self.spread_floor!r}")
+            self.spread_floor = floor
         need(0.0 <= self.start_bridge <= 1.0, f"start_bridge must lie in [0, 1], got {self.start_bridge}")
         need(self.start_bridge == 0.0 or self.sample_start < 1.0,
              "start_bridge trains the path from the previous frame that sample_start < 1 samples: it needs sample_start < 1")
@@ -407,6 +420,9 @@ class DynamicsModel(nn.Module):
             low, high = torch.tensor(config.guard_range).view(2, config.latent_channels, 1, 1)
             self.register_buffer("guard_low", low, persistent=False)
             self.register_buffer("guard_high", high, persistent=False)
+        if config.spread_floor is not None:
+            floor = torch.tensor(config.spread_floor).view(config.latent_channels, 1, 1)
+            self.register_buffer("spread_low", floor, persistent=False)
         if config.prev_input:
             self.prev_embed = nn.Linear(config.patch_dim, d)
             self.prev_time_embed = TimestepEmbedding(d)
@@ -496,12 +512,21 @@ class DynamicsModel(nn.Module):
 
     def guard(self, latents):
         """Made frames (..., C, h, w) with each channel's spatial mean moved into guard_range (the frame's detail
-        about the mean unchanged); the frames themselves without a guard_range."""
-        if self.config.guard_range is None:
+        about the mean unchanged) and, with a spread_floor, that detail scaled up (by at most SPREAD_GAIN) until
+        each channel's spatial std reaches the floor; the frames themselves without either."""
+        c = self.config
+        if c.guard_range is None and c.spread_floor is None:
             return latents
         mean = latents.mean(dim=(-2, -1), keepdim=True)
-        inside = torch.minimum(torch.maximum(mean, self.guard_low.to(mean.dtype)), self.guard_high.to(mean.dtype))
-        return latents + (inside - mean)
+        inside = mean
+        if c.guard_range is not None:
+            inside = torch.minimum(torch.maximum(mean, self.guard_low.to(mean.dtype)), self.guard_high.to(mean.dtype))
+        if c.spread_floor is None:
+            return latents + (inside - mean)
+        detail = latents - mean
+        std = detail.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
+        gain = (self.spread_low.to(std.dtype) / std.clamp(min=1e-6)).clamp(1.0, SPREAD_GAIN)
+        return detail * gain + inside
 
     def check_inputs(self, latents, actions, noise_levels):
         """Raise ValueError naming the input whose shape or values do not fit this model."""
@@ -631,6 +656,15 @@ def frame_mean_range(latents, percentile: float, max_frames: int = 20000) -> tup
     means = np.asarray(latents[::max(1, -(-len(latents) // max_frames))], dtype=np.float32).mean(axis=(2, 3))
     low, high = np.percentile(means, [percentile, 100 - percentile], axis=0)  # (C,) each
     return tuple(float(v) for v in np.concatenate([low, high]))
+
+
+def frame_spread_floor(latents, percentile: float, max_frames: int = 20000) -> tuple:
+    """spread_floor of frames (N, C, h, w) (memory-mapped is fine): the `percentile` percentile of each channel's
+    spatial std, over at most max_frames evenly spaced frames."""
+    if len(latents) == 0:
+        raise ValueError("frame_spread_floor needs at least one frame")
+    stds = np.asarray(latents[::max(1, -(-len(latents) // max_frames))], dtype=np.float32).std(axis=(2, 3))
+    return tuple(float(v) for v in np.percentile(stds, percentile, axis=0))
 
 
 def sample_noise_levels(config: DynamicsConfig, batch: int, frames: int, generator=None, device=None,

@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from worldsim.data.cache import Cache, ClipDataset
-from worldsim.models.dynamics import (DynamicsConfig, DynamicsModel, flow_matching_loss, frame_mean_range,
+from worldsim.models.dynamics import (DynamicsConfig, DynamicsModel, flow_matching_loss, frame_mean_range, frame_spread_floor,
                                       grow_from)
 from worldsim.sampling import Sampler
 from worldsim.training import TrainConfig, train, unwrap
@@ -127,6 +127,9 @@ def train_dynamics(model_config: DynamicsConfig, train_config: TrainConfig, **tr
     if model_config.latent_guard > 0 and model_config.guard_range is None:  # the data's range, saved with the run
         guard_range = frame_mean_range(Cache(train_config.data).latents, model_config.latent_guard)
         model_config = dataclasses.replace(model_config, guard_range=guard_range)
+    if model_config.spread_guard > 0 and model_config.spread_floor is None:
+        floor = frame_spread_floor(Cache(train_config.data).latents, model_config.spread_guard)
+        model_config = dataclasses.replace(model_config, spread_floor=floor)
     task = DynamicsTask(model_config, autoencoder_dir)
     if adversarially:
         task = adversarial.AdversarialTask(task)
