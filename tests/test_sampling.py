@@ -153,6 +153,22 @@ def test_sampling_from_the_last_frame_equals_recomputing_everything(fuse_commit,
     assert float((from_noise - expected).abs().max()) > 1e-2
 
 
+def guarded_rollout(model, seed: int, fuse_commit: bool, graphs: bool, prompt_scale: float = 1.0):
+    """6 frames of batch 2 from a random 3-frame prompt, sampled with the sampler's path and checked against
+    recomputing everything; returns (prompt, prompt_actions, step_actions, the sampled frames)."""
+    c, g = model.config, torch.Generator().manual_seed(seed)
+    B, P = 2, 3
+    prompt = prompt_scale * torch.randn(latent_shape(c, B, P), generator=g)
+    prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
+    step_actions = [torch.rand(B, 1, ACTION_DIM, generator=g) for _ in range(6)]
+    sampler = Sampler(model, batch_size=B, steps=2, seed=seed + 1, fuse_commit=fuse_commit, graphs=graphs)
+    sampler.reset(prompt, prompt_actions)
+    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
+    torch.testing.assert_close(cached, uncached_rollout(model, prompt, prompt_actions, step_actions, 2,
+                                                        seed=seed + 1), rtol=1e-5, atol=1e-5)
+    return prompt, prompt_actions, step_actions, cached
+
+
 @pytest.mark.parametrize("fuse_commit,graphs", [(True, False), (False, False), (True, True)],
                          ids=["fused-commit", "separate-commit", "graphed"])
 def test_guarded_sampling_equals_recomputing_everything(fuse_commit, graphs):
@@ -164,16 +180,7 @@ def test_guarded_sampling_equals_recomputing_everything(fuse_commit, graphs):
     guard = tuple(low + [0.02 * (1 + i % 4) for i in range(C)])
     model = small_model(guard_range=guard, camera_warp=70.0, warp_keep_rows=2)
     c = model.config
-    g = torch.Generator().manual_seed(2)
-    B, P = 2, 3
-    prompt = torch.randn(latent_shape(c, B, P), generator=g)
-    prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
-    step_actions = [torch.rand(B, 1, ACTION_DIM, generator=g) for _ in range(6)]
-    sampler = Sampler(model, batch_size=B, steps=2, seed=3, fuse_commit=fuse_commit, graphs=graphs)
-    sampler.reset(prompt, prompt_actions)
-    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
-    torch.testing.assert_close(cached, uncached_rollout(model, prompt, prompt_actions, step_actions, 2, seed=3),
-                               rtol=1e-5, atol=1e-5)
+    prompt, prompt_actions, step_actions, cached = guarded_rollout(model, 2, fuse_commit, graphs)
     means = cached.mean(dim=(3, 4))  # (B, F, C)
     bounds = torch.tensor(guard).view(2, 1, 1, C)
     assert bool(((means >= bounds[0] - 1e-5) & (means <= bounds[1] + 1e-5)).all())
@@ -196,16 +203,7 @@ def test_spread_floor_sampling_equals_recomputing_everything(fuse_commit, graphs
     guard = tuple([-0.5] * C + [0.5] * C)
     model = small_model(guard_range=guard, spread_floor=floor, camera_warp=70.0, warp_keep_rows=2)
     c = model.config
-    g = torch.Generator().manual_seed(4)
-    B, P = 2, 3
-    prompt = 0.5 * torch.randn(latent_shape(c, B, P), generator=g)
-    prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
-    step_actions = [torch.rand(B, 1, ACTION_DIM, generator=g) for _ in range(6)]
-    sampler = Sampler(model, batch_size=B, steps=2, seed=5, fuse_commit=fuse_commit, graphs=graphs)
-    sampler.reset(prompt, prompt_actions)
-    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
-    torch.testing.assert_close(cached, uncached_rollout(model, prompt, prompt_actions, step_actions, 2, seed=5),
-                               rtol=1e-5, atol=1e-5)
+    prompt, prompt_actions, step_actions, cached = guarded_rollout(model, 4, fuse_commit, graphs, prompt_scale=0.5)
     stds = cached.std(dim=(3, 4), unbiased=False)  # (B, F, C)
     assert bool((stds >= torch.tensor(floor) - 1e-4).all()), stds.min()
     model.config = dataclasses.replace(c, spread_floor=None)
