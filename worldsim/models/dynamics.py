@@ -648,12 +648,17 @@ def step_levels(config: DynamicsConfig, steps: int | None = None) -> list:
     return [config.sample_start * t for t in sample_levels(steps or config.sample_steps, config.sample_shift)]
 
 
+def _spaced_frames(latents, max_frames: int) -> np.ndarray:
+    """At most max_frames evenly spaced frames of `latents` (memory-mapped is fine), as float32."""
+    return np.asarray(latents[::max(1, -(-len(latents) // max_frames))], dtype=np.float32)
+
+
 def frame_mean_range(latents, percentile: float, max_frames: int = 20000) -> tuple:
     """guard_range of frames (N, C, h, w) (a cache's latents, memory-mapped is fine): the `percentile` and
     100 - `percentile` percentiles of each channel's spatial mean, over at most max_frames evenly spaced frames."""
     if len(latents) == 0:
         raise ValueError("frame_mean_range needs at least one frame")
-    means = np.asarray(latents[::max(1, -(-len(latents) // max_frames))], dtype=np.float32).mean(axis=(2, 3))
+    means = _spaced_frames(latents, max_frames).mean(axis=(2, 3))
     low, high = np.percentile(means, [percentile, 100 - percentile], axis=0)  # (C,) each
     return tuple(float(v) for v in np.concatenate([low, high]))
 
@@ -663,7 +668,7 @@ def frame_spread_floor(latents, percentile: float, max_frames: int = 20000) -> t
     spatial std, over at most max_frames evenly spaced frames."""
     if len(latents) == 0:
         raise ValueError("frame_spread_floor needs at least one frame")
-    stds = np.asarray(latents[::max(1, -(-len(latents) // max_frames))], dtype=np.float32).std(axis=(2, 3))
+    stds = _spaced_frames(latents, max_frames).std(axis=(2, 3))
     return tuple(float(v) for v in np.percentile(stds, percentile, axis=0))
 
 
