@@ -766,6 +766,10 @@ def test_guards_are_set_on_a_finished_run_from_a_cache_with_the_weights_unchange
     with pytest.raises(SystemExit, match=r"latents are \(C, h, w\) = \(3, 8, 8\)"):
         main([str(tmp_path / "run"), "--data", str(other), "--out", str(tmp_path / "bad2"), "--spread-guard", "5"])
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    (tmp_path / "run" / "ema.safetensors").unlink()
+    with pytest.raises(SystemExit, match="ema.safetensors missing"):
+        main([str(tmp_path / "run"), "--data", str(cache), "--out", str(tmp_path / "bad3"), "--spread-guard", "5"])
+    assert not (tmp_path / "bad3").exists()
 
 
 def test_checkpoints_saved_before_later_fields_load_with_their_defaults(tmp_path):

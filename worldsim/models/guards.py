@@ -29,6 +29,9 @@ def with_guards(run, data, out, latent_guard: float | None = None, spread_guard:
     names = [n for n in NAMES if (run / f"{n}.json").is_file()]
     if not names:
         raise FileNotFoundError(f"{run}: no model.json or ema.json: not a dynamics run")
+    missing = [f"{n}.safetensors" for n in names if not (run / f"{n}.safetensors").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run}: {', '.join(missing)} missing beside its .json")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty; give a new directory")
     latents = Cache(data).latents
