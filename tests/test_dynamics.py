@@ -477,6 +477,68 @@ def test_start_bridge_trains_the_path_the_sampler_takes_from_the_last_frame():
         tiny_config(chunk_frames=1, sample_start=0.6, start_bridge=0.5, view_memory=True)
 
 
+def test_start_bridge_starts_idle_frames_at_idle_start():
+    """With idle_start, a frame whose producing action holds no button and turns the camera by at most idle_turn
+    bridges from its own start: x_s = (1 - s_i) warp(prev) + s_i noise with s_i = idle_start, only at levels
+    t <= s_i; frames their actions move keep sample_start."""
+    s, idle = 0.6, 0.2
+    config = tiny_config(latent_height=8, latent_width=8, chunk_frames=1, context_prob=0.0, noise_schedule="uniform",
+                         sample_start=s, start_bridge=1.0, camera_warp=70.0, warp_keep_rows=2, idle_start=idle)
+    latents, actions, _ = inputs(config, B=8, T=6, seed=5)
+    actions[:, ::2] = 0.0  # data order: the actions taken at frames 0, 2, 4 do nothing ...
+    actions[:4, ::2, 16] = 0.05  # ... or turn by half a degree (the vector's 1.0 is 10 degrees)
+    out = torch.randn(latents.shape, requires_grad=True)
+    model, calls = recording(out)
+    flow_matching_loss(model, config, latents, actions, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    t = sample_noise_levels(config, 8, 6, g)
+    eps = torch.randn(latents.shape, generator=g)
+    still = torch.zeros(8, 6, dtype=torch.bool)
+    still[:, 1::2] = True  # model order: frames 1, 3, 5 are made by those actions
+    starts = torch.where(still, idle, s)
+    chosen = (torch.rand(8, 6, generator=g) < 1.0) & (t <= starts)
+    chosen[:, 0] = False
+    noise = torch.randn(8, 5, *latents.shape[2:], generator=g)
+    pick = chosen[:, 1:]
+    assert bool((pick & still[:, 1:]).any()) and bool((pick & ~still[:, 1:]).any())
+    assert bool((still & (t > idle) & (t <= s))[:, 1:].any())  # idle frames a start of s would have bridged
+    tb = t[:, :, None, None, None]
+    cached = (1 - tb.clamp(max=0.1)) * latents + tb.clamp(max=0.1) * eps
+    turned = dynamics.warp_previous(cached[:, :-1], shift_actions(actions)[:, 1:], 70.0, 2)
+    sv = starts[:, 1:, None, None, None]
+    x_s = (1 - sv) * turned + sv * noise
+    r = t[:, 1:, None, None, None] / sv
+    x_t = calls[0][0]
+    torch.testing.assert_close(x_t[:, 1:][pick], ((1 - r) * latents[:, 1:] + r * x_s)[pick], rtol=1e-5, atol=1e-6)
+    plain = (1 - tb) * latents + tb * eps
+    torch.testing.assert_close(x_t[:, 1:][~pick], plain[:, 1:][~pick])
+    # the velocity target lands on the frame from x_t in a straight line
+    target = torch.where(pick[..., None, None, None], (x_s - latents[:, 1:]) / sv, eps[:, 1:] - latents[:, 1:])
+    err = (out.detach()[:, 1:] - target).pow(2).mean(dim=(2, 3, 4))
+    first = (out.detach()[:, :1] - (eps[:, :1] - latents[:, :1])).pow(2).mean(dim=(2, 3, 4))
+    loss, _ = flow_matching_loss(model, config, latents, actions, torch.Generator().manual_seed(3))
+    assert float(loss.detach()) == pytest.approx(float(torch.cat([first, err], 1).mean()), rel=1e-5)
+
+
+def test_start_levels_follow_the_action():
+    """idle_start for actions that hold no button and turn by at most idle_turn degrees; sample_start otherwise;
+    the float sample_start without idle_start; bad values are refused."""
+    config = tiny_config(chunk_frames=1, sample_start=0.6, idle_start=0.1, idle_turn=1.0)
+    acts = torch.zeros(1, 6, ACTION_DIM)
+    acts[0, 1, 16] = 0.1   # 1 degree of yaw: still idle
+    acts[0, 2, 15] = -0.15  # 1.5 degrees of pitch: a turn
+    acts[0, 3, 11] = 1.0   # forward
+    acts[0, 4, 19] = 1.0   # sprint alone: a button held
+    acts[0, 5, 2] = 1.0    # a hotbar key (the HUD changes)
+    assert dynamics.start_levels(config, acts)[0].tolist() == pytest.approx([0.1, 0.1, 0.6, 0.6, 0.6, 0.6])
+    assert dynamics.start_levels(dataclasses.replace(config, idle_start=0.0), acts) == 0.6
+    for bad, match in ((dict(idle_start=1.0), "idle_start must lie"), (dict(idle_start=-0.1), "idle_start must lie"),
+                       (dict(idle_turn=-1.0), "idle_turn"), (dict(chunk_frames=2, context_frames=4), "chunk_frames=1"),
+                       (dict(sample_start=1.0, rollout_context=0.5), "rollout_context")):
+        with pytest.raises(ValueError, match=match):
+            tiny_config(**{"chunk_frames": 1, "idle_start": 0.1, **bad})
+
+
 def test_autocast_bf16_forward_and_backward():
     config = tiny_config(latent_height=8, latent_width=8, n_layer=2)
     model = randomized(DynamicsModel(config))

@@ -314,6 +314,10 @@ def test_config_checks():
         EvalConfig(world="dream")
     with pytest.raises(ValueError, match="eval.autoencoder"):
         evaluate(EvalConfig(world="autoencoder", progress=False), ENGINE, POLICY)
+    for bad, match in ((dict(sample_start=0.0), "eval.sample_start"), (dict(idle_start=1.0), "eval.idle_start"),
+                       (dict(idle_turn=-1.0), "eval.idle_turn")):
+        with pytest.raises(ValueError, match=match):
+            EvalConfig(**bad)
     assert set(WORLDS) == {"engine", "copy_last", "autoencoder", "model"}
 
 

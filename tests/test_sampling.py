@@ -37,8 +37,8 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
     context = (1 - s) * prompt + s * torch.randn(prompt.shape, generator=g)
     actions = torch.cat([torch.zeros(B, 1, ACTION_DIM), prompt_actions], dim=1)  # model order
     levels = torch.full((B, P), s)
-    ts = [1 - i / steps for i in range(steps + 1)]
-    ts = [c.sample_start * c.sample_shift * t / (1 + (c.sample_shift - 1) * t) for t in ts]
+    base = [1 - i / steps for i in range(steps + 1)]
+    base = [c.sample_shift * t / (1 + (c.sample_shift - 1) * t) for t in base]
     out, memory, fills = [], None, None
     if c.view_memory if view_memory is None else view_memory:
         memory = ViewMemory(c, B)
@@ -50,16 +50,22 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
             if memory is not None:
                 views = memory.views(a)
                 fills = tuple(torch.cat(pair, 1) for pair in zip(fills, memory.render(views)))
-            if c.sample_start < 1:  # from the last frame in the context, turned as the model turns it, noised
+            start = torch.full((B, K), c.sample_start)  # each frame's start: idle_start where its action does nothing
+            if c.idle_start > 0:
+                held = (a[..., :15] != 0).any(-1) | (a[..., 17:] != 0).any(-1)
+                idle = ~held & (a[..., 15:17].abs() <= c.idle_turn / 10).all(-1)
+                start = torch.where(idle, c.idle_start, start)
+            if bool((start < 1).any()):  # from the last frame in the context, turned as the model turns it, noised
                 last = context[:, -1:]
                 if c.camera_warp:
                     new_fill = None if fills is None else tuple(f[:, -K:] for f in fills)
                     last = warp_previous(last, a, c.camera_warp, c.warp_keep_rows, new_fill)
-                x = (1 - c.sample_start) * last + c.sample_start * x
-            for t, t_next in zip(ts[:-1], ts[1:]):
+                x = (1 - start[..., None, None, None]) * last + start[..., None, None, None] * x
+            for b, b_next in zip(base[:-1], base[1:]):
+                t, t_next = start * b, start * b_next
                 v = model(torch.cat([context, x], 1), torch.cat([actions, a], 1),
-                          torch.cat([levels, torch.full((B, K), t)], 1), fill=fills)[:, -K:]
-                x = x + (t_next - t) * v
+                          torch.cat([levels, t], 1), fill=fills)[:, -K:]
+                x = x + (t_next - t)[..., None, None, None] * v
             if c.guard_range is not None:  # each channel's mean moved into its range, the detail kept
                 low, high = torch.tensor(c.guard_range).view(2, 1, 1, -1, 1, 1)
                 mean = x.mean(dim=(3, 4), keepdim=True)
@@ -151,6 +157,36 @@ def test_sampling_from_the_last_frame_equals_recomputing_everything(fuse_commit,
     model.config = dataclasses.replace(c, sample_start=1.0)
     from_noise = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
     assert float((from_noise - expected).abs().max()) > 1e-2
+
+
+@pytest.mark.parametrize("fuse_commit,graphs", [(True, False), (False, False), (True, True)],
+                         ids=["fused-commit", "separate-commit", "graphed"])
+def test_idle_start_sampling_equals_recomputing_everything(fuse_commit, graphs):
+    """idle_start: a frame whose action does nothing (no button, the camera within idle_turn) starts from the
+    frame before it at idle_start, the others at sample_start, rows of one batch apart, in every path of the
+    sampler as in the reference; and not where every frame starts at sample_start."""
+    model = small_model(chunk_frames=1, context_frames=4, sample_start=0.6, idle_start=0.1, idle_turn=1.0,
+                        camera_warp=70.0, warp_keep_rows=2)
+    c = model.config
+    g = torch.Generator().manual_seed(1)
+    B, P = 2, 2
+    prompt = torch.randn(latent_shape(c, B, P), generator=g)
+    prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
+    step_actions = []
+    for i in range(8):
+        a = torch.zeros(B, 1, ACTION_DIM)
+        a[0, 0, 16] = 0.05 * (i % 3)  # row 0 stands still, turning by at most a degree
+        if i % 2:
+            a[1, 0, 11] = 1.0  # row 1 walks every other frame
+        step_actions.append(a)
+    sampler = Sampler(model, batch_size=B, steps=3, seed=7, fuse_commit=fuse_commit, graphs=graphs)
+    sampler.reset(prompt, prompt_actions)
+    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
+    expected = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
+    torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)
+    model.config = dataclasses.replace(c, idle_start=0.0)
+    everywhere = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
+    assert float((everywhere - expected).abs().max()) > 1e-2  # idle_start bites
 
 
 def guarded_rollout(model, seed: int, fuse_commit: bool, graphs: bool, prompt_scale: float = 1.0):

@@ -72,11 +72,13 @@ def test_the_world_ships_with_the_sampling_its_eval_ran_with(tmp_path):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "report.json").write_text(json.dumps({"config": {"sample_steps": 3, "context_noise": 0.0,
                                                                                 "sample_shift": 4.0,
-                                                                                "sample_start": 0.6}}))
+                                                                                "sample_start": 0.6,
+                                                                                "idle_start": 0.1, "idle_turn": 2.0}}))
     out = ship(runs, tmp_path / "c", eval=str(tmp_path / "eval"))
     config = load_world(out)[0].config
     assert shipped_steps(out) == 3 and config.sample_steps == 3 and config.context_noise == 0.0
     assert config.sample_shift == 4.0 and config.sample_start == 0.6
+    assert config.idle_start == 0.1 and config.idle_turn == 2.0
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["runs"]["dynamics"]["config"]["sample_steps"] == 3
     assert provenance["runs"]["dynamics"]["config"]["context_noise"] == 0.0
@@ -88,8 +90,14 @@ def test_the_world_ships_with_the_sampling_its_eval_ran_with(tmp_path):
         ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), sample_shift=1.0)
     with pytest.raises(ValueError, match="ran with sample_start=0.6"):
         ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), sample_start=1.0)
+    with pytest.raises(ValueError, match="ran with idle_start=0.1"):
+        ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), idle_start=0.0)
     with pytest.raises(ValueError, match="ship.sample_start must be in"):
         ship(runs, tmp_path / "d", sample_start=0.0)
+    with pytest.raises(ValueError, match="ship.idle_start must be in"):
+        ship(runs, tmp_path / "d", idle_start=1.0)
+    with pytest.raises(ValueError, match="ship.idle_turn must be"):
+        ship(runs, tmp_path / "d", idle_turn=-1.0)
     assert not (tmp_path / "d").exists()
     # a run saved before sample_start existed ships with its default
     for name in ("model", "ema"):

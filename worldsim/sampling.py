@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 
 from worldsim.models.dynamics import (ACTION_DIM, DynamicsModel, check_actions, check_latents,  # noqa: F401
-                                      sample_levels, step_levels, warp_previous)  # sample_levels: re-exported
+                                      sample_levels, start_levels, step_levels, warp_previous)  # sample_levels:
+                                                                                               # re-exported
 from worldsim.view_memory import ViewMemory
 
 
@@ -92,29 +93,45 @@ def prefill(model, caches, latents, actions, noise, fill=None):
     model(x, actions, levels, _positions(0, latents.shape[1], latents.device), caches, mode="prefill", fill=fill)
 
 
+def _per_frame(level):
+    """A chunk's level, a float or (B, K), shaped to scale its latents (B, K, C, h, w)."""
+    return level[:, :, None, None, None] if torch.is_tensor(level) else level
+
+
+def chunk_levels(model, actions, steps: int | None = None) -> list:
+    """The levels a chunk's Euler steps go through, from its start to 0: `step_levels` (floats) for every frame
+    alike, or with `idle_start` (B, K) tensors, each frame's own start (`start_levels`) times the same steps."""
+    c = model.config
+    start = start_levels(c, actions)
+    if not torch.is_tensor(start):
+        return step_levels(c, steps)
+    return [start * t for t in sample_levels(steps or c.sample_steps, c.sample_shift)]
+
+
 def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None):
-    """Euler steps of the chunk x (B, K, ...) through the noise levels ts against read-only caches; the made
-    frames are kept in the model's guard_range."""
+    """Euler steps of the chunk x (B, K, ...) through the noise levels ts (floats, or per frame (B, K)) against
+    read-only caches; the made frames are kept in the model's guard_range."""
     B, K = x.shape[:2]
     pos = _positions(frame, K, x.device)
     for t, t_next in zip(ts[:-1], ts[1:]):
-        v = model(x, actions, torch.full((B, K), t, device=x.device), pos, caches, mode="read",
-                  prev_frame=prev_frame, fill=fill)
-        x = x + (t_next - t) * v
+        levels = t if torch.is_tensor(t) else torch.full((B, K), t, device=x.device)
+        v = model(x, actions, levels, pos, caches, mode="read", prev_frame=prev_frame, fill=fill)
+        x = x + _per_frame(t_next - t) * v
     return model.guard(x)
 
 
-def start_point(model, noise, last, actions, fill=None):
-    """Where a chunk's Euler steps start: the noise itself at sample_start = 1; below, the frame before the chunk
+def start_point(model, noise, last, actions, start, fill=None):
+    """Where a chunk's Euler steps start: the noise itself at a start of 1; below, the frame before the chunk
     as it entered the caches (`last`, (B, 1, C, h, w)), turned by the chunk's camera move where the model warps
-    (and filled from the view memory where the turn reveals what it did not hold), noised to sample_start."""
-    s = model.config.sample_start
-    if s == 1.0:
+    (and filled from the view memory where the turn reveals what it did not hold), noised to `start` (the first
+    of `chunk_levels`: a float, or per frame (B, K))."""
+    if not torch.is_tensor(start) and start == 1.0:
         return noise
     if last is None:
-        raise ValueError("sample_start < 1 starts a chunk from the frame before it: give prev_frame")
+        raise ValueError("a start below 1 starts a chunk from the frame before it: give prev_frame")
     c = model.config
     guess = warp_previous(last, actions, c.camera_warp, c.warp_keep_rows, fill) if c.camera_warp else last
+    s = _per_frame(start)
     return (1 - s) * guess + s * noise
 
 
@@ -124,8 +141,9 @@ def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_fr
     noise) to t = 0 against the caches, which are read only. actions (B, K, 25) in model order; prev_frame:
     `last_frame` of the frame before the chunk; fill: the view memory's `render` for the chunk. Returns the
     clean latents."""
-    x = start_point(model, noise, None if prev_frame is None else prev_frame[0], actions, fill)
-    return _euler(model, caches, actions, frame, x, step_levels(model.config, steps), prev_frame, fill)
+    ts = chunk_levels(model, actions, steps)
+    x = start_point(model, noise, None if prev_frame is None else prev_frame[0], actions, ts[0], fill)
+    return _euler(model, caches, actions, frame, x, ts, prev_frame, fill)
 
 
 @torch.inference_mode()
@@ -135,15 +153,16 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
     with the commit sharing a pass with the first Euler step: S passes per chunk instead of S + 1.
     before: `last_frame` of the frame before `prev`; prev_fill and fill: the view memory's for each chunk."""
     B, K = noise.shape[:2]
-    ts = step_levels(model.config, steps)
+    ts = chunk_levels(model, actions, steps)
     context, context_levels = context_noised(model, prev, prev_noise)
-    x = start_point(model, noise, context[:, -1:], actions, fill)
-    levels = torch.cat([context_levels, torch.full((B, K), ts[0], device=noise.device)], dim=1)  # (B, 2K)
+    x = start_point(model, noise, context[:, -1:], actions, ts[0], fill)
+    first = ts[0] if torch.is_tensor(ts[0]) else torch.full((B, K), ts[0], device=noise.device)
+    levels = torch.cat([context_levels, first], dim=1)  # (B, 2K)
     both = None if fill is None else tuple(torch.cat(pair, dim=1) for pair in zip(prev_fill, fill))
     v = model(torch.cat([context, x], dim=1), torch.cat([prev_actions, actions], dim=1), levels,
               _positions(frame - K, 2 * K, noise.device), caches, mode="commit_read", prev_frame=before,
               fill=both)[:, K:]
-    return _euler(model, caches, actions, frame, x + (ts[1] - ts[0]) * v, ts[1:],
+    return _euler(model, caches, actions, frame, x + _per_frame(ts[1] - ts[0]) * v, ts[1:],
                   (context[:, -1:], context_levels[:, -1:]), fill)
 
 

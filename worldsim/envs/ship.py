@@ -45,6 +45,8 @@ class ShipConfig:
     sample_shift: float | None = None   # the shipped shift of the steps' levels (None: the eval's, else the run's)
     view_memory: bool | None = None     # whether the shipped sampler keeps its panorama (None: the eval's, else the run's)
     sample_start: float | None = None   # the shipped level the steps start from (None: the eval's, else the run's)
+    idle_start: float | None = None     # the shipped start of frames whose action does nothing (None: the eval's, ...)
+    idle_turn: float | None = None      # the shipped most camera move of an idle action (None: the eval's, ...)
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
@@ -62,6 +64,10 @@ class ShipConfig:
             raise ValueError(f"ship.sample_shift must be > 0 or null, got {self.sample_shift!r}")
         if self.sample_start is not None and not 0 < self.sample_start <= 1:
             raise ValueError(f"ship.sample_start must be in (0, 1] or null, got {self.sample_start!r}")
+        if self.idle_start is not None and not 0 <= self.idle_start < 1:
+            raise ValueError(f"ship.idle_start must be in [0, 1) or null, got {self.idle_start!r}")
+        if self.idle_turn is not None and not self.idle_turn >= 0:
+            raise ValueError(f"ship.idle_turn must be >= 0 degrees per tick or null, got {self.idle_turn!r}")
 
 
 def _run_record(run: Path, name: str) -> dict:
@@ -96,7 +102,7 @@ def eval_summary(report: dict) -> dict:
 
 
 # the dynamics config's sampling defaults, set when shipping
-SAMPLING = ("sample_steps", "context_noise", "sample_shift", "view_memory", "sample_start")
+SAMPLING = ("sample_steps", "context_noise", "sample_shift", "view_memory", "sample_start", "idle_start", "idle_turn")
 DYNAMICS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DynamicsConfig)}
 
 

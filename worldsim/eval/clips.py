@@ -126,6 +126,10 @@ def main(argv=None) -> dict:
                                                             "(default: the model's)")
     parser.add_argument("--shift", type=float, help="shift of the steps' levels (default: the model's)")
     parser.add_argument("--start", type=float, help="level the steps start from, 1 from noise (default: the model's)")
+    parser.add_argument("--idle-start", type=float, help="the start of frames whose action does nothing, 0: --start "
+                                                         "(default: the model's)")
+    parser.add_argument("--idle-turn", type=float, help="the most camera move, degrees per tick, of an idle action "
+                                                        "(default: the model's)")
     parser.add_argument("--prompt", type=int, default=8)
     parser.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--per-episode", type=int, default=8, help="clips per episode")
@@ -140,7 +144,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     dynamics, autoencoder = load_world(args.checkpoint, args.autoencoder)
     dynamics.config = with_sampling(dynamics.config, context_noise=args.context_noise, sample_shift=args.shift,
-                                    sample_start=args.start)
+                                    sample_start=args.start, idle_start=args.idle_start, idle_turn=args.idle_turn)
     cache = Cache(args.data, expect_resolution=(autoencoder.config.height, autoencoder.config.width))
     result = rollout_clips(dynamics.eval(), autoencoder.eval(), cache, prompt=args.prompt, horizons=args.horizons,
                            per_episode=args.per_episode, steps=args.steps)

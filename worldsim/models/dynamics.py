@@ -207,7 +207,8 @@ class DynamicsConfig:
                     "wear_shift", "adversarial", "adversarial_frames", "critic_lr",
                     "critic_width", "adversarial_pair", "critic_pool",
                     "adversarial_adaptive", "sampler_levels", "sample_start", "start_bridge",
-                    "latent_guard", "guard_range", "spread_guard", "spread_floor")  # checkpoints saved before them load
+                    "latent_guard", "guard_range", "spread_guard", "spread_floor", "idle_start",
+                    "idle_turn")  # checkpoints saved before them load
                                                                                   # with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
@@ -280,6 +281,10 @@ class DynamicsConfig:
     sample_shift: float = 1.0       # the steps' levels t -> s t / (1 + (s - 1) t): s > 1 spends them at high noise
     sample_start: float = 1.0       # the level each frame's Euler steps start from: 1 from noise; below 1 from the
                                     # previous frame (turned by camera_warp) noised to it, the levels scaled by it
+    idle_start: float = 0.0         # > 0: the start instead for a frame whose action holds no button and turns the
+                                    # camera by at most idle_turn degrees each way (the view should stay: a low start
+                                    # keeps its detail where sample_start redraws it); 0: sample_start for every frame
+    idle_turn: float = 1.0          # the most camera move, in degrees per tick, an idle action may hold
     view_memory: bool = False       # the sampler keeps a panorama of the frames it made (worldsim/view_memory.py):
                                     # what a turn reveals comes from it where it was seen (needs camera_warp)
     view_memory_frames: int = 100   # what the panorama saw longer ago than this many frames is not used
@@ -371,6 +376,12 @@ class DynamicsConfig:
         need(0.0 < self.sample_start <= 1.0, f"sample_start must lie in (0, 1], got {self.sample_start}")
         need(self.sample_start == 1.0 or self.chunk_frames == 1,
              f"sample_start < 1 starts a frame from the one before it: it needs chunk_frames=1, got {self.chunk_frames}")
+        need(0.0 <= self.idle_start < 1.0, f"idle_start must lie in [0, 1), got {self.idle_start}")
+        need(self.idle_start == 0.0 or self.chunk_frames == 1,
+             f"idle_start starts a frame from the one before it: it needs chunk_frames=1, got {self.chunk_frames}")
+        need(self.idle_start == 0.0 or self.rollout_context == 0.0,
+             "rollout_context makes the model's frames from noise: it needs idle_start=0")
+        need(self.idle_turn >= 0.0, f"idle_turn must be >= 0 degrees per tick, got {self.idle_turn}")
         need(0.0 <= self.latent_guard < 50.0, f"latent_guard is a percentile in [0, 50), got {self.latent_guard}")
         if self.guard_range is not None:
             bounds = tuple(float(v) for v in self.guard_range)
@@ -648,6 +659,19 @@ def step_levels(config: DynamicsConfig, steps: int | None = None) -> list:
     return [config.sample_start * t for t in sample_levels(steps or config.sample_steps, config.sample_shift)]
 
 
+def start_levels(config: DynamicsConfig, actions):
+    """The level each frame's Euler steps start from, given the actions that make the frames (B, F, 25), model
+    order: sample_start, or idle_start (a (B, F) float32 tensor then) for a frame whose action holds no button and
+    turns the camera by at most idle_turn degrees each way. Computed on the actions' device (no host sync, so a
+    CUDA graph can capture it). Without idle_start: the float sample_start."""
+    if config.idle_start == 0.0:
+        return config.sample_start
+    turn = actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1].abs().amax(dim=-1)  # in the vector's units
+    held = (actions[..., :_CAMERA_PITCH] != 0).any(dim=-1) | (actions[..., _CAMERA_YAW + 1:] != 0).any(dim=-1)
+    idle = ~held & (turn <= config.idle_turn / CAMERA_MAX_DEGREES)
+    return torch.where(idle, config.idle_start, config.sample_start).float()
+
+
 def _spaced_frames(latents, max_frames: int) -> np.ndarray:
     """At most max_frames evenly spaced frames of `latents` (memory-mapped is fine), as float32."""
     return np.asarray(latents[::max(1, -(-len(latents) // max_frames))], dtype=np.float32)
@@ -778,13 +802,13 @@ def clip_view_fill(config: DynamicsConfig, x_t, levels, actions):
 
 def bridged(config: DynamicsConfig, x_t, target, inputs, latents, eps, t, in_context, own, actions, generator=None):
     """`start_bridge`: x_t and the velocity target with the chosen frames on the sampler's own path. A target frame
-    i >= 1 at a level t <= s = sample_start is chosen with chance start_bridge; its start x_s is what `start_point`
-    makes of the frame before it as the sampler would have cached it (the clip's input at its level, at most
-    context_noise_max), turned by frame i's camera move: x_s = (1 - s) warp(prev) + s eps. The path runs straight
-    from x_s at s to the frame at 0: x_t = (1 - t/s) x + (t/s) x_s, velocity (x_s - x) / s, which the sampler's
-    Euler steps follow from s down."""
+    i >= 1 at a level t <= s, its start (`start_levels`: sample_start, or idle_start for a frame its action leaves
+    still), is chosen with chance start_bridge; its start x_s is what `start_point` makes of the frame before it as
+    the sampler would have cached it (the clip's input at its level, at most context_noise_max), turned by frame
+    i's camera move: x_s = (1 - s) warp(prev) + s eps. The path runs straight from x_s at s to the frame at 0:
+    x_t = (1 - t/s) x + (t/s) x_s, velocity (x_s - x) / s, which the sampler's Euler steps follow from s down."""
     B, T = t.shape
-    s = config.sample_start
+    s = start_levels(config, shift_actions(actions))  # a float, or per frame (B, T)
     kw = dict(generator=generator, device=latents.device)
     chosen = (torch.rand(B, T, **kw) < config.start_bridge) & ~in_context & ~own & (t <= s) & (t > 0)
     chosen[:, 0] = False  # a clip's first frame has no frame before it
@@ -792,12 +816,14 @@ def bridged(config: DynamicsConfig, x_t, target, inputs, latents, eps, t, in_con
     prev = (1 - c) * inputs[:, :-1] + c * eps[:, :-1]  # as the sampler caches a finished frame
     acts = shift_actions(actions)[:, 1:]
     guess = warp_previous(prev, acts, config.camera_warp, config.warp_keep_rows) if config.camera_warp else prev
-    x_s = (1 - s) * guess + s * torch.randn(guess.shape, dtype=guess.dtype, **kw)
-    r = (t[:, 1:] / s)[:, :, None, None, None].to(latents.dtype)
+    s_next = s[:, 1:] if torch.is_tensor(s) else s  # the starts of frames 1 ..
+    sv = s_next[:, :, None, None, None].to(latents.dtype) if torch.is_tensor(s) else s
+    x_s = (1 - sv) * guess + sv * torch.randn(guess.shape, dtype=guess.dtype, **kw)
+    r = (t[:, 1:] / s_next)[:, :, None, None, None].to(latents.dtype)
     on_path = (1 - r) * latents[:, 1:] + r * x_s
     pick = chosen[:, 1:, None, None, None]
     x_t = torch.cat([x_t[:, :1], torch.where(pick, on_path, x_t[:, 1:])], dim=1)
-    target = torch.cat([target[:, :1], torch.where(pick, (x_s - latents[:, 1:]) / s, target[:, 1:])], dim=1)
+    target = torch.cat([target[:, :1], torch.where(pick, (x_s - latents[:, 1:]) / sv, target[:, 1:])], dim=1)
     return x_t, target
 
 
