@@ -401,8 +401,6 @@ class DynamicsConfig:
         need(0.0 <= self.start_bridge <= 1.0, f"start_bridge must lie in [0, 1], got {self.start_bridge}")
         need(self.start_bridge == 0.0 or self.sample_start < 1.0,
              "start_bridge trains the path from the previous frame that sample_start < 1 samples: it needs sample_start < 1")
-        need(self.start_bridge == 0.0 or not self.view_memory,
-             "start_bridge does not build the view memory's fill of the turned frame: it needs view_memory=false")
         need(self.sample_start == 1.0 or self.rollout_context == 0.0,
              "rollout_context makes the model's frames from noise: it needs sample_start=1")
         need(self.prev_input or not self.residual, "residual needs prev_input (the previous frame it adds to)")
@@ -827,9 +825,17 @@ def bridged(config: DynamicsConfig, x_t, target, inputs, latents, eps, t, in_con
     return x_t, target
 
 
+def check_trainable(config: DynamicsConfig) -> None:
+    """Raise ValueError for settings a model may sample with but not train with."""
+    if config.start_bridge > 0 and config.view_memory:
+        raise ValueError("start_bridge does not build the view memory's fill of the turned frame: train with "
+                         "view_memory=false (a model trained so may still sample with it)")
+
+
 def flow_matching_loss(model, config: DynamicsConfig, latents, actions, generator=None):
     """Rectified-flow loss on a clip: latents (B, T, C, h, w) clean, actions (B, T, 25) in the data's order
     (row i taken at frame i). `model` is only called (it may be wrapped in DDP). Returns (loss, metrics)."""
+    check_trainable(config)
     B, T = latents.shape[:2]
     t, in_context = sample_noise_levels(config, B, T, generator, latents.device, with_context=True)  # (B, T)
     eps = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)

@@ -15,8 +15,8 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from worldsim.data.cache import Cache, ClipDataset
-from worldsim.models.dynamics import (DynamicsConfig, DynamicsModel, flow_matching_loss, frame_mean_range, frame_spread_floor,
-                                      grow_from)
+from worldsim.models.dynamics import (DynamicsConfig, DynamicsModel, check_trainable, flow_matching_loss,
+                                      frame_mean_range, frame_spread_floor, grow_from)
 from worldsim.sampling import Sampler
 from worldsim.training import TrainConfig, train, unwrap
 
@@ -30,6 +30,7 @@ class DynamicsTask:
     """The TrainTask of the dynamics model: batches {"latents": (B, T, C, h, w), "actions": (B, T, 25), ...}."""
 
     def __init__(self, config: DynamicsConfig, autoencoder_dir: str | None = None):
+        check_trainable(config)
         self.config = config
         self.model = DynamicsModel(config)
         self.autoencoder_dir = autoencoder_dir
