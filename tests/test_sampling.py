@@ -84,6 +84,17 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
     return torch.cat(out, 1)
 
 
+def sampled_as_recomputed(model, prompt, prompt_actions, step_actions, steps, seed, fuse_commit, graphs):
+    """The sampler's frames, batch = the prompt's, on the given path, checked against `uncached_rollout`."""
+    sampler = Sampler(model, batch_size=prompt.shape[0], steps=steps, seed=seed, fuse_commit=fuse_commit,
+                      graphs=graphs)
+    sampler.reset(prompt, prompt_actions)
+    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
+    torch.testing.assert_close(cached, uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed),
+                               rtol=1e-5, atol=1e-5)
+    return cached
+
+
 def test_shifted_levels():
     assert sample_levels(2) == [1.0, 0.5, 0.0]
     assert sample_levels(2, 3.0) == pytest.approx([1.0, 0.75, 0.0])
@@ -149,11 +160,7 @@ def test_sampling_from_the_last_frame_equals_recomputing_everything(fuse_commit,
     step_actions = [torch.rand(B, 1, ACTION_DIM, generator=g) for _ in range(8)]
     for a in step_actions:
         a[..., 15:17] = a[..., 15:17] * 2 - 1
-    sampler = Sampler(model, batch_size=B, steps=3, seed=7, fuse_commit=fuse_commit, graphs=graphs)
-    sampler.reset(prompt, prompt_actions)
-    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
-    expected = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
-    torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)
+    expected = sampled_as_recomputed(model, prompt, prompt_actions, step_actions, 3, 7, fuse_commit, graphs)
     model.config = dataclasses.replace(c, sample_start=1.0)
     from_noise = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
     assert float((from_noise - expected).abs().max()) > 1e-2
@@ -179,11 +186,7 @@ def test_idle_start_sampling_equals_recomputing_everything(fuse_commit, graphs):
         if i % 2:
             a[1, 0, 11] = 1.0  # row 1 walks every other frame
         step_actions.append(a)
-    sampler = Sampler(model, batch_size=B, steps=3, seed=7, fuse_commit=fuse_commit, graphs=graphs)
-    sampler.reset(prompt, prompt_actions)
-    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
-    expected = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
-    torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)
+    expected = sampled_as_recomputed(model, prompt, prompt_actions, step_actions, 3, 7, fuse_commit, graphs)
     model.config = dataclasses.replace(c, idle_start=0.0)
     everywhere = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
     assert float((everywhere - expected).abs().max()) > 1e-2  # idle_start bites
@@ -197,11 +200,7 @@ def guarded_rollout(model, seed: int, fuse_commit: bool, graphs: bool, prompt_sc
     prompt = prompt_scale * torch.randn(latent_shape(c, B, P), generator=g)
     prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
     step_actions = [torch.rand(B, 1, ACTION_DIM, generator=g) for _ in range(6)]
-    sampler = Sampler(model, batch_size=B, steps=2, seed=seed + 1, fuse_commit=fuse_commit, graphs=graphs)
-    sampler.reset(prompt, prompt_actions)
-    cached = torch.cat([sampler.step(a) for a in step_actions], 1)
-    torch.testing.assert_close(cached, uncached_rollout(model, prompt, prompt_actions, step_actions, 2,
-                                                        seed=seed + 1), rtol=1e-5, atol=1e-5)
+    cached = sampled_as_recomputed(model, prompt, prompt_actions, step_actions, 2, seed + 1, fuse_commit, graphs)
     return prompt, prompt_actions, step_actions, cached
 
 
