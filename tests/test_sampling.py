@@ -472,4 +472,3 @@ def test_bad_input_names_the_problem():
     with pytest.raises(ValueError, match=r"\(B, F\) = \(2, 1\)"):
         sampler.step(torch.zeros(2, 1, ACTION_DIM))
     assert sampler.step(torch.zeros(2, 2, ACTION_DIM)).shape == latent_shape(c, 2, 2)
-
