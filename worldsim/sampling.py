@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 
 from worldsim.models.dynamics import (ACTION_DIM, DynamicsModel, check_actions, check_latents,  # noqa: F401
-                                      sample_levels, start_levels, step_levels, warp_previous)  # sample_levels:
-                                                                                               # re-exported
+                                      per_frame, sample_levels, start_levels, step_levels,  # sample_levels: re-exported
+                                      warp_previous)
 from worldsim.view_memory import ViewMemory
 
 
@@ -93,12 +93,6 @@ def prefill(model, caches, latents, actions, noise, fill=None):
     model(x, actions, levels, _positions(0, latents.shape[1], latents.device), caches, mode="prefill", fill=fill)
 
 
-def _per_frame(level, dtype):
-    """A chunk's level, a float or (B, K), shaped to scale its latents (B, K, C, h, w) of `dtype` (a float32
-    tensor would otherwise promote bf16 latents)."""
-    return level[:, :, None, None, None].to(dtype) if torch.is_tensor(level) else level
-
-
 def chunk_levels(model, actions, steps: int | None = None) -> list:
     """The levels a chunk's Euler steps go through, from its start to 0: `step_levels` (floats) for every frame
     alike, or with `idle_start` (B, K) tensors, each frame's own start (`start_levels`) times the same steps."""
@@ -117,7 +111,7 @@ def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fil
     for t, t_next in zip(ts[:-1], ts[1:]):
         levels = t if torch.is_tensor(t) else torch.full((B, K), t, device=x.device)
         v = model(x, actions, levels, pos, caches, mode="read", prev_frame=prev_frame, fill=fill)
-        x = x + _per_frame(t_next - t, x.dtype) * v
+        x = x + per_frame(t_next - t, x.dtype) * v
     return model.guard(x)
 
 
@@ -132,7 +126,7 @@ def start_point(model, noise, last, actions, start, fill=None):
         raise ValueError("a start below 1 starts a chunk from the frame before it: give prev_frame")
     c = model.config
     guess = warp_previous(last, actions, c.camera_warp, c.warp_keep_rows, fill) if c.camera_warp else last
-    s = _per_frame(start, noise.dtype)
+    s = per_frame(start, noise.dtype)
     return (1 - s) * guess + s * noise
 
 
@@ -163,7 +157,7 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
     v = model(torch.cat([context, x], dim=1), torch.cat([prev_actions, actions], dim=1), levels,
               _positions(frame - K, 2 * K, noise.device), caches, mode="commit_read", prev_frame=before,
               fill=both)[:, K:]
-    return _euler(model, caches, actions, frame, x + _per_frame(ts[1] - ts[0], x.dtype) * v, ts[1:],
+    return _euler(model, caches, actions, frame, x + per_frame(ts[1] - ts[0], x.dtype) * v, ts[1:],
                   (context[:, -1:], context_levels[:, -1:]), fill)
 
 

@@ -657,6 +657,12 @@ def step_levels(config: DynamicsConfig, steps: int | None = None) -> list:
     return [config.sample_start * t for t in sample_levels(steps or config.sample_steps, config.sample_shift)]
 
 
+def per_frame(level, dtype):
+    """A level per frame, a float or (B, F), shaped to scale latents (B, F, C, h, w) of `dtype` (a float32 tensor
+    would otherwise promote bf16 latents)."""
+    return level[:, :, None, None, None].to(dtype) if torch.is_tensor(level) else level
+
+
 def start_levels(config: DynamicsConfig, actions):
     """The level each frame's Euler steps start from, given the actions that make the frames (B, F, 25), model
     order: sample_start, or idle_start (a (B, F) float32 tensor then) for a frame whose action holds no button and
@@ -815,7 +821,7 @@ def bridged(config: DynamicsConfig, x_t, target, inputs, latents, eps, t, in_con
     acts = shift_actions(actions)[:, 1:]
     guess = warp_previous(prev, acts, config.camera_warp, config.warp_keep_rows) if config.camera_warp else prev
     s_next = s[:, 1:] if torch.is_tensor(s) else s  # the starts of frames 1 ..
-    sv = s_next[:, :, None, None, None].to(latents.dtype) if torch.is_tensor(s) else s
+    sv = per_frame(s_next, latents.dtype)
     x_s = (1 - sv) * guess + sv * torch.randn(guess.shape, dtype=guess.dtype, **kw)
     r = (t[:, 1:] / s_next)[:, :, None, None, None].to(latents.dtype)
     on_path = (1 - r) * latents[:, 1:] + r * x_s
