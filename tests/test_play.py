@@ -12,6 +12,7 @@ import pygame  # noqa: E402
 
 from worldsim.engine.env import VoxelEnv  # noqa: E402
 from worldsim.play.game import Game, InputState, PlayConfig, facing_name  # noqa: E402
+from worldsim.play.worker import StepResult  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,19 +217,36 @@ def test_threaded_generation_keeps_the_loop_responsive(model_game):
     game = model_game
     game.worker = FrameWorker(game.env, game.input, game.config.fps, game.info, after_step=game._after_step)
     game.worker.start()
-    start, draws = game.obs.copy(), 0
+    start, loops = game.obs.copy(), 0
     game.tick([key(pygame.KEYDOWN, pygame.K_w)])
     deadline = time.perf_counter() + 30
     while game.ticks < 12 and time.perf_counter() < deadline:
         game.tick([])
-        draws += 1
+        loops += 1
         time.sleep(0.005)
-    assert game.ticks >= 12 and draws > game.ticks  # the loop redrew between frames
+    assert game.ticks >= 12 and loops > game.ticks  # the loop read input between frames
+    assert game.draws <= game.ticks + 1  # and redrew only for the frames and the key press
     assert not np.array_equal(game.obs, start)
     assert game.info["pos"][2] > 0.5  # walked (the twin's position)
     assert all(t == t for _, t in game.shown[-1:])  # the newest frame was drawn
     game.tick([key(pygame.KEYDOWN, pygame.K_BACKSPACE)])
     assert game.info["tick"] <= game.ticks - 5
+
+
+def test_threaded_loop_redraws_only_for_something_new(model_game):
+    from worldsim.play.worker import FrameWorker
+    game = model_game
+    game.worker = FrameWorker(game.env, game.input, game.config.fps, game.info)  # not started: no frames come
+    game.tick([])
+    assert game.draws == 1  # the first tick shows the start frame
+    game.tick([])
+    game.tick([motion(5, 0)])  # a mouse move shows only in the frame it makes
+    assert game.draws == 1 and game.input.events_seen == 1
+    game.tick([key(pygame.KEYDOWN, pygame.K_F3)])  # the overlay changes the window at once
+    assert game.draws == 2 and game.overlay
+    game.worker.results.put(StepResult({}, game.obs, game.info, False, 1, 0.0, 0.0, game.worker.epoch))
+    game.tick([])
+    assert game.draws == 3 and game.ticks == 1 and game.shown[-1][1] == game.shown[-1][1]  # a new frame: drawn
 
 
 def test_engine_rewind_restores_the_position(game):

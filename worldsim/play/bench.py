@@ -8,9 +8,11 @@ Without --checkpoint it times an untrained world of the play sizes (configs/dyna
 autoencoder/cpu.yaml): the weights do not change the time. The game runs headless (SDL's dummy driver) with
 generation in its worker thread, exactly as when playing:
 - play: frames made per second at the game's pace (20 fps target) and unpaced (the worker back to back),
-  with the model's ms per frame (sampling + decoding) and display redraws per second;
-- latency: a mouse-motion event is posted every PROBE_EVERY seconds; its latency is the time from posting
-  to the first drawn frame whose action included it, in ms and in frames of 1/fps;
+  with the model's ms per frame (sampling + decoding), the window loop's ticks and redraws per second;
+- latency: a mouse move happens at random times, PROBE_EVERY seconds apart on average (uniform in half to
+  one and a half times it, so that the moves fall at every phase of the game's and the worker's ticks); it is
+  posted as an event at the game's first tick after it, as the window system would queue it, and its latency
+  is the time from the move to the first drawn frame whose action included it, in ms and in frames of 1/fps;
 - rollout: frames per second of a batch of worlds under the random policy (no files written);
 - soak: N frames of the env alone (a scripted walk, the game's rewind snapshots kept as in play), resident
   memory after warm-up and at the end, and the per-frame time of the first and last tenth and its trend.
@@ -18,6 +20,7 @@ generation in its worker thread, exactly as when playing:
 import argparse
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -56,8 +59,8 @@ def _threads(threads: int | None) -> dict:
 
 
 def resolve(probes: list, shown: list, latencies: list) -> None:
-    """Move each probe (input events counted when it was read, time posted) whose event a drawn frame reflects
-    into `latencies` (ms from posting to the first such frame drawn). The game keeps only its last 256 shown
+    """Move each probe (input events counted when it was read, time it happened) whose event a drawn frame
+    reflects into `latencies` (ms from then to the first such frame drawn). The game keeps only its last 256 shown
     frames, so probes are resolved as play goes, not at the end."""
     for probe in list(probes):
         serial, posted = probe
@@ -68,7 +71,7 @@ def resolve(probes: list, shown: list, latencies: list) -> None:
 
 
 def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: int | None = None,
-                 display_fps: int = 60, precision: str = "fp32", threads: int | None = None) -> dict:
+                 display_fps: int = 120, precision: str = "fp32", threads: int | None = None) -> dict:
     """Play headless for `seconds` with the worker thread; returns rates and, with `probe`, latencies."""
     os.environ["SDL_VIDEODRIVER"] = "dummy"
     import pygame
@@ -80,23 +83,24 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
                                  record_dir=tempfile.mkdtemp()), seed=0)
     game.mouse.set(True)
     clock = pygame.time.Clock()
-    probes, latencies, ms, draws = [], [], [], 0
+    probes, latencies, ms, loops = [], [], [], 0
     game.tick([pygame.event.Event(pygame.KEYDOWN, key=pygame.K_w, mod=0, unicode="w", scancode=0)])
     game.worker.start()
-    start = next_probe = time.perf_counter()
+    gaps = random.Random(0)
+    start = time.perf_counter()
+    next_probe = start + PROBE_EVERY * gaps.uniform(0.5, 1.5)
     try:
         while time.perf_counter() - start < seconds:
             now = time.perf_counter()
-            if probe and now >= next_probe:
+            if probe and now >= next_probe:  # the move happened at next_probe: the game reads it now
                 pygame.event.post(pygame.event.Event(pygame.MOUSEMOTION, rel=(8, 0), pos=(0, 0), buttons=(0, 0, 0)))
-                posted = time.perf_counter()
                 game.tick(pygame.event.get())
-                probes.append((game.input.events_seen, posted))
-                next_probe += PROBE_EVERY
+                probes.append((game.input.events_seen, next_probe))
+                next_probe += PROBE_EVERY * gaps.uniform(0.5, 1.5)
             else:
                 game.tick(pygame.event.get())
             resolve(probes, game.shown, latencies)
-            draws += 1
+            loops += 1
             if game.info.get("ms_per_frame") is not None:
                 ms.append(game.info["ms_per_frame"])
             game.wait(clock)
@@ -105,7 +109,8 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
     finally:
         game.close()
     resolve(probes, game.shown, latencies)
-    out = {"fps": frames / elapsed, "frames": frames, "seconds": elapsed, "redraws_per_s": draws / elapsed,
+    out = {"fps": frames / elapsed, "frames": frames, "seconds": elapsed, "loop_ticks_per_s": loops / elapsed,
+           "redraws_per_s": game.draws / elapsed,
            "model_ms_per_frame_median": statistics.median(ms) if ms else None}
     if probe:
         frame_ms = 1000.0 / fps
@@ -195,7 +200,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of play per session")
     parser.add_argument("--fps", type=int, default=20)
     parser.add_argument("--steps", type=int, help="denoising steps in play (default: the model's)")
-    parser.add_argument("--display-fps", type=int, default=60, help="redraws per second (play.display_fps)")
+    parser.add_argument("--display-fps", type=int, default=120, help="window loop ticks per second (play.display_fps)")
     parser.add_argument("--soak-frames", type=int, default=2000, help="72000: an hour of play time; 0: skip")
     parser.add_argument("--soak-checkpoint", help="world checkpoint for the soak (default: the play one)")
     parser.add_argument("--skip-play", action="store_true", help="only the soak")

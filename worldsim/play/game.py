@@ -39,7 +39,9 @@ class PlayConfig:
     screenshot_dir: str = "screenshots"  # where F2 saves PNGs of the window
     generation: str = "auto"        # thread: frames made in a worker thread; inline: in the loop; auto: thread
                                     # for the world model, inline for the engine
-    display_fps: int = 60           # redraws per second while a worker makes the frames
+    display_fps: int = 120          # loop ticks per second while a worker makes the frames: each reads the input,
+                                    # and redraws the window when a new frame came or an event other than a mouse
+                                    # move did (a move shows only in the frame it makes)
     hud: bool = True                # the world model's status line: fps, ms per frame, steps, context
     rewind_seconds: float = 5.0     # how far Backspace goes back
     snapshot_every: int = 10        # frames between the snapshots Backspace returns to
@@ -214,7 +216,8 @@ class Game:
     """One window showing `env`'s frames and sending it the player's input.
 
     Inline generation steps the env once per tick of the loop; threaded generation (the world model's default)
-    steps it in a FrameWorker while the loop keeps reading input and redrawing at display_fps."""
+    steps it in a FrameWorker while the loop keeps reading input at display_fps and redraws when there is
+    something new to show (no redraw competes with the worker for the CPU while nothing changed)."""
 
     def __init__(self, env, config: PlayConfig, seed: int | None = None, title: str = "WorldSim"):
         check_display()
@@ -238,6 +241,7 @@ class Game:
         self.saved: list[Path] = []   # recordings finished in this game
         self.screenshots: list[Path] = []
         self.ticks = 0
+        self.draws = 0  # window redraws
         self.tick_times: list[float] = []  # wall-clock time of recent frames, for the measured fps
         self.snapshots: collections.deque[Snapshot] = collections.deque(maxlen=config.snapshots_kept)
         self.shown: list[tuple[int, float]] = []  # (input events a new frame reflects, when it was first drawn)
@@ -294,7 +298,8 @@ class Game:
             results = self.worker.drain()
         for result in results:
             self.apply(result)
-        self.draw(new_frame=bool(results))
+        if results or self.draws == 0 or any(event.type != pygame.MOUSEMOTION for event in events):
+            self.draw(new_frame=bool(results))
         limit = self.config.max_ticks
         return limit is None or self.ticks < limit
 
@@ -465,6 +470,7 @@ class Game:
             radius = 3 * self.config.scale
             pygame.draw.circle(self.window, (220, 30, 30), (size[0] - 2 * radius, 2 * radius), radius)
         pygame.display.flip()
+        self.draws += 1
         if new_frame and self.shown:
             self.shown[-1] = (self.shown[-1][0], time.perf_counter())
             del self.shown[:-256]
