@@ -7,7 +7,7 @@ import tracemalloc
 import pytest
 import torch
 
-from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, step_levels, warp_previous
+from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, known_view, step_levels, warp_previous
 from worldsim.sampling import KVCache, Sampler, commit_chunk, denoise_chunk, make_caches, prefill, sample_levels
 from worldsim.view_memory import ViewMemory
 
@@ -29,7 +29,9 @@ def latent_shape(config, B, F):
 def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, view_memory=None):
     """The reference: every Euler step runs the whole sequence so far through the training-mode forward
     (block-causal with the window), drawing the same noise in the same order as `Sampler`. With view_memory,
-    its own panorama paints every frame as it is made and fills each new frame's view (none for the prompt)."""
+    its own panorama paints every frame as it is made and fills each new frame's view (none for the prompt).
+    With keep_view, a frame whose action holds no button has its known view put back at every level, and
+    paints only the cells its panorama did not hold."""
     c = model.config
     g = torch.Generator().manual_seed(seed)
     B, P = prompt.shape[:2]
@@ -55,17 +57,23 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
                 held = (a[..., :15] != 0).any(-1) | (a[..., 17:] != 0).any(-1)
                 idle = ~held & (a[..., 15:17].abs() <= c.idle_turn / 10).all(-1)
                 start = torch.where(idle, c.idle_start, start)
+            new_fill = None if fills is None else tuple(f[:, -K:] for f in fills)
+            noise, keep = x, lambda x, t: x
+            if c.keep_view:  # the view it knows, noised to each level alike
+                view, where = known_view(context[:, -1:], a, c.camera_warp, c.warp_keep_rows, new_fill)
+                keep = lambda x, t: torch.where(where, (1 - t[..., None, None, None]) * view
+                                                + t[..., None, None, None] * noise, x)
             if bool((start < 1).any()):  # from the last frame in the context, turned as the model turns it, noised
                 last = context[:, -1:]
                 if c.camera_warp:
-                    new_fill = None if fills is None else tuple(f[:, -K:] for f in fills)
                     last = warp_previous(last, a, c.camera_warp, c.warp_keep_rows, new_fill)
                 x = (1 - start[..., None, None, None]) * last + start[..., None, None, None] * x
+            x = keep(x, start * base[0])
             for b, b_next in zip(base[:-1], base[1:]):
                 t, t_next = start * b, start * b_next
                 v = model(torch.cat([context, x], 1), torch.cat([actions, a], 1),
                           torch.cat([levels, t], 1), fill=fills)[:, -K:]
-                x = x + (t_next - t)[..., None, None, None] * v
+                x = keep(x + (t_next - t)[..., None, None, None] * v, t_next)
             if c.guard_range is not None:  # each channel's mean moved into its range, the detail kept
                 low, high = torch.tensor(c.guard_range).view(2, 1, 1, -1, 1, 1)
                 mean = x.mean(dim=(3, 4), keepdim=True)
@@ -78,7 +86,8 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
             out.append(x)
             x = (1 - s) * x + s * torch.randn(x.shape, generator=g)
             if memory is not None:
-                memory.write(x, views)
+                held = (a[..., :15] != 0).any(-1) | (a[..., 17:] != 0).any(-1)
+                memory.write(x, views, only_new=~held if c.keep_view else None)
             context = torch.cat([context, x], 1)
             actions, levels = torch.cat([actions, a], 1), torch.cat([levels, torch.full((B, K), s)], 1)
     return torch.cat(out, 1)
@@ -190,6 +199,65 @@ def test_idle_start_sampling_equals_recomputing_everything(fuse_commit, graphs):
     model.config = dataclasses.replace(c, idle_start=0.0)
     everywhere = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
     assert float((everywhere - expected).abs().max()) > 1e-2  # idle_start bites
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["warp", "view-memory"])
+@pytest.mark.parametrize("fuse_commit,graphs", [(True, False), (False, False), (True, True)],
+                         ids=["fused-commit", "separate-commit", "graphed"])
+def test_keep_view_sampling_equals_recomputing_everything(fuse_commit, graphs, memory):
+    """keep_view: a frame whose action holds no button (row 0 turns, or stands, with idle frames starting low)
+    keeps its known view at every level and paints only what its panorama lacked; a frame that walks (row 1)
+    is made as before; in every path of the sampler as in the reference."""
+    model = small_model(chunk_frames=1, context_frames=4, sample_start=0.6, idle_start=0.1, camera_warp=70.0,
+                        warp_keep_rows=2, view_memory=memory, keep_view=True)
+    c = model.config
+    g = torch.Generator().manual_seed(1)
+    B, P = 2, 2
+    prompt = torch.randn(latent_shape(c, B, P), generator=g)
+    prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
+    step_actions = []
+    for i in range(8):
+        a = torch.zeros(B, 1, ACTION_DIM)
+        a[0, 0, 16] = [0.0, 1.5, -1.5, 1.0][i % 4]  # row 0 turns right, back, or stands
+        a[1, 0, 16], a[1, 0, 11] = 0.5, 1.0  # row 1 walks and turns
+        step_actions.append(a)
+    expected = sampled_as_recomputed(model, prompt, prompt_actions, step_actions, 3, 7, fuse_commit, graphs)
+    model.config = dataclasses.replace(c, keep_view=False)
+    made = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
+    assert float((made[0] - expected[0]).abs().max()) > 1e-2  # keeping bites where nothing is held
+    torch.testing.assert_close(made[1], expected[1], rtol=1e-5, atol=1e-5)  # and not while walking
+
+
+def test_keep_view_holds_a_still_view_and_brings_a_full_turn_back():
+    """With keep_view, standing still gives back the last frame exactly (the model only makes what a turn
+    reveals), and 36 turns of 10 degrees with the view memory come back to the view they left (the panorama's,
+    resampled: a smooth frame keeps), where the model alone, untrained, does not."""
+    torch.manual_seed(0)
+    c = tiny_config(chunk_frames=1, context_frames=4, sample_start=0.6, camera_warp=70.0, warp_keep_rows=0,
+                    view_memory=True, keep_view=True, context_noise=0.0)
+    model = randomized(DynamicsModel(c)).eval()
+    g = torch.Generator().manual_seed(3)
+    coarse = torch.randn(1, 2 * c.latent_channels, 4, 4, generator=g)
+    prompt = torch.nn.functional.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=False)
+    prompt = prompt.view(1, 2, c.latent_channels, 16, 16)  # two smooth frames
+    sampler = Sampler(model, batch_size=1, steps=2, seed=0)
+    sampler.reset(prompt, torch.zeros(1, 1, ACTION_DIM))
+    still = [sampler.step(torch.zeros(1, ACTION_DIM)) for _ in range(3)]
+    for frame in still:
+        torch.testing.assert_close(frame[:, 0], prompt[:, -1], rtol=0, atol=1e-5)
+    turn = torch.zeros(1, ACTION_DIM)
+    turn[0, 16] = 1.0  # 10 degrees right
+    corr = lambda a, b: float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+    for keep in (True, False):
+        model.config = dataclasses.replace(c, keep_view=keep)
+        sampler = Sampler(model, batch_size=1, steps=2, seed=0)
+        sampler.reset(prompt, torch.zeros(1, 1, ACTION_DIM))
+        frames = [sampler.step(turn)[..., 4:12, 4:12] for _ in range(36)]  # the view's middle: the prompt's
+        back = corr(frames[-1], prompt[:, -1, :, 4:12, 4:12])  # (the model fills the edges the prompt never saw)
+        if keep:
+            assert back > 0.95 and abs(corr(frames[17], prompt[:, -1, :, 4:12, 4:12])) < 0.5  # back, not before
+        else:
+            assert back < 0.5
 
 
 def guarded_rollout(model, seed: int, fuse_commit: bool, graphs: bool, prompt_scale: float = 1.0):

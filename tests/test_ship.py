@@ -92,6 +92,8 @@ def test_the_world_ships_with_the_sampling_its_eval_ran_with(tmp_path):
         ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), sample_start=1.0)
     with pytest.raises(ValueError, match="ran with idle_start=0.1"):
         ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), idle_start=0.0)
+    with pytest.raises(ValueError, match="ran with keep_view=False"):  # the eval ran with the run's own
+        ship(runs, tmp_path / "d", eval=str(tmp_path / "eval"), keep_view=True)
     with pytest.raises(ValueError, match="ship.sample_start must be in"):
         ship(runs, tmp_path / "d", sample_start=0.0)
     with pytest.raises(ValueError, match="ship.idle_start must be in"):

@@ -128,3 +128,54 @@ def test_training_clips_paint_only_their_context_frames():
     loss, _ = dynamics.flow_matching_loss(model, config, x, torch.rand(2, 7, ACTION_DIM, generator=g), g)
     loss.backward()
     assert torch.isfinite(loss) and model.prev_embed.weight.grad is not None
+
+
+def test_frames_that_kept_their_view_paint_only_what_was_new():
+    """only_new (keep_view's frames): a frame paints the cells the panorama did not hold in its last
+    view_memory_frames frames, and leaves the rest (and their age) as they were; other frames paint all."""
+    config = tiny_config(camera_warp=70.0, warp_keep_rows=0, view_memory=True, view_memory_frames=5)
+    memory = ViewMemory(config, 1)
+    first = torch.ones(1, 1, config.latent_channels, 16, 16)
+    second = 2 * first
+    yes = torch.ones(1, 1, dtype=torch.bool)
+    memory.write(first, memory.views(camera(0, 0)))
+    held = memory.age <= memory.max_age
+    memory.write(second, memory.views(camera(0, 0)), only_new=yes)  # the same view: nothing new
+    values = lambda cells: memory.panorama[cells.expand_as(memory.panorama)]
+    assert (values(held) - 1).abs().max() < 1e-5 and (memory.age[held] == 1).all()
+    memory.write(second, memory.views(camera(0, 30)), only_new=yes)  # 30° right: new cells on the right
+    painted = memory.age == 0
+    assert painted.any() and not (painted & held).any()
+    assert (values(painted) - 2).abs().max() < 1e-5
+    memory.write(second, memory.views(camera(0, -30)), only_new=~yes)  # back, painting all it sees
+    assert (values(held) - 2).abs().max() < 1e-5
+
+
+def test_known_view_is_what_a_turn_keeps():
+    """known_view: standing, the previous frame itself; turning, the previous frame turned where it holds the
+    pixel (the revealed columns unknown), or the view memory's fill where valid; holding a button, nothing."""
+    g = torch.Generator().manual_seed(0)
+    prev = torch.randn(2, 1, 3, 8, 8, generator=g)
+    fill = torch.randn(2, 1, 3, 8, 8, generator=g)
+    valid = torch.zeros(2, 1, 1, 8, 8, dtype=torch.bool)
+    valid[..., :, -4:] = True  # the memory holds the right half
+    view, known = dynamics.known_view(prev, camera(0, 0, 2), 70.0, 1)
+    torch.testing.assert_close(view, prev)
+    assert known.all()
+    view, known = dynamics.known_view(prev, camera(0, 0, 2), 70.0, 1, (fill, valid))
+    torch.testing.assert_close(view, prev)  # standing: the frame as it is, not the panorama's resampling
+    assert known.all()
+    turn = camera(0, 20, 2)
+    view, known = dynamics.known_view(prev, turn, 70.0, 1)
+    torch.testing.assert_close(view, dynamics.warp_previous(prev, turn, 70.0, 1))
+    assert not known[..., :-1, -1].any() and known[..., :, :4].all() and known[..., -1, :].all()  # HUD row kept
+    view, known = dynamics.known_view(prev, turn, 70.0, 1, (fill, valid))
+    assert known.all() and torch.equal(view[..., :-1, -4:], fill[..., :-1, -4:])
+    torch.testing.assert_close(view[..., -1, :], prev[..., -1, :])  # the HUD row is the frame's, not the memory's
+    walk = turn.clone()
+    walk[..., 11] = 1.0
+    assert not dynamics.known_view(prev, walk, 70.0, 1, (fill, valid))[1].any()
+    with pytest.raises(ValueError, match="keep_view"):
+        tiny_config(camera_warp=0.0, keep_view=True)
+    with pytest.raises(ValueError, match="keep_view"):
+        tiny_config(camera_warp=70.0, keep_view=True, chunk_frames=2)

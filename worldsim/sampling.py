@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 
 from worldsim.models.dynamics import (ACTION_DIM, DynamicsModel, check_actions, check_latents,  # noqa: F401
-                                      per_frame, sample_levels, start_levels, step_levels,  # sample_levels: re-exported
-                                      warp_previous)
+                                      holds_button, known_view, per_frame, sample_levels, start_levels,
+                                      step_levels, warp_previous)  # sample_levels: re-exported
 from worldsim.view_memory import ViewMemory
 
 
@@ -103,15 +103,38 @@ def chunk_levels(model, actions, steps: int | None = None) -> list:
     return [start * t for t in sample_levels(steps or c.sample_steps, c.sample_shift)]
 
 
-def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None):
+def keep_known(x, level, known):
+    """x (B, K, C, h, w) at `level` with what is known of the view put back: known = (view, where, noise) from
+    `known_view` and the chunk's start noise, the view noised to the level on the path the steps follow."""
+    if known is None:
+        return x
+    view, where, noise = known
+    s = per_frame(level, x.dtype)
+    return torch.where(where, (1 - s) * view + s * noise, x)
+
+
+def _known(model, noise, last, actions, fill):
+    """With `keep_view`, what is known of the chunk's view (`keep_known`'s triple); else None."""
+    c = model.config
+    if not c.keep_view:
+        return None
+    if last is None:
+        raise ValueError("keep_view keeps the view of the frame before the chunk: give prev_frame")
+    view, where = known_view(last, actions, c.camera_warp, c.warp_keep_rows, fill)
+    return view, where, noise
+
+
+def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None, known=None):
     """Euler steps of the chunk x (B, K, ...) through the noise levels ts (floats, or per frame (B, K)) against
-    read-only caches; the made frames are kept in the model's guard_range."""
+    read-only caches, what is `known` of the view kept at every level; the made frames are kept in the model's
+    guard_range."""
     B, K = x.shape[:2]
     pos = _positions(frame, K, x.device)
+    x = keep_known(x, ts[0], known)
     for t, t_next in zip(ts[:-1], ts[1:]):
         levels = t if torch.is_tensor(t) else torch.full((B, K), t, device=x.device)
         v = model(x, actions, levels, pos, caches, mode="read", prev_frame=prev_frame, fill=fill)
-        x = x + per_frame(t_next - t, x.dtype) * v
+        x = keep_known(x + per_frame(t_next - t, x.dtype) * v, t_next, known)
     return model.guard(x)
 
 
@@ -137,8 +160,9 @@ def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_fr
     `last_frame` of the frame before the chunk; fill: the view memory's `render` for the chunk. Returns the
     clean latents."""
     ts = chunk_levels(model, actions, steps)
-    x = start_point(model, noise, None if prev_frame is None else prev_frame[0], actions, ts[0], fill)
-    return _euler(model, caches, actions, frame, x, ts, prev_frame, fill)
+    last = None if prev_frame is None else prev_frame[0]
+    x = start_point(model, noise, last, actions, ts[0], fill)
+    return _euler(model, caches, actions, frame, x, ts, prev_frame, fill, _known(model, noise, last, actions, fill))
 
 
 @torch.inference_mode()
@@ -150,7 +174,8 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
     B, K = noise.shape[:2]
     ts = chunk_levels(model, actions, steps)
     context, context_levels = context_noised(model, prev, prev_noise)
-    x = start_point(model, noise, context[:, -1:], actions, ts[0], fill)
+    known = _known(model, noise, context[:, -1:], actions, fill)
+    x = keep_known(start_point(model, noise, context[:, -1:], actions, ts[0], fill), ts[0], known)
     first = ts[0] if torch.is_tensor(ts[0]) else torch.full((B, K), ts[0], device=noise.device)
     levels = torch.cat([context_levels, first], dim=1)  # (B, 2K)
     both = None if fill is None else tuple(torch.cat(pair, dim=1) for pair in zip(prev_fill, fill))
@@ -158,7 +183,7 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
               _positions(frame - K, 2 * K, noise.device), caches, mode="commit_read", prev_frame=before,
               fill=both)[:, K:]
     return _euler(model, caches, actions, frame, x + per_frame(ts[1] - ts[0], x.dtype) * v, ts[1:],
-                  (context[:, -1:], context_levels[:, -1:]), fill)
+                  (context[:, -1:], context_levels[:, -1:]), fill, known)
 
 
 @torch.inference_mode()
@@ -194,7 +219,10 @@ class Sampler:
     step runs eagerly (the tests check it against the plain one). The results equal the plain sampler's.
 
     With `config.view_memory` every finished frame is also painted into a `ViewMemory` panorama, and each new
-    chunk's previous frame is filled from it where the chunk's turn reveals what the last frame did not hold."""
+    chunk's previous frame is filled from it where the chunk's turn reveals what the last frame did not hold.
+
+    With `config.keep_view` a frame whose action holds no button keeps what is known of its view (`known_view`)
+    at every Euler step (`keep_known`), and paints into the panorama only what it did not hold."""
 
     def __init__(self, model: DynamicsModel, batch_size: int = 1, steps: int | None = None, seed: int = 0,
                  fuse_commit: bool = True, graphs: bool = False):
@@ -254,6 +282,11 @@ class Sampler:
         self.last = last_frame(self.model, prompt_latents, noise)
         self.frame = P
 
+    def _only_new(self, actions):
+        """With `keep_view`, the frames that paint only what the panorama did not hold: those that kept their
+        view (their actions hold no button), so that a turn does not paint its own copies over what it saw."""
+        return ~holds_button(actions) if self.config.keep_view else None
+
     def step(self, actions, steps: int | None = None):
         """actions (B, K, 25), or (B, 25) when chunk_frames is 1: row j is the action taken while seeing the
         frame before new frame j. Returns the new chunk's latents (B, K, C, h, w)."""
@@ -283,7 +316,7 @@ class Sampler:
         self.pending = (x.clone(), actions.clone(), self._noise(K), fill)
         if self.memory is not None:
             with torch.inference_mode():
-                self.memory.write(context_noised(self.model, x, self.pending[2])[0], views)
+                self.memory.write(context_noised(self.model, x, self.pending[2])[0], views, only_new=self._only_new(actions))
         if not self.fuse_commit:
             commit_chunk(self.model, self.caches, *self.pending[:2], self.frame, self.pending[2], self.last, fill)
             self.last = last_frame(self.model, self.pending[0], self.pending[2])
@@ -318,7 +351,8 @@ class Sampler:
                                b["frame"], b["noise"], steps, before=(b["before"], b["before_levels"]),
                                prev_fill=prev_fill, fill=fill)
         if self.memory is not None:
-            self.memory.write(context_noised(self.model, x, b["commit_noise"])[0], views)
+            self.memory.write(context_noised(self.model, x, b["commit_noise"])[0], views,
+                              only_new=self._only_new(b["actions"]))
             b["prev_fill"].copy_(fill[0])
             b["prev_valid"].copy_(fill[1])
         last, last_levels = last_frame(self.model, b["prev"], b["prev_noise"])

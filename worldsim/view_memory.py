@@ -95,10 +95,12 @@ class ViewMemory:
         fill = fill.reshape(B, -1, K, self.h, self.w).transpose(1, 2).to(self.panorama.dtype)
         return fill, (age <= self.max_age).reshape(B, 1, K, self.h, self.w).transpose(1, 2)
 
-    def write(self, latents, views, paint=None) -> None:
+    def write(self, latents, views, paint=None, only_new=None) -> None:
         """Paint the frames latents (B, K, C, h, w), seen from views (B, K, 2), into the panorama in order, in
         place; the last view becomes the one the next `views` starts from. paint (B, K) bool: which frames are
-        painted (default all; the others only age the panorama)."""
+        painted (default all; the others only age the panorama). only_new (B, K) bool: frames that paint only
+        the cells not painted in the last `view_memory_frames` frames (a frame that kept the panorama's view
+        would paint a resampled copy over it: copies of copies blur)."""
         for k in range(latents.shape[1]):
             right, up, forward = (a[:, None, None] for a in camera_axes(views[:, k]))  # (B, 1, 1, 3)
             cells = self._cells
@@ -109,6 +111,8 @@ class ViewMemory:
             seen = (ahead & (gx.abs() <= 1) & (gy >= -1) & (gy <= self._bottom))[:, None]  # (B, 1, ph, pw)
             if paint is not None:
                 seen = seen & paint[:, k, None, None, None]
+            if only_new is not None:
+                seen = seen & ~(only_new[:, k, None, None, None] & (self.age <= self.max_age))
             grid = torch.stack([gx.clamp(-2, 2), gy.clamp(-2, 2)], -1)
             painted = F.grid_sample(latents[:, k].float(), grid, mode="bilinear", padding_mode="border",
                                     align_corners=False).to(self.panorama.dtype)

@@ -47,6 +47,7 @@ class ShipConfig:
     sample_start: float | None = None   # the shipped level the steps start from (None: the eval's, else the run's)
     idle_start: float | None = None     # the shipped start of frames whose action does nothing (None: the eval's, ...)
     idle_turn: float | None = None      # the shipped most camera move of an idle action (None: the eval's, ...)
+    keep_view: bool | None = None       # whether frames that hold no button keep their known view (None: the eval's, ...)
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
@@ -102,7 +103,8 @@ def eval_summary(report: dict) -> dict:
 
 
 # the dynamics config's sampling defaults, set when shipping
-SAMPLING = ("sample_steps", "context_noise", "sample_shift", "view_memory", "sample_start", "idle_start", "idle_turn")
+SAMPLING = ("sample_steps", "context_noise", "sample_shift", "view_memory", "sample_start", "idle_start", "idle_turn",
+            "keep_view")
 DYNAMICS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DynamicsConfig)}
 
 

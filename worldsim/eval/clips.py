@@ -130,6 +130,8 @@ def main(argv=None) -> dict:
                                                          "(default: the model's)")
     parser.add_argument("--idle-turn", type=float, help="the most camera move, degrees per tick, of an idle action "
                                                         "(default: the model's)")
+    parser.add_argument("--keep-view", action=argparse.BooleanOptionalAction, default=None,
+                        help="frames whose action holds no button keep the view they know (default: the model's)")
     parser.add_argument("--prompt", type=int, default=8)
     parser.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--per-episode", type=int, default=8, help="clips per episode")
@@ -144,7 +146,8 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     dynamics, autoencoder = load_world(args.checkpoint, args.autoencoder)
     dynamics.config = with_sampling(dynamics.config, context_noise=args.context_noise, sample_shift=args.shift,
-                                    sample_start=args.start, idle_start=args.idle_start, idle_turn=args.idle_turn)
+                                    sample_start=args.start, idle_start=args.idle_start, idle_turn=args.idle_turn,
+                                    keep_view=args.keep_view)
     cache = Cache(args.data, expect_resolution=(autoencoder.config.height, autoencoder.config.width))
     result = rollout_clips(dynamics.eval(), autoencoder.eval(), cache, prompt=args.prompt, horizons=args.horizons,
                            per_episode=args.per_episode, steps=args.steps)

@@ -208,7 +208,7 @@ class DynamicsConfig:
                     "critic_width", "adversarial_pair", "critic_pool",
                     "adversarial_adaptive", "sampler_levels", "sample_start", "start_bridge",
                     "latent_guard", "guard_range", "spread_guard", "spread_floor", "idle_start",
-                    "idle_turn")  # checkpoints saved before them load
+                    "idle_turn", "keep_view")  # checkpoints saved before them load
                                                                                   # with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
@@ -288,6 +288,9 @@ class DynamicsConfig:
     view_memory: bool = False       # the sampler keeps a panorama of the frames it made (worldsim/view_memory.py):
                                     # what a turn reveals comes from it where it was seen (needs camera_warp)
     view_memory_frames: int = 100   # what the panorama saw longer ago than this many frames is not used
+    keep_view: bool = False         # a frame whose action holds no button (it only turns, or stands) keeps what is
+                                    # known of its view (`known_view`: the panorama's where it saw it, else the last
+                                    # frame turned) at every Euler step; the model makes only what the turn reveals
     latent_guard: float = 0.0       # > 0: training records guard_range from its data's frames at these percentiles
                                     # (latent_guard and 100 - latent_guard) of each channel's spatial mean
     guard_range: tuple | None = None  # (low_0 .. low_C-1, high_0 .. high_C-1): the sampler moves each made frame's
@@ -413,6 +416,10 @@ class DynamicsConfig:
         need(not self.view_memory or self.camera_warp > 0,
              "view_memory fills in what the camera warp reveals: it needs camera_warp > 0")
         need(self.view_memory_frames >= 1, f"view_memory_frames must be >= 1, got {self.view_memory_frames}")
+        need(not self.keep_view or self.camera_warp > 0,
+             "keep_view keeps the last frame turned by the camera warp: it needs camera_warp > 0")
+        need(not self.keep_view or self.chunk_frames == 1,
+             f"keep_view continues each frame from the one before it: it needs chunk_frames=1, got {self.chunk_frames}")
 
 
 class DynamicsModel(nn.Module):
@@ -556,6 +563,53 @@ def screen_rays(h: int, w: int, fov: float, device=None):
     return tan_x, tan_y, (u * tan_x)[None, :].expand(h, w), (-v * tan_y)[:, None].expand(h, w)
 
 
+def _turn_grid(actions, fov: float, keep_rows: int, h: int, w: int, device):
+    """Where each pixel of the views after the camera moves of actions (B, F, 25), model order, lies in the view
+    before: grid (B, F, h, w, 2) in grid_sample's coordinates, and inside (B, F, h, w) bool, whether that is
+    within the old frame's scene (not off its edges, behind it or in its bottom keep_rows HUD rows)."""
+    # a slice, not an index list: a list becomes a host tensor copied to the device, which a CUDA graph capture refuses
+    camera = actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1].float() * math.radians(CAMERA_MAX_DEGREES)  # (B, F, 2)
+    tan_x, tan_y, sx, sy = screen_rays(h, w, fov, device)
+    cp, sp = camera[..., 0].cos()[..., None, None], camera[..., 0].sin()[..., None, None]  # (B, F, 1, 1)
+    cy, syaw = camera[..., 1].cos()[..., None, None], camera[..., 1].sin()[..., None, None]
+    # d = Yaw(yaw) Pitch(pitch) (sx, sy, 1): the new view's ray in the old view's frame
+    py, pz = sy * cp - sp, sy * sp + cp
+    dx, dz = sx * cy + pz * syaw, -sx * syaw + pz * cy
+    ahead = dz > 1e-3
+    dz = dz.clamp(min=1e-3)  # a ray the turn put behind the old camera samples the edge
+    grid = torch.stack([dx / dz / tan_x, -(py / dz) / tan_y], dim=-1)  # (B, F, h, w, 2)
+    gx, gy = grid[..., 0], grid[..., 1]
+    bottom = 1 - 2 * keep_rows / h  # the old frame's HUD rows hold no scene
+    return grid, (gx.abs() <= 1) & (gy >= -1) & (gy <= bottom) & ahead
+
+
+def holds_button(actions):
+    """(B, F) bool: whether each action (B, F, 25), model order, holds a button (any entry but the camera's)."""
+    return (actions[..., :_CAMERA_PITCH] != 0).any(dim=-1) | (actions[..., _CAMERA_YAW + 1:] != 0).any(dim=-1)
+
+
+def known_view(prev, actions, fov: float, keep_rows: int = 0, fill=None):
+    """What a frame that only turns the camera (or stands) knows of its view before the model makes it: the
+    previous frame prev (B, F, C, h, w) turned by the actions (B, F, 25), model order, where the old view holds
+    the pixel (a pure rotation is exact; standing, it is the previous frame itself), the HUD rows kept; and in a
+    frame that turns, the view memory's fill = (frames, valid) where valid: the panorama is painted once and
+    rendered once, where a chain of warps resamples the view at every tick and blurs it. Returns the view
+    (B, F, C, h, w) and where it is known, (B, F, 1, h, w) bool: nowhere in a frame whose action holds a button
+    (walking, jumping or breaking changes what the view shows)."""
+    B, Fr, C, h, w = prev.shape
+    view = warp_previous(prev, actions, fov, keep_rows)
+    _, inside = _turn_grid(actions, fov, keep_rows, h, w, prev.device)
+    hud = (torch.arange(h, device=prev.device) >= h - keep_rows)[:, None]  # (h, 1): kept as they were
+    known = inside[:, :, None] | hud
+    if fill is not None:
+        frames, valid = fill
+        turns = (actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1] != 0).any(dim=-1)  # (B, F)
+        valid = valid & turns[:, :, None, None, None] & ~hud
+        view = torch.where(valid, frames.to(view.dtype), view)
+        known = known | valid
+    return view, known & ~holds_button(actions)[:, :, None, None, None]
+
+
 def warp_previous(prev, actions, fov: float, keep_rows: int = 0, fill=None):
     """Each previous frame prev (B, F, C, h, w) as seen after the camera move of actions (B, F, 25), model order
     (row i turned the view from frame i - 1 to frame i): a pixel's ray in the new view, rotated by the turn into
@@ -568,16 +622,7 @@ def warp_previous(prev, actions, fov: float, keep_rows: int = 0, fill=None):
     fill = (frames (B, F, C, h, w), valid (B, F, 1, h, w) bool) in the new views: where a new pixel's ray leaves
     the old frame (or meets its HUD rows) and valid holds, the pixel is fill's instead of the repeated edge."""
     B, Fr, C, h, w = prev.shape
-    # a slice, not an index list: a list becomes a host tensor copied to the device, which a CUDA graph capture refuses
-    camera = actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1].float() * math.radians(CAMERA_MAX_DEGREES)  # (B, F, 2)
-    tan_x, tan_y, sx, sy = screen_rays(h, w, fov, prev.device)
-    cp, sp = camera[..., 0].cos()[..., None, None], camera[..., 0].sin()[..., None, None]  # (B, F, 1, 1)
-    cy, syaw = camera[..., 1].cos()[..., None, None], camera[..., 1].sin()[..., None, None]
-    # d = Yaw(yaw) Pitch(pitch) (sx, sy, 1): the new view's ray in the old view's frame
-    py, pz = sy * cp - sp, sy * sp + cp
-    dx, dz = sx * cy + pz * syaw, -sx * syaw + pz * cy
-    dz = dz.clamp(min=1e-3)  # a ray the turn put behind the old camera samples the edge
-    grid = torch.stack([dx / dz / tan_x, -(py / dz) / tan_y], dim=-1)  # (B, F, h, w, 2)
+    grid, inside = _turn_grid(actions, fov, keep_rows, h, w, prev.device)
     turned = F.grid_sample(prev.reshape(B * Fr, C, h, w).float(), grid.reshape(B * Fr, h, w, 2), mode="bilinear",
                            padding_mode="border", align_corners=False).reshape(B, Fr, C, h, w).to(prev.dtype)
     if fill is not None:
@@ -585,9 +630,6 @@ def warp_previous(prev, actions, fov: float, keep_rows: int = 0, fill=None):
         if tuple(frames.shape) != tuple(prev.shape) or tuple(valid.shape) != (B, Fr, 1, h, w):
             raise ValueError(f"fill must be frames {tuple(prev.shape)} and valid {(B, Fr, 1, h, w)}, got "
                              f"{tuple(frames.shape)} and {tuple(valid.shape)}")
-        gx, gy = grid[..., 0], grid[..., 1]
-        bottom = 1 - 2 * keep_rows / h  # the old frame's HUD rows hold no scene
-        inside = (gx.abs() <= 1) & (gy >= -1) & (gy <= bottom) & (dz > 1e-3)
         turned = torch.where(inside[:, :, None] | ~valid, turned, frames.to(turned.dtype))
     if keep_rows:
         turned = torch.cat([turned[..., :h - keep_rows, :], prev[..., h - keep_rows:, :]], dim=-2)
@@ -671,8 +713,7 @@ def start_levels(config: DynamicsConfig, actions):
     if config.idle_start == 0.0:
         return config.sample_start
     turn = actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1].abs().amax(dim=-1)  # in the vector's units
-    held = (actions[..., :_CAMERA_PITCH] != 0).any(dim=-1) | (actions[..., _CAMERA_YAW + 1:] != 0).any(dim=-1)
-    idle = ~held & (turn <= config.idle_turn / CAMERA_MAX_DEGREES)
+    idle = ~holds_button(actions) & (turn <= config.idle_turn / CAMERA_MAX_DEGREES)
     return torch.where(idle, config.idle_start, config.sample_start).float()
 
 
