@@ -316,7 +316,8 @@ class Sampler:
         self.pending = (x.clone(), actions.clone(), self._noise(K), fill)
         if self.memory is not None:
             with torch.inference_mode():
-                self.memory.write(context_noised(self.model, x, self.pending[2])[0], views, only_new=self._only_new(actions))
+                self.memory.write(context_noised(self.model, x, self.pending[2])[0], views,
+                                  only_new=self._only_new(actions))
         if not self.fuse_commit:
             commit_chunk(self.model, self.caches, *self.pending[:2], self.frame, self.pending[2], self.last, fill)
             self.last = last_frame(self.model, self.pending[0], self.pending[2])

@@ -47,7 +47,7 @@ class ShipConfig:
     sample_start: float | None = None   # the shipped level the steps start from (None: the eval's, else the run's)
     idle_start: float | None = None     # the shipped start of frames whose action does nothing (None: the eval's, ...)
     idle_turn: float | None = None      # the shipped most camera move of an idle action (None: the eval's, ...)
-    keep_view: bool | None = None       # whether frames that hold no button keep their known view (None: the eval's, ...)
+    keep_view: bool | None = None       # frames holding no button keep their known view (None: the eval's, ...)
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
