@@ -295,6 +295,9 @@ def test_report_has_every_field(engine_report, tmp_path):
     assert without_idm["action_following"]["real"] is None
     write_report(report, tmp_path / "report.json")
     assert json.loads((tmp_path / "report.json").read_text())["candidate"] == "engine"
+    turn = arrays["turn"]  # the sheet's 360° turn, every few ticks; the candidate here is the engine itself
+    assert turn["engine"].shape == (report["config"]["turn_ticks"] // arrays["turn_every"] + 1, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(turn["candidate"], turn["engine"])
     write_sheet(report, arrays, tmp_path / "sheet.png")
     assert (tmp_path / "sheet.png").stat().st_size > 0
     print_report(report)

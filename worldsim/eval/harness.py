@@ -496,18 +496,24 @@ def consistency_scripts(config: EvalConfig, episode: Episode) -> dict[str, tuple
     return scripts
 
 
-def measure_consistency(config: EvalConfig, episode: Episode, candidate: Timed, engine: Timed) -> dict:
-    """For each scripted test: the candidate's end frame vs the engine's, and each one's end vs its own start."""
+TURN_SHEET_EVERY = 6  # the sheet shows the 360° turn's frames every this many ticks
+
+
+def measure_consistency(config: EvalConfig, episode: Episode, candidate: Timed, engine: Timed,
+                        frames: dict | None = None) -> dict:
+    """For each scripted test: the candidate's end frame vs the engine's, and each one's end vs its own start.
+    frames: a dict that gets the turn's frames for the sheet, {"engine": (n, H, W, 3), "candidate": ...} uint8,
+    every TURN_SHEET_EVERY ticks from the prompt's last frame to the end."""
     results = {}
     for name, (script, compare_at, crosshair, facts) in consistency_scripts(config, episode).items():
         ends, runs = {}, {}
         for key, world in (("candidate", candidate), ("engine", engine)):
             world.reset(episode.prompt_frames, episode.prompt_actions, episode.state)
-            frames = np.concatenate([episode.frames[episode.prompt - 1:episode.prompt], world.run(script)])
+            made = np.concatenate([episode.frames[episode.prompt - 1:episode.prompt], world.run(script)])
             if crosshair:
-                frames = _crosshair(frames, config.crosshair_fraction)
-            ends[key] = (frames[compare_at], frames[-1])
-            runs[key] = frames
+                made = _crosshair(made, config.crosshair_fraction)
+            ends[key] = (made[compare_at], made[-1])
+            runs[key] = made
         results[name] = {"ticks": len(script), "compared_with_tick": compare_at, "crosshair_only": crosshair,
                          "candidate_vs_engine": _compare(ends["candidate"][1], ends["engine"][1]),
                          "candidate_vs_engine_every_tick": {
@@ -516,6 +522,8 @@ def measure_consistency(config: EvalConfig, episode: Episode, candidate: Timed, 
                          "candidate_end_vs_start": _compare(ends["candidate"][1], ends["candidate"][0]),
                          "engine_end_vs_start": _compare(ends["engine"][1], ends["engine"][0]),
                          "engine_broke_block": facts.get("engine_broke_block")}
+        if name == "turn_around" and frames is not None:
+            frames.update({key: runs[key][::TURN_SHEET_EVERY] for key in ("engine", "candidate")})
     return results
 
 
@@ -657,7 +665,8 @@ def evaluate(config: EvalConfig, engine_config: EngineConfig, policy_config: Pol
         fidelity, strip = measure_fidelity(config, episodes, worlds, scorers)
         seconds["fidelity"] = time.perf_counter() - start
         start = time.perf_counter()
-        consistency = measure_consistency(config, episodes[0], worlds["candidate"], engine)
+        turn = {}
+        consistency = measure_consistency(config, episodes[0], worlds["candidate"], engine, turn)
         seconds["consistency"] = time.perf_counter() - start
         start = time.perf_counter()
         first = config.seed + config.episodes if config.stability_seed is None else config.stability_seed
@@ -683,7 +692,7 @@ def evaluate(config: EvalConfig, engine_config: EngineConfig, policy_config: Pol
         "notes": notes,
     }
     report["config"]["horizons"] = list(config.horizons)
-    return report, {"strip": strip, "stats": stats}
+    return report, {"strip": strip, "stats": stats, "turn": turn, "turn_every": TURN_SHEET_EVERY}
 
 
 def run_eval(config: EvalConfig, engine_config: EngineConfig, policy_config: PolicyConfig, **worlds) -> dict:

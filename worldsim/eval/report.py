@@ -14,7 +14,7 @@ from worldsim.eval.metrics import STAT_NAMES
 TILE = 128            # frames are scaled (nearest) to at least this many pixels wide on the sheet
 PLOT_W, PLOT_H = 360, 180
 MARGIN = 28
-COLOURS = {"real": (60, 60, 60), "candidate": (214, 39, 40), "copy_last": (31, 119, 180),
+COLOURS = {"real": (60, 60, 60), "engine": (60, 60, 60), "candidate": (214, 39, 40), "copy_last": (31, 119, 180),
            "autoencoder": (44, 160, 44)}
 TIMING_KEYS = ("timing",)  # fields that vary between identical runs
 
@@ -63,27 +63,40 @@ def _plot(draw: ImageDraw.ImageDraw, origin: tuple[int, int], title: str, lines:
 
 
 def write_sheet(report: dict, arrays: dict, path) -> None:
-    """Real frames over each world's frames at the horizons; PSNR and SSIM vs horizon; stability stats over time."""
+    """Real frames over each world's frames at the horizons; the 360° turn, the engine's over the candidate's;
+    PSNR and SSIM vs horizon; stability stats over time."""
     strip = {name: frames for name, frames in arrays["strip"].items() if len(frames)}
     horizons = report["fidelity"]["horizons"]
     tiles = {name: [_tile(f) for f in frames] for name, frames in strip.items()}
+    turn = {name: [_tile(f) for f in frames] for name, frames in (arrays.get("turn") or {}).items()}
     tw, th = tiles["real"][0].size
     label_w = 90
-    frames_h = 20 + len(tiles) * (th + 4)
+    turn_top = 20 + len(tiles) * (th + 4)
+    frames_h = turn_top + (20 + len(turn) * (th + 4) if turn else 0)
     plots_top = frames_h + 30
     stats_top = plots_top + PLOT_H + 50
     stat_rows = math.ceil(len(STAT_NAMES) / 2)
-    width = max(label_w + len(horizons) * (tw + 4), 2 * (PLOT_W + 2 * MARGIN) + MARGIN)
+    width = max(label_w + max([len(horizons)] + [len(t) for t in turn.values()]) * (tw + 4),
+                2 * (PLOT_W + 2 * MARGIN) + MARGIN)
     height = stats_top + stat_rows * (PLOT_H + 40) + 10
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i, h in enumerate(horizons):
         draw.text((label_w + i * (tw + 4), 4), f"t+{h}", fill=(0, 0, 0))
-    for row, (name, images) in enumerate(tiles.items()):
-        y = 20 + row * (th + 4)
-        draw.text((4, y + th // 2), report["candidate"] if name == "candidate" else name, fill=COLOURS.get(name))
-        for i, image in enumerate(images):
-            sheet.paste(image, (label_w + i * (tw + 4), y))
+
+    def rows(named_tiles: dict, top: int) -> None:
+        for row, (name, images) in enumerate(named_tiles.items()):
+            y = top + row * (th + 4)
+            draw.text((4, y + th // 2), report["candidate"] if name == "candidate" else name, fill=COLOURS.get(name))
+            for i, image in enumerate(images):
+                sheet.paste(image, (label_w + i * (tw + 4), y))
+
+    rows(tiles, 20)
+    if turn:
+        every = report["config"]["turn_degrees"] * arrays["turn_every"]
+        draw.text((label_w, turn_top + 4), f"360° turn, every {every:g}° (consistency test, first world)",
+                  fill=(0, 0, 0))
+        rows(turn, turn_top + 20)
     worlds = {name: w for name, w in report["fidelity"]["worlds"].items() if w is not None}
     for k, metric in enumerate(("psnr", "ssim")):
         lines = {name: [w[metric][str(h)]["mean"] for h in horizons] for name, w in worlds.items()}
