@@ -93,6 +93,13 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
     return torch.cat(out, 1)
 
 
+def two_frame_prompt(config, seed: int = 1):
+    """A random prompt of 2 frames for a batch of 2, the action between them, and the generator that drew them."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randn(latent_shape(config, 2, 2), generator=g)
+    return prompt, torch.rand(2, 1, ACTION_DIM, generator=g), g
+
+
 def sampled_as_recomputed(model, prompt, prompt_actions, step_actions, steps, seed, fuse_commit, graphs):
     """The sampler's frames, batch = the prompt's, on the given path, checked against `uncached_rollout`."""
     sampler = Sampler(model, batch_size=prompt.shape[0], steps=steps, seed=seed, fuse_commit=fuse_commit,
@@ -162,10 +169,8 @@ def test_sampling_from_the_last_frame_equals_recomputing_everything(fuse_commit,
     model = small_model(chunk_frames=1, context_frames=4, sample_start=0.6, **variant)
     c = model.config
     assert step_levels(c, 3) == pytest.approx([0.6 * t for t in sample_levels(3, c.sample_shift)])
-    g = torch.Generator().manual_seed(1)
-    B, P = 2, 2
-    prompt = torch.randn(latent_shape(c, B, P), generator=g)
-    prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
+    B = 2
+    prompt, prompt_actions, g = two_frame_prompt(c)
     step_actions = [torch.rand(B, 1, ACTION_DIM, generator=g) for _ in range(8)]
     for a in step_actions:
         a[..., 15:17] = a[..., 15:17] * 2 - 1
@@ -184,10 +189,8 @@ def test_idle_start_sampling_equals_recomputing_everything(fuse_commit, graphs):
     model = small_model(chunk_frames=1, context_frames=4, sample_start=0.6, idle_start=0.1, idle_turn=1.0,
                         camera_warp=70.0, warp_keep_rows=2)
     c = model.config
-    g = torch.Generator().manual_seed(1)
-    B, P = 2, 2
-    prompt = torch.randn(latent_shape(c, B, P), generator=g)
-    prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
+    B = 2
+    prompt, prompt_actions, _ = two_frame_prompt(c)
     step_actions = []
     for i in range(8):
         a = torch.zeros(B, 1, ACTION_DIM)
@@ -211,10 +214,8 @@ def test_keep_view_sampling_equals_recomputing_everything(fuse_commit, graphs, m
     model = small_model(chunk_frames=1, context_frames=4, sample_start=0.6, idle_start=0.1, camera_warp=70.0,
                         warp_keep_rows=2, view_memory=memory, keep_view=True)
     c = model.config
-    g = torch.Generator().manual_seed(1)
-    B, P = 2, 2
-    prompt = torch.randn(latent_shape(c, B, P), generator=g)
-    prompt_actions = torch.rand(B, P - 1, ACTION_DIM, generator=g)
+    B = 2
+    prompt, prompt_actions, _ = two_frame_prompt(c)
     step_actions = []
     for i in range(8):
         a = torch.zeros(B, 1, ACTION_DIM)
