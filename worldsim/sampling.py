@@ -114,14 +114,16 @@ def keep_known(x, level, known):
 
 
 def _known(model, noise, last, actions, fill):
-    """With `keep_view`, what is known of the chunk's view (`keep_known`'s triple); else None."""
+    """With `keep_view`, what is known of the chunk's view (`keep_known`'s triple) and the frame before the chunk
+    turned (the start's guess, made once for both); else (None, None)."""
     c = model.config
     if not c.keep_view:
-        return None
+        return None, None
     if last is None:
         raise ValueError("keep_view keeps the view of the frame before the chunk: give prev_frame")
-    view, where = known_view(last, actions, c.camera_warp, c.warp_keep_rows, fill)
-    return view, where, noise
+    turned = warp_previous(last, actions, c.camera_warp, c.warp_keep_rows, fill)
+    view, where = known_view(last, actions, c.camera_warp, c.warp_keep_rows, fill, turned)
+    return (view, where, noise), turned
 
 
 def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None, known=None):
@@ -138,17 +140,20 @@ def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fil
     return model.guard(x)
 
 
-def start_point(model, noise, last, actions, start, fill=None):
+def start_point(model, noise, last, actions, start, fill=None, turned=None):
     """Where a chunk's Euler steps start: the noise itself at a start of 1; below, the frame before the chunk
     as it entered the caches (`last`, (B, 1, C, h, w)), turned by the chunk's camera move where the model warps
     (and filled from the view memory where the turn reveals what it did not hold), noised to `start` (the first
-    of `chunk_levels`: a float, or per frame (B, K))."""
+    of `chunk_levels`: a float, or per frame (B, K)). turned: that turned frame where the caller made it already."""
     if not torch.is_tensor(start) and start == 1.0:
         return noise
     if last is None:
         raise ValueError("a start below 1 starts a chunk from the frame before it: give prev_frame")
     c = model.config
-    guess = warp_previous(last, actions, c.camera_warp, c.warp_keep_rows, fill) if c.camera_warp else last
+    if turned is not None:
+        guess = turned
+    else:
+        guess = warp_previous(last, actions, c.camera_warp, c.warp_keep_rows, fill) if c.camera_warp else last
     s = per_frame(start, noise.dtype)
     return (1 - s) * guess + s * noise
 
@@ -161,8 +166,9 @@ def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_fr
     clean latents."""
     ts = chunk_levels(model, actions, steps)
     last = None if prev_frame is None else prev_frame[0]
-    x = start_point(model, noise, last, actions, ts[0], fill)
-    return _euler(model, caches, actions, frame, x, ts, prev_frame, fill, _known(model, noise, last, actions, fill))
+    known, turned = _known(model, noise, last, actions, fill)
+    x = start_point(model, noise, last, actions, ts[0], fill, turned)
+    return _euler(model, caches, actions, frame, x, ts, prev_frame, fill, known)
 
 
 @torch.inference_mode()
@@ -174,8 +180,8 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
     B, K = noise.shape[:2]
     ts = chunk_levels(model, actions, steps)
     context, context_levels = context_noised(model, prev, prev_noise)
-    known = _known(model, noise, context[:, -1:], actions, fill)
-    x = keep_known(start_point(model, noise, context[:, -1:], actions, ts[0], fill), ts[0], known)
+    known, turned = _known(model, noise, context[:, -1:], actions, fill)
+    x = keep_known(start_point(model, noise, context[:, -1:], actions, ts[0], fill, turned), ts[0], known)
     first = ts[0] if torch.is_tensor(ts[0]) else torch.full((B, K), ts[0], device=noise.device)
     levels = torch.cat([context_levels, first], dim=1)  # (B, 2K)
     both = None if fill is None else tuple(torch.cat(pair, dim=1) for pair in zip(prev_fill, fill))

@@ -588,16 +588,17 @@ def holds_button(actions):
     return (actions[..., :_CAMERA_PITCH] != 0).any(dim=-1) | (actions[..., _CAMERA_YAW + 1:] != 0).any(dim=-1)
 
 
-def known_view(prev, actions, fov: float, keep_rows: int = 0, fill=None):
+def known_view(prev, actions, fov: float, keep_rows: int = 0, fill=None, turned=None):
     """What a frame that only turns the camera (or stands) knows of its view before the model makes it: the
     previous frame prev (B, F, C, h, w) turned by the actions (B, F, 25), model order, where the old view holds
     the pixel (a pure rotation is exact; standing, it is the previous frame itself), the HUD rows kept; and in a
     frame that turns, the view memory's fill = (frames, valid) where valid: the panorama is painted once and
     rendered once, where a chain of warps resamples the view at every tick and blurs it. Returns the view
     (B, F, C, h, w) and where it is known, (B, F, 1, h, w) bool: nowhere in a frame whose action holds a button
-    (walking, jumping or breaking changes what the view shows)."""
+    (walking, jumping or breaking changes what the view shows). turned: `warp_previous(prev, actions, fov,
+    keep_rows, fill)` where the caller has it already (the sampler's start), else it is made here."""
     B, Fr, C, h, w = prev.shape
-    view = warp_previous(prev, actions, fov, keep_rows)
+    view = warp_previous(prev, actions, fov, keep_rows, fill) if turned is None else turned  # fill where it left
     _, inside = _turn_grid(actions, fov, keep_rows, h, w, prev.device)
     hud = (torch.arange(h, device=prev.device) >= h - keep_rows)[:, None]  # (h, 1): kept as they were
     known = inside[:, :, None] | hud
