@@ -75,8 +75,7 @@ def run_play(cfg: DictConfig) -> None:
         print(f"{e}: playing a scripted {play_config.headless_seconds:g}-second walk headless instead",
               file=sys.stderr)
         return run_headless(cfg, kind, play_config)
-    env = make_env(cfg, kind)
-    ticks = play(env, play_config, seed=cfg.seed)
+    ticks = play(lambda: make_env(cfg, kind), play_config, seed=cfg.seed)  # made where its frames will be
     print(f"played {ticks} ticks")
 
 

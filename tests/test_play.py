@@ -211,32 +211,68 @@ def test_steps_twin_screenshot_and_new_world_keys(model_game):
     assert game.info["seed"] != seed and game.info["tick"] == 1
 
 
-def test_threaded_generation_keeps_the_loop_responsive(model_game):
+def test_threaded_generation_keeps_the_loop_responsive_and_the_env_on_one_thread(model_world, tmp_path):
+    """The worker makes the env and makes every call on it, so one thread computes (worker.py says why)."""
+    import threading
     import time
-    from worldsim.play.worker import FrameWorker
-    game = model_game
-    game.worker = FrameWorker(game.env, game.input, game.config.fps, game.info, after_step=game._after_step)
-    game.worker.start()
-    start, loops = game.obs.copy(), 0
-    game.tick([key(pygame.KEYDOWN, pygame.K_w)])
-    deadline = time.perf_counter() + 30
-    while game.ticks < 12 and time.perf_counter() < deadline:
-        game.tick([])
-        loops += 1
-        time.sleep(0.005)
-    assert game.ticks >= 12 and loops > game.ticks  # the loop read input between frames
-    assert game.draws <= game.ticks + 1  # and redrew only for the frames and the key press
-    assert not np.array_equal(game.obs, start)
-    assert game.info["pos"][2] > 0.5  # walked (the twin's position)
-    assert all(t == t for _, t in game.shown[-1:])  # the newest frame was drawn
-    game.tick([key(pygame.KEYDOWN, pygame.K_BACKSPACE)])
-    assert game.info["tick"] <= game.ticks - 5
+    from worldsim.envs.world_model import WorldModelEnv
+    callers = set()
+
+    class Watched(WorldModelEnv):
+        def __init__(self, *args, **kwargs):
+            callers.add(threading.get_ident())
+            super().__init__(*args, **kwargs)
+
+        def __getattribute__(self, name):
+            value = super().__getattribute__(name)
+            if name == "twin_frame":  # a property that renders
+                callers.add(threading.get_ident())
+            if name in ("reset", "step", "snapshot", "restore", "set_steps"):
+                def watched(*args, **kwargs):
+                    callers.add(threading.get_ident())
+                    return value(*args, **kwargs)
+                return watched
+            return value
+
+    config = PlayConfig(scale=2, snapshot_every=5, rewind_seconds=1.0, record_dir=str(tmp_path / "rec"),
+                        screenshot_dir=str(tmp_path / "shots"))
+    game = Game(lambda: Watched(checkpoint=model_world, twin=True, engine=None), config, seed=0)
+    try:
+        assert game.worker is not None and game.source == "model"  # auto: the model's frames come from a worker
+        game.start()
+        start, loops = game.obs.copy(), 0
+        game.tick([key(pygame.KEYDOWN, pygame.K_w)])
+        deadline = time.perf_counter() + 30
+        while game.ticks < 12 and time.perf_counter() < deadline:
+            game.tick([])
+            loops += 1
+            time.sleep(0.005)
+        assert game.ticks >= 12 and loops > game.ticks  # the loop read input between frames
+        assert game.draws <= game.ticks + 1  # and redrew only for the frames and the key press
+        assert not np.array_equal(game.obs, start)
+        assert game.info["pos"][2] > 0.5  # walked (the twin's position)
+        assert all(t == t for _, t in game.shown[-1:])  # the newest frame was drawn
+        game.tick([key(pygame.KEYDOWN, pygame.K_BACKSPACE)])
+        assert game.info["tick"] <= game.ticks - 5
+        game.tick([key(pygame.KEYDOWN, pygame.K_RIGHTBRACKET), key(pygame.KEYDOWN, pygame.K_F5)])
+        assert game.env.steps == 5 and game.twin is not None and game.window.get_size() == (128, 64)
+        ticks = game.ticks
+        while game.ticks < ticks + 2 and time.perf_counter() < deadline:
+            game.tick([])
+            time.sleep(0.005)
+        assert game.ticks >= ticks + 2 and game.twin is not None  # the worker renders the twin with each frame
+        seed = game.info["seed"]
+        game.tick([key(pygame.KEYDOWN, pygame.K_n)])
+        assert game.info["seed"] != seed
+    finally:
+        game.close()
+    assert callers == {game.worker._thread.ident}
 
 
 def test_threaded_loop_redraws_only_for_something_new(model_game):
     from worldsim.play.worker import FrameWorker
     game = model_game
-    game.worker = FrameWorker(game.env, game.input, game.config.fps, game.info)  # not started: no frames come
+    game.worker = FrameWorker(game.input, game.config.fps)  # not started: no frames come
     game.tick([])
     assert game.draws == 1  # the first tick shows the start frame
     game.tick([])

@@ -78,14 +78,15 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
 
     from worldsim.envs.world_model import WorldModelEnv
     from worldsim.play.game import Game, PlayConfig
-    env = WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps, precision=precision, **_threads(threads))
-    game = Game(env, PlayConfig(scale=4, fps=fps, generation="thread", display_fps=display_fps,
-                                 record_dir=tempfile.mkdtemp()), seed=0)
+    make_env = lambda: WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps, precision=precision,  # noqa: E731
+                                     **_threads(threads))
+    game = Game(make_env, PlayConfig(scale=4, fps=fps, generation="thread", display_fps=display_fps,
+                                     record_dir=tempfile.mkdtemp()), seed=0)  # made on the worker, as in play
     game.mouse.set(True)
     clock = pygame.time.Clock()
     probes, latencies, ms, loops = [], [], [], 0
     game.tick([pygame.event.Event(pygame.KEYDOWN, key=pygame.K_w, mod=0, unicode="w", scancode=0)])
-    game.worker.start()
+    game.start()
     gaps = random.Random(0)
     start = time.perf_counter()
     next_probe = start + PROBE_EVERY * gaps.uniform(0.5, 1.5)

@@ -4,7 +4,6 @@ The game knows only the gymnasium interface (`reset`, `step`, the `info` keys), 
 engine and the world model alike.
 """
 import collections
-import contextlib
 import dataclasses
 import datetime
 import math
@@ -220,12 +219,29 @@ class Game:
     something new to show (no redraw competes with the worker for the CPU while nothing changed)."""
 
     def __init__(self, env, config: PlayConfig, seed: int | None = None, title: str = "WorldSim"):
+        """env: the env to play, or a function that makes it. With threaded generation the worker makes it
+        (and makes every later call on it) on its own thread: worker.py says why."""
         check_display()
         pygame.display.init()
         pygame.font.init()
-        self.env, self.config = env, config
-        self.source = frame_source(env)
-        self.obs, self.info = env.reset(seed=seed)
+        self.config = config
+        self.input = InputState(config)
+        self.show_twin = False
+        self.twin: np.ndarray | None = None  # the twin's frame beside self.obs while the twin is shown
+        self.worker = None if config.generation == "inline" else \
+            FrameWorker(self.input, config.fps, after_step=self._after_step)
+        try:
+            self.env = self._on_env(env) if callable(env) and not hasattr(env, "step") else env
+            self.source = frame_source(self.env)
+            if config.generation == "auto" and self.source != "model":  # the engine steps inline
+                self.worker.stop()
+                self.worker = None
+            self.snapshots: collections.deque[Snapshot] = collections.deque(maxlen=config.snapshots_kept)
+            self.obs, self.info = self._on_env(self._first_reset, seed)
+        except BaseException:
+            if self.worker is not None:
+                self.worker.stop()
+            raise
         self.scale = config.scale
         try:
             self.window = pygame.display.set_mode(self._window_size(twin=False))
@@ -233,22 +249,29 @@ class Game:
             raise NoDisplayError(f"could not open the game window: {e}") from e
         pygame.display.set_caption(title)
         self.font = pygame.font.Font(None, max(16, 6 * config.scale))
-        self.input = InputState(config)
         self.mouse = MouseCapture()
         self.overlay = config.overlay
-        self.show_twin = False
         self.recording: Recording | None = None
         self.saved: list[Path] = []   # recordings finished in this game
         self.screenshots: list[Path] = []
         self.ticks = 0
         self.draws = 0  # window redraws
         self.tick_times: list[float] = []  # wall-clock time of recent frames, for the measured fps
-        self.snapshots: collections.deque[Snapshot] = collections.deque(maxlen=config.snapshots_kept)
         self.shown: list[tuple[int, float]] = []  # (input events a new frame reflects, when it was first drawn)
-        self._take_snapshot(self.obs, self.info)
-        threaded = config.generation == "thread" or (config.generation == "auto" and self.source == "model")
-        self.worker = FrameWorker(env, self.input, config.fps, self.info, after_step=self._after_step) \
-            if threaded else None
+
+    def _first_reset(self, seed):
+        obs, info = self.env.reset(seed=seed)
+        self._take_snapshot(obs, info)
+        return obs, info
+
+    def _on_env(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs) on the thread that makes the frames: the worker's, or this one inline."""
+        return fn(*args, **kwargs) if self.worker is None else self.worker.call(fn, *args, **kwargs)
+
+    def start(self) -> None:
+        """Start making frames in the worker (threaded generation; inline, each tick makes one)."""
+        if self.worker is not None:
+            self.worker.start(self.env, self.info)
 
     def _window_size(self, twin: bool) -> tuple[int, int]:
         h, w = self.obs.shape[:2]
@@ -258,8 +281,7 @@ class Game:
         """Play until the window closes, Esc is pressed twice, or max_ticks is reached."""
         clock = pygame.time.Clock()
         self.mouse.set(True)
-        if self.worker is not None:
-            self.worker.start()
+        self.start()
         try:
             while self.tick(pygame.event.get()):
                 self.wait(clock)
@@ -292,8 +314,8 @@ class Game:
             events_seen = self.input.events_seen
             action = self.input.action(self.info.get("selected_slot", 0))
             obs, info, reset = step_env(self.env, action)
-            self._after_step(obs, info, reset)
-            results = [StepResult(action, obs, info, reset, events_seen, started, time.perf_counter(), 0)]
+            extra = self._after_step(obs, info, reset)
+            results = [StepResult(action, obs, info, reset, events_seen, started, time.perf_counter(), 0, extra)]
         else:
             results = self.worker.drain()
         for result in results:
@@ -308,16 +330,23 @@ class Game:
         if self.recording is not None:  # frame t with the action a_t sent while it was on screen
             self.recording.add(self.obs, result.action, self.info)
         self.obs, self.info = result.obs, result.info
+        if result.extra is not None or not self.show_twin:  # (a frame made as F5 was pressed has none)
+            self.twin = result.extra
         self.ticks += 1
         self.tick_times = (self.tick_times + [time.perf_counter()])[-self.config.fps:]
         self.shown.append((result.events_seen, math.nan))
 
-    def _after_step(self, obs, info, reset: bool) -> None:
-        """After each step (in the worker, under its lock): a snapshot every snapshot_every frames."""
+    def _after_step(self, obs, info, reset: bool):
+        """After each step, on the frame-making thread: a snapshot every snapshot_every frames; returns the
+        twin's frame while the twin is shown."""
         if reset:
             self.snapshots.clear()
         if reset or info.get("tick", 0) % self.config.snapshot_every == 0:
             self._take_snapshot(obs, info)
+        return self._twin_now()
+
+    def _twin_now(self):
+        return self.env.twin_frame if self.show_twin else None
 
     def _take_snapshot(self, obs, info) -> None:
         env = getattr(self.env, "unwrapped", self.env)
@@ -329,13 +358,10 @@ class Game:
             return
         self.snapshots.append(Snapshot(state, obs.copy(), dict(info)))
 
-    def _exclusive(self):
-        """Hold the env against the worker (a no-op inline)."""
-        return self.worker.lock if self.worker is not None else contextlib.nullcontext()
-
-    def _restarted(self) -> None:
+    def _restarted(self, info: dict) -> None:
+        """After the env changed outside a step (on the frame-making thread): results in flight are stale."""
         if self.worker is not None:
-            self.worker.restart(self.info)
+            self.worker.restart(info)
 
     # ------------------------------------------------------------------ keys
     def handle(self, event) -> bool:
@@ -401,10 +427,14 @@ class Game:
         return path
 
     def toggle_twin(self) -> None:
-        if not self.show_twin and getattr(self.env, "twin_frame", None) is None:
-            print("no twin: the engine runs beside the model only for seed prompts with world.twin=true")
-            return
-        self.show_twin = not self.show_twin
+        if self.show_twin:
+            self.show_twin, self.twin = False, None
+        else:
+            twin = self._on_env(lambda: getattr(self.env, "twin_frame", None))
+            if twin is None:
+                print("no twin: the engine runs beside the model only for seed prompts with world.twin=true")
+                return
+            self.show_twin, self.twin = True, twin
         self.window = pygame.display.set_mode(self._window_size(self.show_twin))
 
     def rewind(self) -> None:
@@ -415,7 +445,8 @@ class Game:
             return
         self.stop_recording()
         target = self.info.get("tick", self.ticks) - round(self.config.rewind_seconds * self.config.fps)
-        with self._exclusive():
+
+        def back():  # on the frame-making thread, where the snapshots are taken
             older = [s for s in self.snapshots if s.info.get("tick", 0) <= target]
             snap = older[-1] if older else self.snapshots[0]
             while self.snapshots and self.snapshots[-1] is not snap:
@@ -425,26 +456,32 @@ class Game:
                 env.restore(snap.state)
             else:
                 env.set_state(snap.state)
-            self.obs, self.info = snap.obs.copy(), dict(snap.info)
-            self._restarted()
+            self._restarted(snap.info)
+            return snap, self._twin_now()
+
+        snap, self.twin = self._on_env(back)
+        self.obs, self.info = snap.obs.copy(), dict(snap.info)
 
     def new_world(self) -> None:
         """A new episode in a new world (seed drawn by the env)."""
         self.stop_recording()
-        with self._exclusive():
-            self.obs, self.info = self.env.reset()
+
+        def reset():
+            obs, info = self.env.reset()
             self.snapshots.clear()
-            self._take_snapshot(self.obs, self.info)
-            self._restarted()
+            self._take_snapshot(obs, info)
+            self._restarted(info)
+            return obs, info, self._twin_now()
+
+        self.obs, self.info, self.twin = self._on_env(reset)
 
     def _change_steps(self, delta: int) -> None:
         if not hasattr(self.env, "set_steps"):
             print("denoising steps apply to the world model only")
             return
-        with self._exclusive():
-            steps = int(np.clip(self.env.steps + delta, self.config.min_steps, self.config.max_steps))
-            self.env.set_steps(steps)
-            self.info = {**self.info, "denoise_steps": steps}
+        steps = int(np.clip(self.env.steps + delta, self.config.min_steps, self.config.max_steps))
+        self._on_env(self.env.set_steps, steps)
+        self.info = {**self.info, "denoise_steps": steps}
 
     def fewer_steps(self) -> None:
         self._change_steps(-1)
@@ -457,7 +494,7 @@ class Game:
         h, w = self.obs.shape[:2]
         size = (w * self.scale, h * self.scale)
         self._blit(self.obs, (0, 0), size)
-        twin = self.env.twin_frame if self.show_twin else None
+        twin = self.twin if self.show_twin else None
         if twin is not None:
             self._blit(twin, (size[0], 0), size)
         lines = self.overlay_lines() if self.overlay else []
@@ -510,7 +547,7 @@ class Game:
 
 
 def play(env, config: PlayConfig, seed: int | None = None) -> int:
-    """Open the window and play `env`; returns the number of ticks played."""
+    """Open the window and play `env` (or the env a function makes); returns the number of ticks played."""
     game = Game(env, config, seed=seed)
     game.run()
     return game.ticks
