@@ -30,8 +30,8 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
     """The reference: every Euler step runs the whole sequence so far through the training-mode forward
     (block-causal with the window), drawing the same noise in the same order as `Sampler`. With view_memory,
     its own panorama paints every frame as it is made and fills each new frame's view (none for the prompt).
-    With keep_view, a frame whose action holds no button has its known view put back at every level, and
-    paints only the cells its panorama did not hold."""
+    With keep_view, a frame whose action holds no button and stands or turns faster than idle_turn has its known
+    view put back at every level, and paints only the cells its panorama did not hold."""
     c = model.config
     g = torch.Generator().manual_seed(seed)
     B, P = prompt.shape[:2]
@@ -59,8 +59,11 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
                 start = torch.where(idle, c.idle_start, start)
             new_fill = None if fills is None else tuple(f[:, -K:] for f in fills)
             noise, keep = x, lambda x, t: x
+            held = (a[..., :15] != 0).any(-1) | (a[..., 17:] != 0).any(-1)
+            turn = a[..., 15:17].abs().amax(-1)
+            kept = ~held & ((turn == 0) | (turn > c.idle_turn / 10))  # standing, or turning faster than idle
             if c.keep_view:  # the view it knows, noised to each level alike
-                view, where = known_view(context[:, -1:], a, c.camera_warp, c.warp_keep_rows, new_fill)
+                view, where = known_view(context[:, -1:], a, c.camera_warp, c.warp_keep_rows, new_fill, keep=kept)
                 keep = lambda x, t: torch.where(where, (1 - t[..., None, None, None]) * view
                                                 + t[..., None, None, None] * noise, x)
             if bool((start < 1).any()):  # from the last frame in the context, turned as the model turns it, noised
@@ -86,8 +89,7 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
             out.append(x)
             x = (1 - s) * x + s * torch.randn(x.shape, generator=g)
             if memory is not None:
-                held = (a[..., :15] != 0).any(-1) | (a[..., 17:] != 0).any(-1)
-                memory.write(x, views, only_new=~held if c.keep_view else None)
+                memory.write(x, views, only_new=kept if c.keep_view else None)
             context = torch.cat([context, x], 1)
             actions, levels = torch.cat([actions, a], 1), torch.cat([levels, torch.full((B, K), s)], 1)
     return torch.cat(out, 1)
@@ -208,9 +210,10 @@ def test_idle_start_sampling_equals_recomputing_everything(fuse_commit, graphs):
 @pytest.mark.parametrize("fuse_commit,graphs", [(True, False), (False, False), (True, True)],
                          ids=["fused-commit", "separate-commit", "graphed"])
 def test_keep_view_sampling_equals_recomputing_everything(fuse_commit, graphs, memory):
-    """keep_view: a frame whose action holds no button (row 0 turns, or stands, with idle frames starting low)
-    keeps its known view at every level and paints only what its panorama lacked; a frame that walks (row 1)
-    is made as before; in every path of the sampler as in the reference."""
+    """keep_view: a frame whose action holds no button and stands or turns fast (row 0) keeps its known view at
+    every level and paints only what its panorama lacked; a slow turn (row 0, every fourth frame) starts low as an
+    idle frame and keeps nothing; a frame that walks (row 1) is made as before; in every path of the sampler as
+    in the reference."""
     model = small_model(chunk_frames=1, context_frames=4, sample_start=0.6, idle_start=0.1, camera_warp=70.0,
                         warp_keep_rows=2, view_memory=memory, keep_view=True)
     c = model.config
@@ -219,7 +222,7 @@ def test_keep_view_sampling_equals_recomputing_everything(fuse_commit, graphs, m
     step_actions = []
     for i in range(8):
         a = torch.zeros(B, 1, ACTION_DIM)
-        a[0, 0, 16] = [0.0, 1.5, -1.5, 1.0][i % 4]  # row 0 turns right, back, or stands
+        a[0, 0, 16] = [0.0, 1.5, -1.5, 0.05][i % 4]  # row 0 stands, turns right, back, or slowly (0.5°)
         a[1, 0, 16], a[1, 0, 11] = 0.5, 1.0  # row 1 walks and turns
         step_actions.append(a)
     expected = sampled_as_recomputed(model, prompt, prompt_actions, step_actions, 3, 7, fuse_commit, graphs)

@@ -151,6 +151,19 @@ def test_frames_that_kept_their_view_paint_only_what_was_new():
     assert (values(held) - 2).abs().max() < 1e-5
 
 
+def test_frames_keep_their_view_standing_or_turning_fast():
+    """keeps_view: no button held and no camera move, or a turn faster than idle_turn; not a slow turn (it takes
+    the idle start) nor anything that holds a button."""
+    c = tiny_config(camera_warp=70.0, keep_view=True, idle_turn=2.0)
+    actions = torch.zeros(1, 6, dynamics.ACTION_DIM)
+    actions[0, 1, 16] = 0.1    # 1° right: slow
+    actions[0, 2, 15] = -0.2   # 2° up: slow, at the limit
+    actions[0, 3, 16] = 1.0    # 10° right: fast
+    actions[0, 4, 11] = 1.0    # walking
+    actions[0, 5, 15:17] = torch.tensor([0.1, 0.5])  # 5° right and 1° down: fast
+    assert dynamics.keeps_view(c, actions).tolist() == [[True, False, False, True, False, True]]
+
+
 def test_known_view_is_what_a_turn_keeps():
     """known_view: standing, the previous frame itself; turning, the previous frame turned where it holds the
     pixel (the revealed columns unknown), or the view memory's fill where valid; holding a button, nothing."""
@@ -175,6 +188,8 @@ def test_known_view_is_what_a_turn_keeps():
     walk = turn.clone()
     walk[..., 11] = 1.0
     assert not dynamics.known_view(prev, walk, 70.0, 1, (fill, valid))[1].any()
+    slow = torch.zeros(2, 1, dtype=torch.bool)  # keeps_view says which frames keep
+    assert not dynamics.known_view(prev, turn, 70.0, 1, (fill, valid), keep=slow)[1].any()
     with pytest.raises(ValueError, match="keep_view"):
         tiny_config(camera_warp=0.0, keep_view=True)
     with pytest.raises(ValueError, match="keep_view"):

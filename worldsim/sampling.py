@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from worldsim.models.dynamics import (ACTION_DIM, DynamicsModel, check_actions, check_latents,  # noqa: F401
-                                      holds_button, known_view, per_frame, sample_levels, start_levels,
+                                      keeps_view, known_view, per_frame, sample_levels, start_levels,
                                       step_levels, warp_previous)  # sample_levels: re-exported
 from worldsim.view_memory import ViewMemory
 
@@ -122,7 +122,7 @@ def _known(model, noise, last, actions, fill):
     if last is None:
         raise ValueError("keep_view keeps the view of the frame before the chunk: give prev_frame")
     turned = warp_previous(last, actions, c.camera_warp, c.warp_keep_rows, fill)
-    view, where = known_view(last, actions, c.camera_warp, c.warp_keep_rows, fill, turned)
+    view, where = known_view(last, actions, c.camera_warp, c.warp_keep_rows, fill, turned, keeps_view(c, actions))
     return (view, where, noise), turned
 
 
@@ -227,8 +227,9 @@ class Sampler:
     With `config.view_memory` every finished frame is also painted into a `ViewMemory` panorama, and each new
     chunk's previous frame is filled from it where the chunk's turn reveals what the last frame did not hold.
 
-    With `config.keep_view` a frame whose action holds no button keeps what is known of its view (`known_view`)
-    at every Euler step (`keep_known`), and paints into the panorama only what it did not hold."""
+    With `config.keep_view` a frame whose action holds no button and stands or turns faster than idle_turn
+    (`keeps_view`) keeps what is known of its view (`known_view`) at every Euler step (`keep_known`), and paints
+    into the panorama only what it did not hold."""
 
     def __init__(self, model: DynamicsModel, batch_size: int = 1, steps: int | None = None, seed: int = 0,
                  fuse_commit: bool = True, graphs: bool = False):
@@ -290,8 +291,8 @@ class Sampler:
 
     def _only_new(self, actions):
         """With `keep_view`, the frames that paint only what the panorama did not hold: those that kept their
-        view (their actions hold no button), so that a turn does not paint its own copies over what it saw."""
-        return ~holds_button(actions) if self.config.keep_view else None
+        view (`keeps_view`), so that a turn does not paint its own copies over what it saw."""
+        return keeps_view(self.config, actions) if self.config.keep_view else None
 
     def step(self, actions, steps: int | None = None):
         """actions (B, K, 25), or (B, 25) when chunk_frames is 1: row j is the action taken while seeing the

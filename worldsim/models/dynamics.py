@@ -288,9 +288,10 @@ class DynamicsConfig:
     view_memory: bool = False       # the sampler keeps a panorama of the frames it made (worldsim/view_memory.py):
                                     # what a turn reveals comes from it where it was seen (needs camera_warp)
     view_memory_frames: int = 100   # what the panorama saw longer ago than this many frames is not used
-    keep_view: bool = False         # a frame whose action holds no button (it only turns, or stands) keeps what is
-                                    # known of its view (`known_view`: the panorama's where it saw it, else the last
-                                    # frame turned) at every Euler step; the model makes only what the turn reveals
+    keep_view: bool = False         # a frame whose action holds no button and stands or turns faster than idle_turn
+                                    # (`keeps_view`) keeps what is known of its view (`known_view`: the panorama's
+                                    # where it saw it, else the last frame turned) at every Euler step; the model
+                                    # makes only what the turn reveals
     latent_guard: float = 0.0       # > 0: training records guard_range from its data's frames at these percentiles
                                     # (latent_guard and 100 - latent_guard) of each channel's spatial mean
     guard_range: tuple | None = None  # (low_0 .. low_C-1, high_0 .. high_C-1): the sampler moves each made frame's
@@ -588,15 +589,26 @@ def holds_button(actions):
     return (actions[..., :_CAMERA_PITCH] != 0).any(dim=-1) | (actions[..., _CAMERA_YAW + 1:] != 0).any(dim=-1)
 
 
-def known_view(prev, actions, fov: float, keep_rows: int = 0, fill=None, turned=None):
+def keeps_view(config: "DynamicsConfig", actions):
+    """(B, F) bool: the frames that keep their view under keep_view, for actions (B, F, 25), model order: those
+    that hold no button and stand (no camera move) or turn faster than idle_turn degrees a tick. A slow turn does
+    not: kept over its many ticks, the view's resampled copy wore into a flat haze that never let the model bring
+    in what came into view (a 5-minute run in world 10034 washed out after 102 s; it held when slow turns took the
+    idle start instead), while a fast turn reveals a wide strip each tick for the model to make."""
+    turn = actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1].abs().amax(dim=-1)  # in the vector's units
+    return ~holds_button(actions) & ((turn == 0) | (turn > config.idle_turn / CAMERA_MAX_DEGREES))
+
+
+def known_view(prev, actions, fov: float, keep_rows: int = 0, fill=None, turned=None, keep=None):
     """What a frame that only turns the camera (or stands) knows of its view before the model makes it: the
     previous frame prev (B, F, C, h, w) turned by the actions (B, F, 25), model order, where the old view holds
     the pixel (a pure rotation is exact; standing, it is the previous frame itself), the HUD rows kept; and in a
     frame that turns, the view memory's fill = (frames, valid) where valid: the panorama is painted once and
     rendered once, where a chain of warps resamples the view at every tick and blurs it. Returns the view
-    (B, F, C, h, w) and where it is known, (B, F, 1, h, w) bool: nowhere in a frame whose action holds a button
-    (walking, jumping or breaking changes what the view shows). turned: `warp_previous(prev, actions, fov,
-    keep_rows, fill)` where the caller has it already (the sampler's start), else it is made here."""
+    (B, F, C, h, w) and where it is known, (B, F, 1, h, w) bool: nowhere in a frame that does not keep its view,
+    keep (B, F) bool (`keeps_view`; default: those whose action holds no button, for walking, jumping or breaking
+    changes what the view shows). turned: `warp_previous(prev, actions, fov, keep_rows, fill)` where the caller
+    has it already (the sampler's start), else it is made here."""
     B, Fr, C, h, w = prev.shape
     view = warp_previous(prev, actions, fov, keep_rows, fill) if turned is None else turned  # fill where it left
     _, inside = _turn_grid(actions, fov, keep_rows, h, w, prev.device)
@@ -608,7 +620,8 @@ def known_view(prev, actions, fov: float, keep_rows: int = 0, fill=None, turned=
         valid = valid & turns[:, :, None, None, None] & ~hud
         view = torch.where(valid, frames.to(view.dtype), view)
         known = known | valid
-    return view, known & ~holds_button(actions)[:, :, None, None, None]
+    keep = ~holds_button(actions) if keep is None else keep
+    return view, known & keep[:, :, None, None, None]
 
 
 def warp_previous(prev, actions, fov: float, keep_rows: int = 0, fill=None):
