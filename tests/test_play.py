@@ -269,6 +269,15 @@ def test_threaded_generation_keeps_the_loop_responsive_and_the_env_on_one_thread
     assert callers == {game.worker._thread.ident}
 
 
+def test_a_world_that_cannot_be_made_is_a_clear_error_and_stops_the_worker(tmp_path):
+    import threading
+    from worldsim.envs.world_model import WorldModelEnv
+    missing = tmp_path / "no-world"
+    with pytest.raises(FileNotFoundError, match="no-world: no such world checkpoint"):
+        Game(lambda: WorldModelEnv(checkpoint=str(missing)), PlayConfig(scale=1, generation="thread"), seed=0)
+    assert not any(t.name == "frame-worker" and t.is_alive() for t in threading.enumerate())
+
+
 def test_threaded_loop_redraws_only_for_something_new(model_game):
     from worldsim.play.worker import FrameWorker
     game = model_game

@@ -246,6 +246,8 @@ class Game:
         try:
             self.window = pygame.display.set_mode(self._window_size(twin=False))
         except pygame.error as e:
+            if self.worker is not None:
+                self.worker.stop()
             raise NoDisplayError(f"could not open the game window: {e}") from e
         pygame.display.set_caption(title)
         self.font = pygame.font.Font(None, max(16, 6 * config.scale))
