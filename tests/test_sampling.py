@@ -95,6 +95,16 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
     return torch.cat(out, 1)
 
 
+def scripted_actions(frames: int, script) -> list:
+    """`frames` model-order actions (2, 1, 25) for a batch of 2, each zeros then set by script(action, i)."""
+    out = []
+    for i in range(frames):
+        a = torch.zeros(2, 1, ACTION_DIM)
+        script(a, i)
+        out.append(a)
+    return out
+
+
 def two_frame_prompt(config, seed: int = 1):
     """A random prompt of 2 frames for a batch of 2, the action between them, and the generator that drew them."""
     g = torch.Generator().manual_seed(seed)
@@ -191,15 +201,14 @@ def test_idle_start_sampling_equals_recomputing_everything(fuse_commit, graphs):
     model = small_model(chunk_frames=1, context_frames=4, sample_start=0.6, idle_start=0.1, idle_turn=1.0,
                         camera_warp=70.0, warp_keep_rows=2)
     c = model.config
-    B = 2
     prompt, prompt_actions, _ = two_frame_prompt(c)
-    step_actions = []
-    for i in range(8):
-        a = torch.zeros(B, 1, ACTION_DIM)
+
+    def script(a, i):
         a[0, 0, 16] = 0.05 * (i % 3)  # row 0 stands still, turning by at most a degree
         if i % 2:
             a[1, 0, 11] = 1.0  # row 1 walks every other frame
-        step_actions.append(a)
+
+    step_actions = scripted_actions(8, script)
     expected = sampled_as_recomputed(model, prompt, prompt_actions, step_actions, 3, 7, fuse_commit, graphs)
     model.config = dataclasses.replace(c, idle_start=0.0)
     everywhere = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
@@ -217,14 +226,13 @@ def test_keep_view_sampling_equals_recomputing_everything(fuse_commit, graphs, m
     model = small_model(chunk_frames=1, context_frames=4, sample_start=0.6, idle_start=0.1, camera_warp=70.0,
                         warp_keep_rows=2, view_memory=memory, keep_view=True)
     c = model.config
-    B = 2
     prompt, prompt_actions, _ = two_frame_prompt(c)
-    step_actions = []
-    for i in range(8):
-        a = torch.zeros(B, 1, ACTION_DIM)
+
+    def script(a, i):
         a[0, 0, 16] = [0.0, 1.5, -1.5, 0.05][i % 4]  # row 0 stands, turns right, back, or slowly (0.5°)
         a[1, 0, 16], a[1, 0, 11] = 0.5, 1.0  # row 1 walks and turns
-        step_actions.append(a)
+
+    step_actions = scripted_actions(8, script)
     expected = sampled_as_recomputed(model, prompt, prompt_actions, step_actions, 3, 7, fuse_commit, graphs)
     model.config = dataclasses.replace(c, keep_view=False)
     made = uncached_rollout(model, prompt, prompt_actions, step_actions, steps=3, seed=7)
