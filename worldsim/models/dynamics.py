@@ -589,14 +589,19 @@ def holds_button(actions):
     return (actions[..., :_CAMERA_PITCH] != 0).any(dim=-1) | (actions[..., _CAMERA_YAW + 1:] != 0).any(dim=-1)
 
 
+def turn_degrees(actions):
+    """(B, F): the larger of each action's (B, F, 25, model order) pitch and yaw moves, in degrees per tick."""
+    return actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1].abs().amax(dim=-1) * CAMERA_MAX_DEGREES
+
+
 def keeps_view(config: "DynamicsConfig", actions):
     """(B, F) bool: the frames that keep their view under keep_view, for actions (B, F, 25), model order: those
     that hold no button and stand (no camera move) or turn faster than idle_turn degrees a tick. A slow turn does
     not: kept over its many ticks, the view's resampled copy wore into a flat haze that never let the model bring
     in what came into view (a 5-minute run in world 10034 washed out after 102 s; it held when slow turns took the
     idle start instead), while a fast turn reveals a wide strip each tick for the model to make."""
-    turn = actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1].abs().amax(dim=-1)  # in the vector's units
-    return ~holds_button(actions) & ((turn == 0) | (turn > config.idle_turn / CAMERA_MAX_DEGREES))
+    turn = turn_degrees(actions)
+    return ~holds_button(actions) & ((turn == 0) | (turn > config.idle_turn))
 
 
 def known_view(prev, actions, fov: float, keep_rows: int = 0, fill=None, turned=None, keep=None):
@@ -726,8 +731,7 @@ def start_levels(config: DynamicsConfig, actions):
     CUDA graph can capture it). Without idle_start: the float sample_start."""
     if config.idle_start == 0.0:
         return config.sample_start
-    turn = actions[..., _CAMERA_PITCH:_CAMERA_YAW + 1].abs().amax(dim=-1)  # in the vector's units
-    idle = ~holds_button(actions) & (turn <= config.idle_turn / CAMERA_MAX_DEGREES)
+    idle = ~holds_button(actions) & (turn_degrees(actions) <= config.idle_turn)
     return torch.where(idle, config.idle_start, config.sample_start).float()
 
 
