@@ -284,3 +284,8 @@ def test_channels_last_decode_gives_the_frames_of_decode_and_leaves_the_model_al
     assert all(p.is_contiguous() for p in model.decoder.parameters())  # the model's own weights keep their layout
     with pytest.raises(ValueError, match="latents"):
         decode(torch.zeros(1, 3, 4, 4))
+    half = ChannelsLastDecode(model, torch.bfloat16)(latents)  # bf16: float frames, a few levels from fp32's
+    assert half.dtype == torch.float32 and half.abs().max() <= 1.0
+    levels = (to_uint8(half).int() - to_uint8(expected).int()).abs()
+    assert 0 < levels.max() <= 8 and levels.float().mean() < 1.0
+    assert all(p.dtype == torch.float32 for p in model.decoder.parameters())

@@ -216,7 +216,7 @@ def test_threaded_generation_keeps_the_loop_responsive_and_the_env_on_one_thread
     import threading
     import time
     from worldsim.envs.world_model import WorldModelEnv
-    callers = set()
+    callers, prepared = set(), []
 
     class Watched(WorldModelEnv):
         def __init__(self, *args, **kwargs):
@@ -227,9 +227,10 @@ def test_threaded_generation_keeps_the_loop_responsive_and_the_env_on_one_thread
             value = super().__getattribute__(name)
             if name == "twin_frame":  # a property that renders
                 callers.add(threading.get_ident())
-            if name in ("reset", "step", "snapshot", "restore", "set_steps"):
+            if name in ("reset", "step", "snapshot", "restore", "set_steps", "prepare"):
                 def watched(*args, **kwargs):
                     callers.add(threading.get_ident())
+                    prepared.extend([name] if name == "prepare" else [])
                     return value(*args, **kwargs)
                 return watched
             return value
@@ -248,6 +249,8 @@ def test_threaded_generation_keeps_the_loop_responsive_and_the_env_on_one_thread
             loops += 1
             time.sleep(0.005)
         assert game.ticks >= 12 and loops > game.ticks  # the loop read input between frames
+        assert len(prepared) >= game.ticks - 1  # each frame's commit ran before the next input was read
+        assert game.info["ms_to_frame"] < game.info["ms_per_frame"]  # and the step had less to do
         assert game.draws <= game.ticks + 1  # and redrew only for the frames and the key press
         assert not np.array_equal(game.obs, start)
         assert game.info["pos"][2] > 0.5  # walked (the twin's position)

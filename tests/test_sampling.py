@@ -172,6 +172,47 @@ def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_fra
         assert float((forgetful - expected).abs().max()) > 1e-2
 
 
+@pytest.mark.parametrize("chunk_frames,context_frames,prompt_frames,chunks", [(1, 4, 2, 9), (2, 6, 4, 6)],
+                         ids=["K1-wraps", "K2-wraps"])
+def test_committing_before_the_actions_come_equals_recomputing_everything(chunk_frames, context_frames,
+                                                                           prompt_frames, chunks):
+    """`Sampler.commit` (what play runs while a frame is shown) after some steps and not others: the frames of
+    recomputing everything, and a snapshot taken after a commit replays them exactly."""
+    from_last = dict(sample_start=0.6, keep_view=True, idle_start=0.2) if chunk_frames == 1 else {}  # needs K = 1
+    model = small_model(chunk_frames=chunk_frames, context_frames=context_frames, **from_last, **VARIANTS[-1])
+    c = model.config
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randn(latent_shape(c, 2, prompt_frames), generator=g)
+    prompt_actions = torch.rand(2, prompt_frames - 1, ACTION_DIM, generator=g)
+    step_actions = [torch.rand(2, chunk_frames, ACTION_DIM, generator=g) for _ in range(chunks)]
+    for i, a in enumerate(step_actions):
+        a[..., 15:17] = a[..., 15:17] * 2 - 1
+        if i % 2:  # standing still: the frame keeps its view, and starts at idle_start
+            a.zero_()
+    committed = lambda i: i % 3 != 1  # noqa: E731
+    sampler = Sampler(model, batch_size=2, steps=3, seed=7)
+    sampler.reset(prompt, prompt_actions)
+    assert not sampler.commit()  # the prompt is in the caches: nothing to commit
+    out = []
+    for i, a in enumerate(step_actions):
+        out.append(sampler.step(a))
+        if committed(i):
+            assert sampler.commit() and not sampler.commit()
+        if i == 3:
+            state, mark = sampler.snapshot(), i + 1
+    torch.testing.assert_close(torch.cat(out, 1), uncached_rollout(model, prompt, prompt_actions, step_actions, 3, 7),
+                               rtol=1e-5, atol=1e-5)
+    sampler.restore(state)
+    for i in range(mark, chunks):
+        assert torch.equal(sampler.step(step_actions[i]), out[i])
+        if committed(i):
+            sampler.commit()
+    graphed = Sampler(model, batch_size=2, steps=3, seed=7, graphs=True)
+    graphed.reset(prompt, prompt_actions)
+    graphed.step(step_actions[0])
+    assert not graphed.commit()  # the graphed step fuses the commit: commit leaves it to it
+
+
 @pytest.mark.parametrize("variant", VARIANTS[2:], ids=VARIANT_IDS[2:])
 @pytest.mark.parametrize("fuse_commit,graphs", [(True, False), (False, False), (True, True)],
                          ids=["fused-commit", "separate-commit", "graphed"])

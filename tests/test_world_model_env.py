@@ -284,3 +284,26 @@ def test_bf16_precision_samples_close_to_fp32_and_leaves_given_models_alone(worl
         assert np.abs(a.astype(int) - b).mean() < 3.0
     with pytest.raises(ValueError, match="world.precision must be one of"):
         WorldModelConfig(checkpoint="x", precision="fp16")
+
+
+def test_decode_precision_picks_the_decoder_and_bf16_frames_stay_close_to_fp32(world, monkeypatch):
+    import worldsim.envs.world_model as world_model
+    models = load_world(world)
+    full, half = (make(world, twin=False, models=models, decode_precision=p) for p in ("fp32", "bf16"))
+    assert half.imagination.decode.decoder.conv_in.weight.dtype == torch.bfloat16
+    assert full.imagination.decode.decoder.conv_in.weight.dtype == torch.float32
+    assert models[1].decoder.conv_in.weight.dtype == torch.float32  # the decoder was copied, not cast
+    frames = []
+    for env in (full, half):
+        obs, _ = env.reset(seed=4)  # prompts are encoded in fp32 by both
+        frames.append([obs] + [env.step(a)[0] for a in walk(3, seed=1)])
+    np.testing.assert_array_equal(frames[0][0], frames[1][0])  # the first frame is the prompt's, not decoded
+    for a, b in zip(frames[0][1:], frames[1][1:]):
+        assert not np.array_equal(a, b) and np.abs(a.astype(int) - b).max() <= 8
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):  # auto: bf16 where the CPU has it
+        monkeypatch.setattr(world_model, "native_bf16", lambda: native)
+        assert WorldModelConfig(checkpoint="x").decode_dtype("cpu") == dtype
+    assert WorldModelConfig(checkpoint="x").decode_dtype("cuda") == torch.float32
+    assert WorldModelConfig(checkpoint="x", decode_precision="fp32").decode_dtype("cpu") == torch.float32
+    with pytest.raises(ValueError, match="world.decode_precision must be one of"):
+        WorldModelConfig(checkpoint="x", decode_precision="half")

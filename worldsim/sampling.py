@@ -332,6 +332,20 @@ class Sampler:
         self.frame += K
         return x
 
+    def commit(self) -> bool:
+        """Run the last chunk's commit pass now, if it has not run: the part of the next `step` that does not
+        depend on its actions. The next step then only denoises (S passes of one chunk instead of a pass of two
+        chunks and S - 1 of one), and returns what it would have returned (the same as `fuse_commit=False`).
+        Play calls it while the last frame is shown, so that the step after the next input is shorter. False,
+        and nothing done, when nothing is pending or with `graphs` (the graphed step fuses the commit)."""
+        if self.pending is None or self.graphs:
+            return False
+        latents, actions, noise, fill = self.pending
+        commit_chunk(self.model, self.caches, latents, actions, self.frame - latents.shape[1], noise, self.last, fill)
+        self.last = last_frame(self.model, latents, noise)
+        self.pending = None
+        return True
+
     # -- the graphed step: fixed buffers, one CUDA graph per step count ------------------------------------
 
     def _make_buffers(self) -> dict:

@@ -28,6 +28,7 @@ twin and the hotbar slot). The CPU and GPU interactive configs have K = 1.
     context_frames   frames the model sees besides the one it makes (grows to the cache's window)
     ms_per_frame     wall-clock ms of sampling + decoding this frame (None after reset; absent with timing=False,
                      which makes info bit-reproducible, as check_env wants)
+    ms_to_frame      the part of it inside step, after the action came: less by what `prepare` did before
     edits            [] (the model keeps no block list)
   only while a twin engine runs (twin=True and a seed prompt), the engine's values after the same actions:
     pos, yaw, pitch, target_block, crack_stage, on_ground, in_water, and `edits` from the engine.
@@ -50,7 +51,7 @@ from gymnasium.vector.utils import batch_space
 from worldsim.engine import actions
 from worldsim.engine.env import SEED_BOUND, EngineConfig, VoxelEnv, config_with_overrides
 from worldsim.engine.player import TICKS_PER_SECOND
-from worldsim.models.autoencoder import ChannelsLastDecode, GraphedDecode
+from worldsim.models.autoencoder import ChannelsLastDecode, GraphedDecode, native_bf16
 from worldsim.sampling import Sampler
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -59,6 +60,7 @@ LOOK_DEGREES = 3.0          # yaw per frame of the "look" prompt motion
 TWIN_KEYS = ("pos", "yaw", "pitch", "target_block", "crack_stage", "on_ground", "in_water", "edits")
 PROMPT_MOTIONS = ("still", "look")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DECODE_PRECISIONS = ("auto", *PRECISIONS)
 
 
 @dataclass
@@ -79,6 +81,9 @@ class WorldModelConfig:
     precision: str = "fp32"           # fp32 | bf16: the dynamics model's weights, KV cache and sampling (the
                                       # decoder stays fp32); bf16 halves the cache's bytes and runs the attention
                                       # kernels' tensor-core path on CUDA
+    decode_precision: str = "auto"    # auto | fp32 | bf16: the decoder's (a copy; prompts are encoded in fp32).
+                                      # auto: bf16 on a CPU with bf16 instructions (twice as fast there, the
+                                      # frames within a few levels of fp32's), else fp32
 
     def __post_init__(self):
         for name in ("twin", "timing", "cuda_graphs"):
@@ -86,6 +91,9 @@ class WorldModelConfig:
                 raise ValueError(f"world.{name} must be true or false, got {getattr(self, name)!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"world.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.decode_precision not in DECODE_PRECISIONS:
+            raise ValueError(f"world.decode_precision must be one of {list(DECODE_PRECISIONS)}, "
+                             f"got {self.decode_precision!r}")
         if self.prompt_motion not in PROMPT_MOTIONS:
             raise ValueError(f"prompt_motion must be one of {PROMPT_MOTIONS}, got {self.prompt_motion!r}")
         if self.steps is not None and (int(self.steps) != self.steps or self.steps < 1):
@@ -99,6 +107,12 @@ class WorldModelConfig:
         threads = self.torch_threads
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"world.torch_threads must be null or a positive whole number, got {self.torch_threads!r}")
+
+    def decode_dtype(self, device: str) -> torch.dtype:
+        """The decoder's dtype on `device` (cpu | cuda...)."""
+        if self.decode_precision == "auto":
+            return torch.bfloat16 if device == "cpu" and native_bf16() else torch.float32
+        return PRECISIONS[self.decode_precision]
 
     @property
     def seed_prompt(self) -> bool:
@@ -292,21 +306,21 @@ class RowSeededSampler(Sampler):
 class Imagination:
     """B imagined worlds stepped together: prompts encoded, the sampler's chunks decoded to uint8 frames."""
 
-    def __init__(self, dynamics, autoencoder, batch: int, steps: int | None = None, cuda_graphs: bool = True):
+    def __init__(self, dynamics, autoencoder, batch: int, steps: int | None = None, cuda_graphs: bool = True,
+                 decode_dtype: torch.dtype = torch.float32):
         self.autoencoder = autoencoder.eval()
         graphs = cuda_graphs and dynamics.head.weight.device.type == "cuda"
         self.sampler = RowSeededSampler(dynamics, batch, steps, graphs=graphs)
-        graph_decode = graphs and self.autoencoder.latent_std.device.type == "cuda"
-        if graph_decode:
-            self.decode = GraphedDecode(self.autoencoder)
-        elif self.autoencoder.latent_std.device.type == "cpu":
-            self.decode = ChannelsLastDecode(self.autoencoder)
-        else:
-            self.decode = self.autoencoder.decode
+        device = self.autoencoder.latent_std.device.type
+        decode = ChannelsLastDecode(self.autoencoder, decode_dtype) \
+            if device == "cpu" or decode_dtype != torch.float32 else self.autoencoder.decode
+        self.decode = GraphedDecode(self.autoencoder, decode) if graphs and device == "cuda" else decode
         self.chunk_frames = dynamics.config.chunk_frames
         self.window = dynamics.config.cache_frames
         self.queue: list[np.ndarray] = []   # decoded frames of the current chunk not shown yet (K > 1)
-        self.last_ms: float | None = None   # wall-clock ms per frame of the last chunk
+        self.last_ms: float | None = None   # wall-clock ms per frame of the last chunk, `prepare` included
+        self.last_step_ms: float | None = None  # the same without what `prepare` did before the step
+        self.prepared_ms = 0.0              # ms of the `prepare` since the last step
 
     @property
     def steps(self) -> int:
@@ -333,7 +347,8 @@ class Imagination:
         self.sampler.reset(latents.reshape(B, P, *latents.shape[1:]).to(self.sampler.device, dtype),
                            torch.from_numpy(np.ascontiguousarray(vectors)).to(self.sampler.device, dtype))
         self.queue = []
-        self.last_ms = None
+        self.last_ms = self.last_step_ms = None
+        self.prepared_ms = 0.0
 
     @torch.inference_mode()
     def step(self, vectors: np.ndarray) -> np.ndarray:
@@ -350,8 +365,19 @@ class Imagination:
             frames = to_uint8(decoded).cpu().numpy()                                                  # (B·K, H, W, 3)
             frames = frames.reshape(B, K, *frames.shape[1:])
             self.queue = [frames[:, k] for k in range(K)]
-            self.last_ms = (time.perf_counter() - start) * 1000.0 / K
+            self.last_step_ms = (time.perf_counter() - start) * 1000.0 / K
+            self.last_ms = self.last_step_ms + self.prepared_ms / K
+            self.prepared_ms = 0.0
         return self.queue.pop(0)
+
+    def prepare(self) -> None:
+        """The next step's work that does not depend on its action (`Sampler.commit`), done now; its ms are
+        counted into the next frame's `last_ms`, and the step's own in `last_step_ms`."""
+        if self.queue:  # the chunk still has frames to show: the next step makes none
+            return
+        start = time.perf_counter()
+        if self.sampler.commit():
+            self.prepared_ms = (time.perf_counter() - start) * 1000.0
 
     def snapshot(self) -> dict:
         return {"sampler": self.sampler.snapshot(), "rows": [g.get_state() for g in self.sampler.row_generators],
@@ -359,6 +385,7 @@ class Imagination:
 
     def restore(self, state: dict) -> None:
         self.sampler.restore(state["sampler"])
+        self.prepared_ms = 0.0
         for generator, rng in zip(self.sampler.row_generators, state["rows"], strict=True):
             generator.set_state(rng)
         self.queue = list(state["queue"])
@@ -424,7 +451,8 @@ class WorldModelEnv(_ModelWorld, gymnasium.Env):
         self.render_mode = render_mode
         self.observation_space = spaces.Box(0, 255, shape=(*self.size, 3), dtype=np.uint8)
         self.action_space = actions.action_space()
-        self.imagination = Imagination(dynamics, autoencoder, 1, self.config.steps, self.config.cuda_graphs)
+        self.imagination = Imagination(dynamics, autoencoder, 1, self.config.steps, self.config.cuda_graphs,
+                                       self.config.decode_dtype(self.device))
         self.twin: VoxelEnv | None = None
         self._frame: np.ndarray | None = None
         self._twin_info: dict = {}
@@ -470,12 +498,21 @@ class WorldModelEnv(_ModelWorld, gymnasium.Env):
         truncated = limit is not None and self._tick >= limit
         return self._frame.copy(), 0.0, False, truncated, self._info()
 
+    def prepare(self) -> None:
+        """Do now what the next step can do before it knows its action (the last frame's commit pass into the
+        model's caches), so that the step is quicker; the frames are the same. Play calls it while the frame
+        is shown; calling it or not changes nothing else."""
+        if self._frame is None:
+            raise RuntimeError("call reset() before using the environment")
+        self.imagination.prepare()
+
     def _info(self) -> dict:
         info = {"tick": self._tick, "step": self._tick, "seed": self._seed, "selected_slot": self._slot,
                 "denoise_steps": self.imagination.steps, "context_frames": self.imagination.context_frames,
                 "edits": []}
         if self.config.timing:
             info["ms_per_frame"] = self.imagination.last_ms if self._tick else None
+            info["ms_to_frame"] = self.imagination.last_step_ms if self._tick else None
         info.update({k: self._twin_info[k] for k in TWIN_KEYS if k in self._twin_info})
         return info
 
@@ -531,7 +568,7 @@ class WorldModelVectorEnv(_ModelWorld, gymnasium.vector.VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.imagination = Imagination(dynamics, autoencoder, self.num_envs, self.config.steps,
-                                        self.config.cuda_graphs)
+                                        self.config.cuda_graphs, self.config.decode_dtype(self.device))
         self._rngs: list[np.random.Generator] = []
         self._seeds: list[int] = []
         self._needs_reset = False

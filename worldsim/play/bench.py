@@ -8,7 +8,9 @@ Without --checkpoint it times an untrained world of the play sizes (configs/dyna
 autoencoder/cpu.yaml): the weights do not change the time. The game runs headless (SDL's dummy driver) with
 generation in its worker thread, exactly as when playing:
 - play: frames made per second at the game's pace (20 fps target) and unpaced (the worker back to back),
-  with the model's ms per frame (sampling + decoding), the window loop's ticks and redraws per second;
+  with the model's ms per frame (sampling + decoding) and the part of it after the frame's input was read
+  (the env's `prepare`, run by the worker while the last frame is shown, does the rest), the window loop's
+  ticks and redraws per second;
 - latency: a mouse move happens at random times, PROBE_EVERY seconds apart on average (uniform in half to
   one and a half times it, so that the moves fall at every phase of the game's and the worker's ticks); it is
   posted as an event at the game's first tick after it, as the window system would queue it, and its latency
@@ -84,7 +86,7 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
                                      record_dir=tempfile.mkdtemp()), seed=0)  # made on the worker, as in play
     game.mouse.set(True)
     clock = pygame.time.Clock()
-    probes, latencies, ms, loops = [], [], [], 0
+    probes, latencies, ms, ms_to_frame, loops, last_tick = [], [], [], [], 0, None
     game.tick([pygame.event.Event(pygame.KEYDOWN, key=pygame.K_w, mod=0, unicode="w", scancode=0)])
     game.start()
     gaps = random.Random(0)
@@ -102,8 +104,10 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
                 game.tick(pygame.event.get())
             resolve(probes, game.shown, latencies)
             loops += 1
-            if game.info.get("ms_per_frame") is not None:
+            if game.info.get("ms_per_frame") is not None and game.info.get("tick") != last_tick:
+                last_tick = game.info["tick"]
                 ms.append(game.info["ms_per_frame"])
+                ms_to_frame.append(game.info.get("ms_to_frame", game.info["ms_per_frame"]))
             game.wait(clock)
         elapsed = time.perf_counter() - start
         frames = game.ticks
@@ -112,7 +116,8 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
     resolve(probes, game.shown, latencies)
     out = {"fps": frames / elapsed, "frames": frames, "seconds": elapsed, "loop_ticks_per_s": loops / elapsed,
            "redraws_per_s": game.draws / elapsed,
-           "model_ms_per_frame_median": statistics.median(ms) if ms else None}
+           "model_ms_per_frame_median": statistics.median(ms) if ms else None,
+           "model_ms_after_input_median": statistics.median(ms_to_frame) if ms_to_frame else None}
     if probe:
         frame_ms = 1000.0 / fps
         out.update({"latency_ms_median": statistics.median(latencies) if latencies else None,

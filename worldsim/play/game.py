@@ -324,6 +324,8 @@ class Game:
             self.apply(result)
         if results or self.draws == 0 or any(event.type != pygame.MOUSEMOTION for event in events):
             self.draw(new_frame=bool(results))
+        if self.worker is None and hasattr(self.env, "prepare"):  # the worker does it on its own thread
+            self.env.prepare()
         limit = self.config.max_ticks
         return limit is None or self.ticks < limit
 

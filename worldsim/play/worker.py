@@ -2,9 +2,11 @@
 
 The game thread reads events into the InputState and redraws at its own rate; the worker takes the input
 summed so far whenever it starts a frame (at most `fps` frames a second, back to back when frames are late),
-steps the env and hands the result over. Whatever else touches the env (making it, reset, rewind, denoising
-steps) is handed to the worker with `call`, so it runs on the worker's thread between two frames; a call that
-changes the env then calls `restart`, which makes results still in flight stale.
+steps the env and hands the result over. Where the env has a `prepare` (the world model's: the last frame's
+commit pass into its caches), the worker runs it next, while the frame is shown and before the next input is
+read, so that the step after that input has less to do. Whatever else touches the env (making it, reset,
+rewind, denoising steps) is handed to the worker with `call`, so it runs on the worker's thread between two
+frames; a call that changes the env then calls `restart`, which makes results still in flight stale.
 
 Why every env call runs on this one thread: torch (and numba's default threading layer) compute with OpenMP,
 and each thread that runs a parallel region keeps its own pool of OpenMP threads until it exits. Once the pools
@@ -69,6 +71,7 @@ class FrameWorker:
         self._calls: queue.Queue[_Call] = queue.Queue()
         self._wake = threading.Event()     # a call came, stepping started, or stop
         self._stepping = False
+        self._prepare = None               # the env's `prepare`, where it has one
         self._stop = threading.Event()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="frame-worker", daemon=True)
@@ -77,6 +80,7 @@ class FrameWorker:
     def start(self, env, info: dict) -> None:
         """Begin stepping `env`, whose latest info is `info`."""
         self.env, self._slot, self._stepping = env, info.get("selected_slot", 0), True
+        self._prepare = getattr(env, "prepare", None)
         self._wake.set()
 
     def call(self, fn, *args, **kwargs):
@@ -141,6 +145,8 @@ class FrameWorker:
                 self.results.put(StepResult(action, obs, info, reset, events_seen, started,
                                             time.perf_counter(), self.epoch, extra))
                 self.ready.set()
+                if self._prepare is not None:  # while the frame is shown: the next step's work before its action
+                    self._prepare()
                 # late frames start at once, but no time is banked: the world never runs ahead of real time
                 next_start = max(next_start + self.period, time.perf_counter() - self.period)
         except BaseException as e:  # noqa: BLE001 - handed to the game thread, which raises it
