@@ -16,8 +16,9 @@ generation in its worker thread, exactly as when playing:
   posted as an event at the game's first tick after it, as the window system would queue it, and its latency
   is the time from the move to the first drawn frame whose action included it, in ms and in frames of 1/fps;
 - rollout: frames per second of a batch of worlds under the random policy (no files written);
-- soak: N frames of the env alone (a scripted walk, the game's rewind snapshots kept as in play), resident
-  memory after warm-up and at the end, and the per-frame time of the first and last tenth and its trend.
+- soak: N frames of the env alone (a scripted walk, each step followed by the env's `prepare` and the game's
+  rewind snapshots kept, as in play), resident memory after warm-up and at the end, and the per-frame time
+  (step + prepare) of the first and last tenth and its trend.
 """
 import argparse
 import json
@@ -148,6 +149,7 @@ def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring:
             series.append([t, rss_mb()])
         start = time.perf_counter()
         env.step(script[t % len(script)])
+        env.prepare()  # as the play worker does after each frame
         times[t] = time.perf_counter() - start
         if t % snapshot_every == 0:
             snapshots.append(env.snapshot())
