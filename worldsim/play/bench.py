@@ -74,7 +74,8 @@ def resolve(probes: list, shown: list, latencies: list) -> None:
 
 
 def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: int | None = None,
-                 display_fps: int = 120, precision: str = "fp32", threads: int | None = None) -> dict:
+                 display_fps: int = 120, precision: str = "fp32", threads: int | None = None,
+                 decode_precision: str = "auto") -> dict:
     """Play headless for `seconds` with the worker thread; returns rates and, with `probe`, latencies."""
     os.environ["SDL_VIDEODRIVER"] = "dummy"
     import pygame
@@ -82,6 +83,7 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
     from worldsim.envs.world_model import WorldModelEnv
     from worldsim.play.game import Game, PlayConfig
     make_env = lambda: WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps, precision=precision,  # noqa: E731
+                                     decode_precision=decode_precision,
                                      **_threads(threads))
     game = Game(make_env, PlayConfig(scale=4, fps=fps, generation="thread", display_fps=display_fps,
                                      record_dir=tempfile.mkdtemp()), seed=0)  # made on the worker, as in play
@@ -165,13 +167,14 @@ def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring:
             "ms_per_frame_by_twentieth": [float(c.mean() * 1000.0) for c in np.array_split(times, min(20, frames))]}
 
 
-def rollout_speed(checkpoint: str, num_envs: int, steps: int, warmup: int = 3, precision: str = "fp32") -> dict:
+def rollout_speed(checkpoint: str, num_envs: int, steps: int, warmup: int = 3, precision: str = "fp32",
+                  decode_precision: str = "auto") -> dict:
     """Frames per second of a batched rollout (random policy) in the world model, at batch `num_envs`: one reset
     (rendering every world's prompt takes far longer than the steps), `warmup` untimed steps (CUDA graphs are
     captured), then `steps` timed ones."""
     from worldsim.envs.world_model import WorldModelVectorEnv
     from worldsim.rollout import make_batch_policy
-    env = WorldModelVectorEnv(num_envs, checkpoint=checkpoint, precision=precision)
+    env = WorldModelVectorEnv(num_envs, checkpoint=checkpoint, precision=precision, decode_precision=decode_precision)
     policy = make_batch_policy("random", num_envs, 0)
     start = time.perf_counter()
     obs, infos = env.reset(seed=0)
@@ -214,6 +217,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-play", action="store_true", help="only the soak")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="world.precision of the play and rollout worlds")
+    parser.add_argument("--decode-precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="world.decode_precision of the play and rollout worlds")
     parser.add_argument("--rollout-envs", type=int, default=16, help="batch of the rollout timing (0: skip)")
     parser.add_argument("--threads", type=int, help="world.torch_threads of the play and soak worlds (default: "
                                                      "the world's, 2)")
@@ -228,17 +233,19 @@ def main(argv=None) -> dict:
                              "soak_checkpoint": args.soak_checkpoint or "the play checkpoint",
                              "torch_threads": args.threads or default_threads,
                              "steps": args.steps, "precision": args.precision,
+                             "decode_precision": args.decode_precision,
                              "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                              "torch": torch.__version__}}
         if not args.skip_play:
             results["play"] = play_session(checkpoint, args.seconds, args.fps, probe=True, steps=args.steps,
                                            display_fps=args.display_fps, precision=args.precision,
-                                           threads=args.threads)
+                                           decode_precision=args.decode_precision, threads=args.threads)
             results["play_unpaced"] = play_session(checkpoint, args.seconds, 1000, probe=False, steps=args.steps,
                                                    display_fps=args.display_fps, precision=args.precision,
-                                                   threads=args.threads)
+                                                   decode_precision=args.decode_precision, threads=args.threads)
         if args.rollout_envs:
-            results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20, precision=args.precision)
+            results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20, precision=args.precision,
+                                               decode_precision=args.decode_precision)
         if args.soak_frames:
             results["soak"] = soak(args.soak_checkpoint or checkpoint, args.soak_frames, args.fps,
                                    threads=args.threads)
