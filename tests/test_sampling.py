@@ -193,20 +193,21 @@ def test_committing_before_the_actions_come_equals_recomputing_everything(chunk_
     sampler = Sampler(model, batch_size=2, steps=3, seed=7)
     sampler.reset(prompt, prompt_actions)
     assert not sampler.commit()  # the prompt is in the caches: nothing to commit
-    out = []
+    out, states = [], {}
     for i, a in enumerate(step_actions):
         out.append(sampler.step(a))
         if committed(i):
             assert sampler.commit() and not sampler.commit()
-        if i == 3:
-            state, mark = sampler.snapshot(), i + 1
+        if i in (3, 4):  # after a commit, and before one (the chunk not yet in the caches or the panorama)
+            states[i + 1] = sampler.snapshot()
     torch.testing.assert_close(torch.cat(out, 1), uncached_rollout(model, prompt, prompt_actions, step_actions, 3, 7),
                                rtol=1e-5, atol=1e-5)
-    sampler.restore(state)
-    for i in range(mark, chunks):
-        assert torch.equal(sampler.step(step_actions[i]), out[i])
-        if committed(i):
-            sampler.commit()
+    for mark, state in states.items():
+        sampler.restore(state)
+        for i in range(mark, chunks):
+            assert torch.equal(sampler.step(step_actions[i]), out[i])
+            if committed(i):
+                sampler.commit()
     graphed = Sampler(model, batch_size=2, steps=3, seed=7, graphs=True)
     graphed.reset(prompt, prompt_actions)
     graphed.step(step_actions[0])

@@ -224,8 +224,9 @@ class Sampler:
     count, captured on first use: a step is then one launch instead of hundreds. Elsewhere the same buffered
     step runs eagerly (the tests check it against the plain one). The results equal the plain sampler's.
 
-    With `config.view_memory` every finished frame is also painted into a `ViewMemory` panorama, and each new
-    chunk's previous frame is filled from it where the chunk's turn reveals what the last frame did not hold.
+    With `config.view_memory` every finished frame is also painted into a `ViewMemory` panorama (by `commit`, or
+    by the next step before it looks), and each new chunk's previous frame is filled from it where the chunk's
+    turn reveals what the last frame did not hold.
 
     With `config.keep_view` a frame whose action holds no button and stands or turns faster than idle_turn
     (`keeps_view`) keeps what is known of its view (`known_view`) at every Euler step (`keep_known`), and paints
@@ -252,6 +253,7 @@ class Sampler:
         self._graphs: dict = {}  # steps -> torch.cuda.CUDAGraph
         self.memory = ViewMemory(self.config, batch_size, self.device, model.head.weight.dtype) \
             if self.config.view_memory else None
+        self._unpainted = None  # (latents, commit noise, views, only_new): the last chunk, until painted
 
     def _noise(self, frames: int):
         c = self.config
@@ -278,7 +280,7 @@ class Sampler:
         actions = actions.to(self.device)
         for cache in self.caches:
             cache.reset()
-        self.pending, self._buffered = None, False
+        self.pending, self._buffered, self._unpainted = None, False, None
         noise, prompt_latents = self._noise(P), prompt_latents.to(self.device)
         fill = None
         if self.memory is not None:  # the prompt's frames fill one another, and stay in the panorama
@@ -309,6 +311,7 @@ class Sampler:
             return self._graphed_step(actions, steps)
         views = fill = None
         if self.memory is not None:
+            self._paint()
             with torch.inference_mode():
                 views = self.memory.views(actions)
                 fill = self.memory.render(views)
@@ -321,10 +324,8 @@ class Sampler:
             self.last = last_frame(self.model, prev, prev_noise)
         # Copies: the caller may reuse its action buffer or edit the returned latents before the commit.
         self.pending = (x.clone(), actions.clone(), self._noise(K), fill)
-        if self.memory is not None:
-            with torch.inference_mode():
-                self.memory.write(context_noised(self.model, x, self.pending[2])[0], views,
-                                  only_new=self._only_new(actions))
+        if self.memory is not None:  # painted by `commit`, or by the next step before it looks
+            self._unpainted = (self.pending[0], self.pending[2], views, self._only_new(actions))
         if not self.fuse_commit:
             commit_chunk(self.model, self.caches, *self.pending[:2], self.frame, self.pending[2], self.last, fill)
             self.last = last_frame(self.model, self.pending[0], self.pending[2])
@@ -332,13 +333,25 @@ class Sampler:
         self.frame += K
         return x
 
+    def _paint(self) -> None:
+        """Paint the last chunk into the view memory, if it is not yet."""
+        if self._unpainted is not None:
+            latents, noise, views, only_new = self._unpainted
+            with torch.inference_mode():
+                self.memory.write(context_noised(self.model, latents, noise)[0], views, only_new=only_new)
+            self._unpainted = None
+
     def commit(self) -> bool:
-        """Run the last chunk's commit pass now, if it has not run: the part of the next `step` that does not
-        depend on its actions. The next step then only denoises (S passes of one chunk instead of a pass of two
-        chunks and S - 1 of one), and returns what it would have returned (the same as `fuse_commit=False`).
-        Play calls it while the last frame is shown, so that the step after the next input is shorter. False,
-        and nothing done, when nothing is pending or with `graphs` (the graphed step fuses the commit)."""
-        if self.pending is None or self.graphs:
+        """Run the last chunk's commit pass now, if it has not run, and paint it into the view memory: the part
+        of the next `step` that does not depend on its actions. The next step then only denoises (S passes of
+        one chunk instead of a pass of two chunks and S - 1 of one), and returns what it would have returned
+        (the same as `fuse_commit=False`). Play calls it while the last frame is shown, so that the step after
+        the next input is shorter. False when there was no commit to run (nothing pending, or `graphs`: the
+        graphed step fuses the commit)."""
+        if self.graphs:
+            return False
+        self._paint()
+        if self.pending is None:
             return False
         latents, actions, noise, fill = self.pending
         commit_chunk(self.model, self.caches, latents, actions, self.frame - latents.shape[1], noise, self.last, fill)
@@ -389,6 +402,7 @@ class Sampler:
     @torch.inference_mode()
     def _graphed_step(self, actions, steps: int):
         K, b = self.config.chunk_frames, self._buffers
+        self._paint()  # the plain step before left its chunk unpainted
         if b is None:
             b = self._buffers = self._make_buffers()
         if not self._buffered:  # pending and last move into the buffers
@@ -451,6 +465,8 @@ class Sampler:
 
     def snapshot(self) -> SamplerState:
         """A copy of the whole state, for rewind and branching (cheap: the cache is W frames)."""
+        if self.memory is not None:
+            self._paint()  # what the next step would do first: the state then holds the panorama whole
         pending, last = self.pending, self.last
         if self._buffered:
             b = self._buffers
@@ -467,5 +483,5 @@ class Sampler:
         self.frame, self.steps, self.pending, self.last = state.frame, state.steps, state.pending, state.last
         if self.memory is not None:
             self.memory.load(state.memory)
-        self._buffered = False
+        self._buffered, self._unpainted = False, None
         self.generator.set_state(state.rng)
