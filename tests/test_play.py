@@ -171,6 +171,7 @@ def test_model_play_with_posted_events_moves_the_view_and_records(model_game):
         assert game.tick(pygame.event.get())
     assert not np.array_equal(game.obs, start) and game.info["tick"] == 10
     assert "4 steps  context 5" in game.hud_line() and "ms/frame" in game.hud_line()
+    assert game.info["ms_to_frame"] < game.info["ms_per_frame"]  # the loop ran the commit after drawing
     pygame.event.post(key(pygame.KEYDOWN, pygame.K_r))
     game.tick(pygame.event.get())
     trajectory = read_trajectory(game.saved[0])
