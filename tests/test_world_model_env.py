@@ -307,3 +307,28 @@ def test_decode_precision_picks_the_decoder_and_bf16_frames_stay_close_to_fp32(w
     assert WorldModelConfig(checkpoint="x", decode_precision="fp32").decode_dtype("cpu") == torch.float32
     with pytest.raises(ValueError, match="world.decode_precision must be one of"):
         WorldModelConfig(checkpoint="x", decode_precision="half")
+
+
+@pytest.mark.parametrize("chunk_frames", [1, 2])
+def test_prepare_between_steps_changes_no_frame(tmp_path, chunk_frames):
+    """`prepare` (play runs it while a frame is shown) moves the commit out of the next step: the frames are
+    those of steps without it (to float rounding: at most one level), and ms_to_frame is the step's part."""
+    world = str(random_world(tmp_path / "w", *tiny_configs(chunk_frames=chunk_frames, context_frames=6,
+                                                            view_memory=True, camera_warp=70.0)))
+    with pytest.raises(RuntimeError, match="reset"):
+        make(world).prepare()
+    runs = []
+    for prepare in (False, True):
+        env = make(world, twin=False)
+        env.reset(seed=3)
+        frames, infos = [], []
+        for a in walk(7, seed=2):
+            obs, *_, info = env.step(a)
+            frames.append(obs)
+            infos.append(info)
+            if prepare:
+                env.prepare()
+        runs.append(np.stack(frames))
+    assert np.abs(runs[0].astype(int) - runs[1]).max() <= 1
+    assert all(info["ms_to_frame"] <= info["ms_per_frame"] for info in infos)  # the last run's, with prepare
+    assert any(info["ms_to_frame"] < info["ms_per_frame"] for info in infos)
