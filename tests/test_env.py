@@ -129,6 +129,23 @@ def test_get_state_set_state_replays_identically():
     assert other.get_state() == env.get_state()
 
 
+def test_advance_steps_like_step_and_renders_only_when_asked():
+    stepped, advanced = VoxelEnv(**SMALL), VoxelEnv(**SMALL, render_mode="rgb_array")
+    stepped.reset(seed=4)
+    advanced.reset(seed=4)
+    renders = []
+    real_render = advanced.renderer.render
+    advanced.renderer.render = lambda *args: renders.append(1) or real_render(*args)
+    for t in range(12):
+        obs, _, _, truncated, info = stepped.step(scripted_action(t))
+        assert advanced.advance(scripted_action(t)) == (truncated, info)
+        if t % 4 == 3:  # asked for now and then: the frame after the same steps, made once per step
+            np.testing.assert_array_equal(advanced.render(), obs)
+            np.testing.assert_array_equal(advanced.render(), obs)
+    assert len(renders) == 3 and advanced.get_state() == stepped.get_state()
+    assert VoxelEnv(**SMALL, render_mode="rgb_array").render() is None  # nothing to render before reset
+
+
 def test_info_reports_the_documented_keys():
     env = VoxelEnv(**SMALL)
     _, info = env.reset(seed=1)

@@ -193,10 +193,21 @@ class VoxelEnv(gymnasium.Env):
         truncated = limit is not None and sim.tick >= limit
         return self._frame, 0.0, False, truncated, sim.info()
 
+    def advance(self, action) -> tuple[bool, dict]:
+        """`step` without making the frame, for a follower whose frames are seldom looked at (the world model's
+        twin: rendering is nine tenths of a step); `render()` makes it when asked. Returns (truncated, info)."""
+        sim = self._started()
+        sim.step(actions.validate(action))
+        self._frame = None
+        limit = self.config.max_episode_steps
+        return limit is not None and sim.tick >= limit, sim.info()
+
     def render(self):
         """The last frame (a copy), or None when render_mode is None."""
-        if self.render_mode is None or self._frame is None:
+        if self.render_mode is None or self.sim is None:
             return None
+        if self._frame is None:  # stepped by `advance`
+            self._frame = self.renderer.render(self.sim.world, self.sim.view())
         return self._frame.copy()
 
     def get_state(self) -> dict:

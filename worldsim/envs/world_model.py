@@ -460,7 +460,8 @@ class WorldModelEnv(_ModelWorld, gymnasium.Env):
 
     @property
     def twin_frame(self) -> np.ndarray | None:
-        """The engine's frame after the same actions, or None without a twin."""
+        """The engine's frame after the same actions (rendered on the first ask after a step), or None without a
+        twin."""
         return None if self.twin is None else self.twin.render()
 
     def set_steps(self, steps: int) -> None:
@@ -491,8 +492,8 @@ class WorldModelEnv(_ModelWorld, gymnasium.Env):
         self._frame = self.imagination.step(actions.to_vector(action)[None])[0]
         self._tick += 1
         self._slot = _selected_slot(self._slot, action)
-        if self.twin is not None:
-            *_, self._twin_info = self.twin.step(action)
+        if self.twin is not None:  # rendered only when its frame is asked for (`twin_frame`)
+            _, self._twin_info = self.twin.advance(action)
             pin_torch_threads(self.torch_threads)
         limit = self.config.max_episode_steps
         truncated = limit is not None and self._tick >= limit

@@ -6,7 +6,8 @@
 
 Without --checkpoint it times an untrained world of the play sizes (configs/dynamics/tiny.yaml, configs/
 autoencoder/cpu.yaml): the weights do not change the time. The game runs headless (SDL's dummy driver) with
-generation in its worker thread, exactly as when playing:
+generation in its worker thread and the engine twin following the actions unseen (world.twin=true), exactly as
+when playing (--no-twin: without the twin):
 - play: frames made per second at the game's pace (20 fps target) and unpaced (the worker back to back),
   with the model's ms per frame (sampling + decoding) and the part of it after the frame's input was read
   (the env's `prepare`, run by the worker while the last frame is shown, does the rest), the window loop's
@@ -75,14 +76,15 @@ def resolve(probes: list, shown: list, latencies: list) -> None:
 
 def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: int | None = None,
                  display_fps: int = 120, precision: str = "fp32", threads: int | None = None,
-                 decode_precision: str = "auto") -> dict:
-    """Play headless for `seconds` with the worker thread; returns rates and, with `probe`, latencies."""
+                 decode_precision: str = "auto", twin: bool = True) -> dict:
+    """Play headless for `seconds` with the worker thread; returns rates and, with `probe`, latencies. twin: the
+    engine follows the actions, unseen, as in play (world.twin=true)."""
     os.environ["SDL_VIDEODRIVER"] = "dummy"
     import pygame
 
     from worldsim.envs.world_model import WorldModelEnv
     from worldsim.play.game import Game, PlayConfig
-    make_env = lambda: WorldModelEnv(checkpoint=checkpoint, twin=False, steps=steps, precision=precision,  # noqa: E731
+    make_env = lambda: WorldModelEnv(checkpoint=checkpoint, twin=twin, steps=steps, precision=precision,  # noqa: E731
                                      decode_precision=decode_precision,
                                      **_threads(threads))
     game = Game(make_env, PlayConfig(scale=4, fps=fps, generation="thread", display_fps=display_fps,
@@ -220,6 +222,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--decode-precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="world.decode_precision of the play and rollout worlds")
     parser.add_argument("--rollout-envs", type=int, default=16, help="batch of the rollout timing (0: skip)")
+    parser.add_argument("--no-twin", action="store_true", help="play without the engine twin (world.twin=false)")
     parser.add_argument("--threads", type=int, help="world.torch_threads of the play and soak worlds (default: "
                                                      "the world's, 2)")
     parser.add_argument("--out", default="bench_results/play.json")
@@ -233,16 +236,18 @@ def main(argv=None) -> dict:
                              "soak_checkpoint": args.soak_checkpoint or "the play checkpoint",
                              "torch_threads": args.threads or default_threads,
                              "steps": args.steps, "precision": args.precision,
-                             "decode_precision": args.decode_precision,
+                             "decode_precision": args.decode_precision, "twin": not args.no_twin,
                              "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                              "torch": torch.__version__}}
         if not args.skip_play:
             results["play"] = play_session(checkpoint, args.seconds, args.fps, probe=True, steps=args.steps,
                                            display_fps=args.display_fps, precision=args.precision,
-                                           decode_precision=args.decode_precision, threads=args.threads)
+                                           decode_precision=args.decode_precision, threads=args.threads,
+                                           twin=not args.no_twin)
             results["play_unpaced"] = play_session(checkpoint, args.seconds, 1000, probe=False, steps=args.steps,
                                                    display_fps=args.display_fps, precision=args.precision,
-                                                   decode_precision=args.decode_precision, threads=args.threads)
+                                                   decode_precision=args.decode_precision, threads=args.threads,
+                                                   twin=not args.no_twin)
         if args.rollout_envs:
             results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20, precision=args.precision,
                                                decode_precision=args.decode_precision)
