@@ -324,8 +324,9 @@ class Game:
             self.apply(result)
         if results or self.draws == 0 or any(event.type != pygame.MOUSEMOTION for event in events):
             self.draw(new_frame=bool(results))
-        if self.worker is None and hasattr(self.env, "prepare"):  # the worker does it on its own thread
-            self.env.prepare()
+        env = getattr(self.env, "unwrapped", self.env)
+        if self.worker is None and results and hasattr(env, "prepare"):  # the worker does it on its own thread
+            env.prepare()
         limit = self.config.max_ticks
         return limit is None or self.ticks < limit
 

@@ -80,7 +80,7 @@ class FrameWorker:
     def start(self, env, info: dict) -> None:
         """Begin stepping `env`, whose latest info is `info`."""
         self.env, self._slot, self._stepping = env, info.get("selected_slot", 0), True
-        self._prepare = getattr(env, "prepare", None)
+        self._prepare = getattr(getattr(env, "unwrapped", env), "prepare", None)  # gymnasium's wrappers hide it
         self._wake.set()
 
     def call(self, fn, *args, **kwargs):
