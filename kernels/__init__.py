@@ -120,10 +120,11 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, *, scale: floa
                          f"got {valid_len.dtype} {tuple(valid_len.shape)}")
     if valid_len.device != q.device:
         raise ValueError(f"valid_len is on {valid_len.device} but q is on {q.device}")
-    if valid_len.device.type == "cpu":
-        S_max = k_cache.shape[2]
-        if bool((valid_len < 0).any()) or bool((valid_len > S_max).any()):
-            raise ValueError(f"valid_len must lie in [0, S_max={S_max}], got {valid_len.tolist()}")
+    lengths = None
+    if valid_len.device.type == "cpu":  # read at no cost here: checked, and handed to the SDPA path
+        S_max, lengths = k_cache.shape[2], valid_len.tolist()
+        if any(n < 0 or n > S_max for n in lengths):
+            raise ValueError(f"valid_len must lie in [0, S_max={S_max}], got {lengths}")
 
     chosen = select_backend(q.device, backend)
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k_cache, v_cache, k_new, v_new))
@@ -137,5 +138,5 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, *, scale: floa
     elif return_lse:
         out, lse = reference.cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale)
     else:
-        return sdpa.cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale)
+        return sdpa.cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale, lengths)
     return (out, lse) if return_lse else out
