@@ -79,8 +79,8 @@ class WorldModelConfig:
     torch_threads: int | None = 2     # torch's CPU threads, at most the cores (pin_torch_threads); None: left alone
     cuda_graphs: bool = True          # on CUDA, replay each sampler step as a CUDA graph (Sampler(graphs=True))
     precision: str = "fp32"           # fp32 | bf16: the dynamics model's weights, KV cache and sampling (the
-                                      # decoder stays fp32); bf16 halves the cache's bytes and runs the attention
-                                      # kernels' tensor-core path on CUDA
+                                      # decoder's is decode_precision); bf16 halves the cache's bytes and runs the
+                                      # attention kernels' tensor-core path on CUDA
     decode_precision: str = "auto"    # auto | fp32 | bf16: the decoder's (a copy; prompts are encoded in fp32).
                                       # auto: bf16 on a CPU with bf16 instructions (twice as fast there, the
                                       # frames within a few levels of fp32's), else fp32
@@ -501,8 +501,9 @@ class WorldModelEnv(_ModelWorld, gymnasium.Env):
 
     def prepare(self) -> None:
         """Do now what the next step can do before it knows its action (the last frame's commit pass into the
-        model's caches), so that the step is quicker; the frames are the same. Play calls it while the frame
-        is shown; calling it or not changes nothing else."""
+        model's caches), so that the step is quicker; the frames are the same (to float rounding: at most a
+        level of 255 here and there). Play calls it while the frame is shown; calling it or not changes nothing
+        else."""
         if self._frame is None:
             raise RuntimeError("call reset() before using the environment")
         self.imagination.prepare()
