@@ -177,7 +177,7 @@ def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_fra
 def test_committing_before_the_actions_come_equals_recomputing_everything(chunk_frames, context_frames,
                                                                            prompt_frames, chunks):
     """`Sampler.commit` (what play runs while a frame is shown) after some steps and not others: the frames of
-    recomputing everything, and a snapshot taken after a commit replays them exactly."""
+    recomputing everything, and snapshots taken after a commit and before one replay them exactly."""
     from_last = dict(sample_start=0.6, keep_view=True, idle_start=0.2) if chunk_frames == 1 else {}  # needs K = 1
     model = small_model(chunk_frames=chunk_frames, context_frames=context_frames, **from_last, **VARIANTS[-1])
     c = model.config
