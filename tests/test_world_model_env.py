@@ -153,6 +153,20 @@ def test_vector_infos_are_batched_as_gymnasium_batches_them(world):
             assert infos[key].dtype == value.dtype and infos[key].tolist() == value.tolist(), key
 
 
+def test_vector_frames_are_new_arrays_that_later_steps_leave_alone(world):
+    vec = WorldModelVectorEnv(2, checkpoint=world, engine=None, render_mode="rgb_array", max_episode_steps=2)
+    seen = [vec.reset(seed=0)[0]]
+    kept = [seen[0].copy()]
+    for _ in range(3):  # the third step restarts the batch
+        seen.append(vec.step(vec.action_space.sample())[0])
+        kept.append(seen[-1].copy())
+        np.testing.assert_array_equal(np.stack(vec.render()), seen[-1])
+    for a, b in zip(seen, seen[1:]):
+        assert not np.shares_memory(a, b)
+    for obs, copy in zip(seen, kept):  # no step wrote into the frames an earlier one returned
+        np.testing.assert_array_equal(obs, copy)
+
+
 def test_bad_batched_action_names_the_sub_env(world):
     vec = WorldModelVectorEnv(2, checkpoint=world, engine=None)
     vec.reset(seed=0)

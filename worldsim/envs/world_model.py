@@ -548,7 +548,8 @@ class WorldModelVectorEnv(_ModelWorld, gymnasium.vector.VectorEnv):
 
     Autoreset is NEXT_STEP, as in VoxelVectorEnv. All sub-envs start and truncate together (they are stepped
     together and share max_episode_steps), so an autoreset restarts the whole batch, each sub-env with a seed
-    drawn from its own generator. No twins: rollouts want speed.
+    drawn from its own generator. No twins: rollouts want speed. `reset` and `step` return their frames without a
+    copy: each is a new array that no later step writes into.
     """
 
     frame_source = "model"
@@ -605,7 +606,7 @@ class WorldModelVectorEnv(_ModelWorld, gymnasium.vector.VectorEnv):
         self._ticks[:] = 0
         self._slots[:] = 0
         self._needs_reset = False
-        return self._frames.copy(), self._infos()
+        return self._frames, self._infos()
 
     def step(self, action: dict):
         if self._frames is None:
@@ -622,7 +623,8 @@ class WorldModelVectorEnv(_ModelWorld, gymnasium.vector.VectorEnv):
         limit = self.config.max_episode_steps
         truncations = np.full(self.num_envs, limit is not None and int(self._ticks[0]) >= limit)
         self._needs_reset = bool(truncations[0])
-        return (self._frames.copy(), np.zeros(self.num_envs, dtype=np.float64), np.zeros(self.num_envs, dtype=np.bool_),
+        # not copied: a new array each step that no later step writes into (at 256 envs a copy cost 1.3 ms)
+        return (self._frames, np.zeros(self.num_envs, dtype=np.float64), np.zeros(self.num_envs, dtype=np.bool_),
                 truncations, self._infos())
 
     def _infos(self) -> dict:
