@@ -462,7 +462,11 @@ class WorldModelEnv(_ModelWorld, gymnasium.Env):
     def twin_frame(self) -> np.ndarray | None:
         """The engine's frame after the same actions (rendered on the first ask after a step), or None without a
         twin."""
-        return None if self.twin is None else self.twin.render()
+        if self.twin is None:
+            return None
+        frame = self.twin.render()
+        pin_torch_threads(self.torch_threads)  # the engine's renderer may have reset torch's threads
+        return frame
 
     def set_steps(self, steps: int) -> None:
         """Denoising steps from the next frame on."""
@@ -494,7 +498,7 @@ class WorldModelEnv(_ModelWorld, gymnasium.Env):
         self._slot = _selected_slot(self._slot, action)
         if self.twin is not None:  # rendered only when its frame is asked for (`twin_frame`)
             _, self._twin_info = self.twin.advance(action)
-            pin_torch_threads(self.torch_threads)
+            pin_torch_threads(self.torch_threads)  # (it may generate terrain with numba's threads)
         limit = self.config.max_episode_steps
         truncated = limit is not None and self._tick >= limit
         return self._frame.copy(), 0.0, False, truncated, self._info()
@@ -540,6 +544,7 @@ class WorldModelEnv(_ModelWorld, gymnasium.Env):
         if state["twin"] is not None and self.twin is not None:
             self.twin.set_state(state["twin"])
             self._twin_info = self.twin.sim.info()
+            pin_torch_threads(self.torch_threads)
         return self._frame.copy()
 
 

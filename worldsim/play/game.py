@@ -324,9 +324,10 @@ class Game:
             self.apply(result)
         if results or self.draws == 0 or any(event.type != pygame.MOUSEMOTION for event in events):
             self.draw(new_frame=bool(results))
-        env = getattr(self.env, "unwrapped", self.env)
-        if self.worker is None and results and hasattr(env, "prepare"):  # the worker does it on its own thread
-            env.prepare()
+        if self.worker is None and results:  # (the worker prepares on its own thread)
+            env = getattr(self.env, "unwrapped", self.env)
+            if hasattr(env, "prepare"):
+                env.prepare()
         limit = self.config.max_ticks
         return limit is None or self.ticks < limit
 
