@@ -154,6 +154,20 @@ def test_the_shipped_default_world_loads_strictly_and_its_record_fits_it():
     assert torch.isfinite(v).all() and frames.shape == (2, 3, 128, 128)
 
 
+def test_the_world_model_env_without_a_checkpoint_is_the_shipped_world():
+    import gymnasium
+    from worldsim.envs import shipped_world
+    world = shipped_world()
+    if world is None:
+        pytest.skip("no world ships in assets/")
+    env = gymnasium.make("worldsim/WorldModel-v0", timing=False)
+    obs, info = env.reset(seed=0)
+    obs, _, _, _, info = env.step(env.action_space.sample())
+    assert obs.shape == (128, 128, 3) and info["step"] == 1
+    assert env.unwrapped.dynamics_config == load_world(world)[0].config
+    env.close()
+
+
 def test_mode_eval_without_a_checkpoint_evaluates_the_shipped_world(tmp_path):
     import subprocess
     import sys

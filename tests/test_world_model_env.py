@@ -240,10 +240,12 @@ def test_broken_prompts_are_clear_errors_naming_the_file(world, tmp_path, damage
     assert str(tmp_path) in str(e.value)
 
 
-def test_missing_and_corrupt_checkpoints_are_clear_errors(world, tmp_path):
+def test_missing_and_corrupt_checkpoints_are_clear_errors(world, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="nope"):
         load_world(tmp_path / "nope")
-    with pytest.raises(ValueError, match="checkpoint=PATH"):
+    import worldsim.envs
+    monkeypatch.setattr(worldsim.envs, "ASSETS", tmp_path / "no_assets")  # no world ships: None names nothing
+    with pytest.raises(ValueError, match="checkpoint=PATH.*none ships"):
         load_world(None)
     import shutil
     broken = tmp_path / "broken"

@@ -65,7 +65,8 @@ DECODE_PRECISIONS = ("auto", *PRECISIONS)
 
 @dataclass
 class WorldModelConfig:
-    checkpoint: str | None = None     # world directory (dynamics/ + autoencoder/) or a dynamics run directory
+    checkpoint: str | None = None     # world directory (dynamics/ + autoencoder/) or a dynamics run directory;
+                                      # None: the world shipped in assets/ (what python run_world.py plays)
     autoencoder: str | None = None    # autoencoder run directory, when checkpoint is a dynamics run directory
     device: str = "auto"              # auto | cpu | cuda[:i]
     steps: int | None = None          # denoising (Euler) steps per chunk; None: the model's sample_steps
@@ -148,15 +149,19 @@ def _run_name(directory: Path) -> str:
 
 
 def load_world(checkpoint, autoencoder=None, device: str = "cpu"):
-    """(dynamics, autoencoder) from a world directory, or from a dynamics run plus an autoencoder run.
+    """(dynamics, autoencoder) from a world directory (None: the shipped one, `shipped_world`), or from a dynamics
+    run plus an autoencoder run.
 
     Missing paths raise FileNotFoundError and unreadable or mismatched files CheckpointError, naming them."""
     from worldsim.models.dynamics import load_dynamics
     from worldsim.models.train_autoencoder import load_autoencoder
     from worldsim.training.checkpoint import CheckpointError
     if not checkpoint:
-        raise ValueError("the world model needs a checkpoint: checkpoint=PATH (a directory with dynamics/ and "
-                         "autoencoder/ runs)")
+        from worldsim.envs import shipped_world
+        checkpoint = shipped_world()  # none named: the world that python run_world.py plays
+        if checkpoint is None:
+            raise ValueError("the world model needs a checkpoint: checkpoint=PATH (a directory with dynamics/ and "
+                             "autoencoder/ runs); none ships in assets/")
     root = Path(checkpoint)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such world checkpoint directory")
