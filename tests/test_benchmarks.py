@@ -1,0 +1,52 @@
+"""The benchmark runner: stages in their own processes, time limits, and a summary that keeps what finished."""
+import json
+
+import pytest
+
+from worldsim import benchmarks
+from worldsim.benchmarks import Stage, run, stages_for
+
+
+def test_the_quick_set_runs_a_real_benchmark_and_records_it(tmp_path):
+    results = run(stages_for(cuda=False, quick=True), tmp_path, echo=lambda *a: None)
+    assert [r.status for r in results] == ["ok"]
+    rows = json.loads((tmp_path / "dynamics-tiny.json").read_text())["rows"]
+    assert rows and rows[0]["batch"] == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stages"][0]["json"] == str(tmp_path / "dynamics-tiny.json")
+    assert summary["machine"]["cpu_count"] >= 1
+
+
+def test_a_stage_past_its_time_is_stopped_and_what_it_printed_is_kept(tmp_path, monkeypatch):
+    (tmp_path / "sleeper.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    [result] = run([Stage("sleeper", ["sleeper"], 2.0, "sleeps")], tmp_path / "out", echo=lambda *a: None)
+    assert result.status == "timed out" and result.returncode is None and result.seconds < 30
+    assert "started" in (tmp_path / "out" / "sleeper.log").read_text()
+
+
+def test_a_failing_stage_is_named_and_the_time_left_decides_the_rest(tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "broken.json").write_text("{}")  # left by an earlier call: must not count as this one's
+    stages = [Stage("broken", ["worldsim_no_such_module", "--out", "{out}"], 60, "fails"),
+              *stages_for(cuda=False, quick=True)]
+    monkeypatch.setattr(benchmarks, "MIN_STAGE_SECONDS", 1e6)  # whatever is left after the first is too little
+    first, second = run(stages, tmp_path / "out", minutes=10, echo=lambda *a: None)
+    assert first.status == "skipped" and second.status == "skipped"
+    monkeypatch.setattr(benchmarks, "MIN_STAGE_SECONDS", 20.0)
+    [first] = run(stages[:1], tmp_path / "out", minutes=10, echo=lambda *a: None)
+    assert first.status == "failed" and first.returncode != 0 and first.json is None
+    assert any("worldsim_no_such_module" in line for line in first.tail)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["stages"][0]["status"] == "failed"
+
+
+def test_the_command_line_refuses_unknown_stages_and_bad_budgets(capsys):
+    with pytest.raises(SystemExit):
+        benchmarks.main(["--only", "nope"])
+    assert "unknown stage(s) nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmarks.main(["--minutes", "0"])
+    assert "--minutes must be positive" in capsys.readouterr().err
+    benchmarks.main(["--list", "--only", "kernels", "rollouts"])
+    listed = capsys.readouterr().out
+    assert "kernels.bench" in listed and "--rollout-envs 256" in listed
