@@ -651,6 +651,34 @@ def test_camera_warp_model_starts_from_the_turned_last_frame():
         assert (float((want - prompt[:, -1:]).abs().mean()) > 0.1) == bool(warp)  # the turn moved it
 
 
+@pytest.mark.parametrize("variant", [dict(prev_input=False, residual=False, camera_warp=0.0),
+                                     dict(prev_input=True, residual=True, camera_warp=0.0),
+                                     dict(prev_input=True, residual=True, camera_warp=70.0, warp_keep_rows=1)])
+def test_frame_inputs_computed_once_give_every_pass_what_it_computes_itself(variant):
+    """A frame's Euler steps and its commit share `frame_inputs`: passes given them return exactly what passes
+    that compute everything return, at any level, with and without a previous frame and a view-memory fill."""
+    config = tiny_config(latent_height=8, latent_width=8, context_frames=4, **variant)
+    model = randomized(DynamicsModel(config).eval())
+    latents, actions, levels = inputs(config, B=2, T=1)
+    g = torch.Generator().manual_seed(1)
+    prev = (torch.randn(2, 1, config.latent_channels, 8, 8, generator=g), torch.rand(2, 1, generator=g))
+    fill = None
+    if config.camera_warp:
+        fill = (torch.randn(2, 1, config.latent_channels, 8, 8, generator=g), torch.rand(2, 1, 1, 8, 8, generator=g) > 0.5)
+    pos = torch.tensor([7])
+    with torch.no_grad():
+        for prev_frame in (prev, None):
+            shared = model.frame_inputs(actions, pos, prev_frame, fill)
+            for level in (levels, torch.full((2, 1), 0.3)):
+                want = model(latents, actions, level, pos, prev_frame=prev_frame, fill=fill)
+                assert torch.equal(model(latents, actions, level, pos, prev_frame=prev_frame, fill=fill,
+                                         inputs=shared), want)
+        with pytest.raises(ValueError, match="one frame's"):
+            model(*inputs(config, B=2, T=2), inputs=shared)
+    with pytest.raises(ValueError, match="chunks of one frame"):
+        DynamicsModel(tiny_config(chunk_frames=2, context_frames=4)).frame_inputs(actions, pos)
+
+
 def test_bad_input_names_the_problem():
     config = tiny_config(latent_height=8, latent_width=8)
     model = DynamicsModel(config)

@@ -113,29 +113,30 @@ def keep_known(x, level, known):
     return torch.where(where, (1 - s) * view + s * noise, x)
 
 
-def _known(model, noise, last, actions, fill):
+def _known(model, noise, last, actions, fill, turned=None):
     """With `keep_view`, what is known of the chunk's view (`keep_known`'s triple) and the frame before the chunk
-    turned (the start's guess, made once for both); else (None, None)."""
+    turned (the start's guess, made once for both; `turned` where the caller has it); else (None, turned)."""
     c = model.config
     if not c.keep_view:
-        return None, None
+        return None, turned
     if last is None:
         raise ValueError("keep_view keeps the view of the frame before the chunk: give prev_frame")
-    turned = warp_previous(last, actions, c.camera_warp, c.warp_keep_rows, fill)
+    if turned is None:
+        turned = warp_previous(last, actions, c.camera_warp, c.warp_keep_rows, fill)
     view, where = known_view(last, actions, c.camera_warp, c.warp_keep_rows, fill, turned, keeps_view(c, actions))
     return (view, where, noise), turned
 
 
-def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None, known=None):
+def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None, known=None, inputs=None):
     """Euler steps of the chunk x (B, K, ...) through the noise levels ts (floats, or per frame (B, K)) against
     read-only caches, what is `known` of the view kept at every level; the made frames are kept in the model's
-    guard_range."""
+    guard_range. inputs: the chunk's `frame_inputs` (K = 1), computed once for every step."""
     B, K = x.shape[:2]
     pos = _positions(frame, K, x.device)
     x = keep_known(x, ts[0], known)
     for t, t_next in zip(ts[:-1], ts[1:]):
         levels = t if torch.is_tensor(t) else torch.full((B, K), t, device=x.device)
-        v = model(x, actions, levels, pos, caches, mode="read", prev_frame=prev_frame, fill=fill)
+        v = model(x, actions, levels, pos, caches, mode="read", prev_frame=prev_frame, fill=fill, inputs=inputs)
         x = keep_known(x + per_frame(t_next - t, x.dtype) * v, t_next, known)
     return model.guard(x)
 
@@ -159,16 +160,19 @@ def start_point(model, noise, last, actions, start, fill=None, turned=None):
 
 
 @torch.inference_mode()
-def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_frame=None, fill=None):
+def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_frame=None, fill=None, inputs=None):
     """Euler-integrate the chunk (B, K, ...) starting at `frame` from its `start_point` (t = sample_start, 1:
     noise) to t = 0 against the caches, which are read only. actions (B, K, 25) in model order; prev_frame:
-    `last_frame` of the frame before the chunk; fill: the view memory's `render` for the chunk. Returns the
-    clean latents."""
+    `last_frame` of the frame before the chunk; fill: the view memory's `render` for the chunk; inputs: the
+    chunk's `model.frame_inputs` (K = 1: computed here when not given). Returns the clean latents."""
     ts = chunk_levels(model, actions, steps)
     last = None if prev_frame is None else prev_frame[0]
-    known, turned = _known(model, noise, last, actions, fill)
+    if inputs is None and model.config.chunk_frames == 1:
+        inputs = model.frame_inputs(actions, _positions(frame, 1, noise.device), prev_frame, fill)
+    turned = inputs.prev if inputs is not None and model.config.camera_warp and last is not None else None
+    known, turned = _known(model, noise, last, actions, fill, turned)
     x = start_point(model, noise, last, actions, ts[0], fill, turned)
-    return _euler(model, caches, actions, frame, x, ts, prev_frame, fill, known)
+    return _euler(model, caches, actions, frame, x, ts, prev_frame, fill, known, inputs)
 
 
 @torch.inference_mode()
@@ -193,11 +197,12 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
 
 
 @torch.inference_mode()
-def commit_chunk(model, caches, latents, actions, frame: int, noise, prev_frame=None, fill=None):
-    """One pass of the finished chunk at the context noise level that writes its keys and values."""
+def commit_chunk(model, caches, latents, actions, frame: int, noise, prev_frame=None, fill=None, inputs=None):
+    """One pass of the finished chunk at the context noise level that writes its keys and values; inputs: its
+    `frame_inputs`, where its Euler steps computed them."""
     x, levels = context_noised(model, latents, noise)
     model(x, actions, levels, _positions(frame, latents.shape[1], latents.device), caches, mode="write",
-          prev_frame=prev_frame, fill=fill)
+          prev_frame=prev_frame, fill=fill, inputs=inputs)
 
 
 @dataclass
@@ -254,6 +259,7 @@ class Sampler:
         self.memory = ViewMemory(self.config, batch_size, self.device, model.head.weight.dtype) \
             if self.config.view_memory else None
         self._unpainted = None  # (latents, commit noise, views, only_new): the last chunk, until painted
+        self._pending_inputs = None  # the pending chunk's frame_inputs, for its commit (K = 1, not fused)
 
     def _noise(self, frames: int):
         c = self.config
@@ -280,7 +286,7 @@ class Sampler:
         actions = actions.to(self.device)
         for cache in self.caches:
             cache.reset()
-        self.pending, self._buffered, self._unpainted = None, False, None
+        self.pending, self._buffered, self._unpainted, self._pending_inputs = None, False, None, None
         noise, prompt_latents = self._noise(P), prompt_latents.to(self.device)
         fill = None
         if self.memory is not None:  # the prompt's frames fill one another, and stay in the panorama
@@ -315,8 +321,12 @@ class Sampler:
             with torch.inference_mode():
                 views = self.memory.views(actions)
                 fill = self.memory.render(views)
+        inputs = None
         if self.pending is None:
-            x = denoise_chunk(self.model, self.caches, actions, self.frame, self._noise(K), steps, self.last, fill)
+            if K == 1:  # computed once for the Euler steps and the commit
+                inputs = self.model.frame_inputs(actions, _positions(self.frame, 1, self.device), self.last, fill)
+            x = denoise_chunk(self.model, self.caches, actions, self.frame, self._noise(K), steps, self.last, fill,
+                              inputs)
         else:
             prev, prev_actions, prev_noise, prev_fill = self.pending
             x = commit_and_denoise(self.model, self.caches, prev, prev_actions, prev_noise, actions, self.frame,
@@ -324,12 +334,14 @@ class Sampler:
             self.last = last_frame(self.model, prev, prev_noise)
         # Copies: the caller may reuse its action buffer or edit the returned latents before the commit.
         self.pending = (x.clone(), actions.clone(), self._noise(K), fill)
+        self._pending_inputs = inputs
         if self.memory is not None:  # painted by `commit`, or by the next step before it looks
             self._unpainted = (self.pending[0], self.pending[2], views, self._only_new(actions))
         if not self.fuse_commit:
-            commit_chunk(self.model, self.caches, *self.pending[:2], self.frame, self.pending[2], self.last, fill)
+            commit_chunk(self.model, self.caches, *self.pending[:2], self.frame, self.pending[2], self.last, fill,
+                         inputs)
             self.last = last_frame(self.model, self.pending[0], self.pending[2])
-            self.pending = None
+            self.pending = self._pending_inputs = None
         self.frame += K
         return x
 
@@ -354,9 +366,10 @@ class Sampler:
         if self.pending is None:
             return False
         latents, actions, noise, fill = self.pending
-        commit_chunk(self.model, self.caches, latents, actions, self.frame - latents.shape[1], noise, self.last, fill)
+        commit_chunk(self.model, self.caches, latents, actions, self.frame - latents.shape[1], noise, self.last, fill,
+                     self._pending_inputs)
         self.last = last_frame(self.model, latents, noise)
-        self.pending = None
+        self.pending = self._pending_inputs = None
         return True
 
     # -- the graphed step: fixed buffers, one CUDA graph per step count ------------------------------------
@@ -414,7 +427,7 @@ class Sampler:
                 b["prev_fill"].copy_(prev_fill[0])
                 b["prev_valid"].copy_(prev_fill[1])
             b["frame"].fill_(self.frame)
-            self.pending = self.last = None
+            self.pending = self.last = self._pending_inputs = None
             self._buffered = True
         b["actions"].copy_(actions)
         b["noise"].copy_(self._noise(K))  # drawn in the order of the plain step: the chunk's, then its commit's
@@ -481,6 +494,7 @@ class Sampler:
         self._put_caches(state.caches)
         # pending and last are never mutated in place (the graphed step copies them into its buffers)
         self.frame, self.steps, self.pending, self.last = state.frame, state.steps, state.pending, state.last
+        self._pending_inputs = None  # the commit makes them again from the restored state
         if self.memory is not None:
             self.memory.load(state.memory)
         self._buffered, self._unpainted = False, None

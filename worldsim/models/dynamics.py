@@ -423,6 +423,19 @@ class DynamicsConfig:
              f"keep_view continues each frame from the one before it: it needs chunk_frames=1, got {self.chunk_frames}")
 
 
+@dataclass
+class FrameInputs:
+    """The parts of a pass that depend on the frame and its action but not on its noise level
+    (`DynamicsModel.frame_inputs`): rotary tables, the action's embedding, and with prev_input the previous
+    frame (turned and filled), its level, and their embeddings."""
+    rope: list
+    action_cond: torch.Tensor
+    prev_tokens: torch.Tensor | None = None
+    prev_cond: torch.Tensor | None = None
+    prev: torch.Tensor | None = None
+    prev_levels: torch.Tensor | None = None
+
+
 class DynamicsModel(nn.Module):
     """Velocity prediction for every frame of a clip, or for one chunk against per-layer KV caches."""
 
@@ -488,8 +501,36 @@ class DynamicsModel(nn.Module):
         return (torch.cat([first.to(latents.dtype), latents[:, :-1]], dim=1),
                 torch.cat([first_level.to(noise_levels.dtype), noise_levels[:, :-1]], dim=1))
 
+    def frame_inputs(self, actions, frame_pos, prev_frame=None, fill=None, turned=None) -> FrameInputs:
+        """What every pass over one frame (a chunk of K = 1) computes alike at any noise level: `forward` takes
+        it as `inputs`, so that a frame's Euler steps and its commit compute it once. actions (B, 1, 25),
+        frame_pos (1,), prev_frame and fill as `forward` takes them; turned: the previous frame turned and
+        filled (`warp_previous`), where the caller has it already."""
+        if self.config.chunk_frames != 1:
+            raise ValueError("frame_inputs is for chunks of one frame (chunk_frames = 1)")
+        c = self.config
+        shape = (actions.shape[0], 1, c.latent_channels, c.latent_height, c.latent_width)
+        # a one-frame chunk's previous frame is prev_frame's: its own latents and level only give their dtypes
+        return self._inputs(torch.zeros(shape, device=actions.device, dtype=self.head.weight.dtype), actions,
+                            torch.zeros(shape[:2], device=actions.device), frame_pos, prev_frame, fill, turned)
+
+    def _inputs(self, latents, actions, noise_levels, frame_pos, prev_frame, fill, turned=None) -> FrameInputs:
+        dtype = self.head.weight.dtype
+        inputs = FrameInputs(self.rotary(frame_pos), self.action_embed(actions.to(dtype)))
+        if self.config.prev_input:
+            prev, prev_levels = self.previous(latents, noise_levels, prev_frame)
+            if self.config.camera_warp:
+                prev = turned if turned is not None else warp_previous(
+                    prev, actions, self.config.camera_warp, self.config.warp_keep_rows, fill)
+            elif fill is not None:
+                raise ValueError("fill is what the camera warp reveals: the model needs camera_warp > 0")
+            inputs.prev_tokens = self.prev_embed(self.patchify(prev).to(dtype))
+            inputs.prev_cond = self.prev_time_embed(prev_levels)
+            inputs.prev, inputs.prev_levels = prev, prev_levels
+        return inputs
+
     def forward(self, latents, actions, noise_levels, frame_pos=None, caches=None, mode="train", prev_frame=None,
-                fill=None):
+                fill=None, inputs=None):
         """latents (B, F, C, h, w) at their noise levels (B, F); actions (B, F, 25), row i = the action that
         produced frame i; frame_pos (F,) absolute frame indices (default 0..F-1). Returns velocity (B, F, C, h, w).
         prev_frame: (latents, levels) of the frame before the first, for `prev_input` (None: a clip's start).
@@ -501,20 +542,20 @@ class DynamicsModel(nn.Module):
         (two chunks: write the first, then read with the second, in one pass); prefill and write return None."""
         self.check_inputs(latents, actions, noise_levels)
         B, Fr = latents.shape[:2]
+        if inputs is not None and Fr != 1:
+            raise ValueError(f"inputs (frame_inputs) are one frame's: the chunk has {Fr} frames")
         if frame_pos is None:
             frame_pos = torch.arange(Fr, device=latents.device)
-        rope = self.rotary(frame_pos)
+        if inputs is None:
+            inputs = self._inputs(latents, actions, noise_levels, frame_pos, prev_frame, fill)
         dtype = self.head.weight.dtype
-        cond = self.time_embed(noise_levels) + self.action_embed(actions.to(dtype))  # (B, F, C)
+        cond = self.time_embed(noise_levels) + inputs.action_cond  # (B, F, C)
         x = self.patch_embed(self.patchify(latents).to(dtype))  # (B, F, N, C)
         if self.config.prev_input:
-            prev, prev_levels = self.previous(latents, noise_levels, prev_frame)
-            if self.config.camera_warp:
-                prev = warp_previous(prev, actions, self.config.camera_warp, self.config.warp_keep_rows, fill)
-            elif fill is not None:
-                raise ValueError("fill is what the camera warp reveals: the model needs camera_warp > 0")
-            x = x + self.prev_embed(self.patchify(prev).to(dtype))
-            cond = cond + self.prev_time_embed(prev_levels)
+            prev, prev_levels = inputs.prev, inputs.prev_levels
+            x = x + inputs.prev_tokens
+            cond = cond + inputs.prev_cond
+        rope = inputs.rope
         cond = F.silu(cond)
         for i, block in enumerate(self.blocks):
             if mode in ("prefill", "write") and i == len(self.blocks) - 1:
