@@ -314,6 +314,44 @@ def test_keep_view_holds_a_still_view_and_brings_a_full_turn_back():
             assert back < 0.5
 
 
+@pytest.mark.parametrize("fuse_commit", [True, False], ids=["fused-commit", "separate-commit"])
+def test_a_view_known_everywhere_skips_the_steps_and_equals_recomputing_everything(fuse_commit):
+    """With keep_view, a frame where every row stands knows its whole view: the sampler makes it without the Euler
+    steps' read passes (each would put the known view back), and its frames equal the reference's, which takes
+    them; once a row walks, they are taken again."""
+    model = small_model(chunk_frames=1, context_frames=4, sample_start=0.6, idle_start=0.1, camera_warp=70.0,
+                        warp_keep_rows=2, view_memory=True, keep_view=True)
+    c = model.config
+    prompt, prompt_actions, _ = two_frame_prompt(c)
+
+    def script(a, i):
+        if i >= 4:  # from the fifth frame on, row 1 walks
+            a[1, 0, 11] = 1.0
+
+    step_actions = scripted_actions(8, script)
+    modes = []
+    forward = type(model).forward
+
+    def counting(self, *args, **kwargs):
+        modes.append(kwargs.get("mode", "train"))
+        return forward(self, *args, **kwargs)
+
+    sampler = Sampler(model, batch_size=2, steps=3, seed=7, fuse_commit=fuse_commit)
+    sampler.reset(prompt, prompt_actions)
+    made, reads = [], []
+    type(model).forward = counting
+    try:
+        for a in step_actions:
+            modes.clear()
+            made.append(sampler.step(a))
+            reads.append(modes.count("read") + modes.count("commit_read"))
+    finally:
+        type(model).forward = forward
+    assert reads[:4] == [0, 0, 0, 0] and all(n >= 2 for n in reads[4:])
+    torch.testing.assert_close(torch.cat(made, 1), uncached_rollout(model, prompt, prompt_actions, step_actions, 3, 7),
+                               rtol=1e-5, atol=1e-5)
+
+
 def guarded_rollout(model, seed: int, fuse_commit: bool, graphs: bool, prompt_scale: float = 1.0):
     """6 frames of batch 2 from a random 3-frame prompt, sampled with the sampler's path and checked against
     recomputing everything; returns (prompt, prompt_actions, step_actions, the sampled frames)."""

@@ -127,6 +127,14 @@ def _known(model, noise, last, actions, fill, turned=None):
     return (view, where, noise), turned
 
 
+def _whole_view_known(known, x) -> bool:
+    """Whether every row knows its whole view (`keep_view`: it stands, or turns within what it saw): then each
+    Euler step would put the known view back over what the model made, and the steps end where they start, on
+    the view at level 0, so they are skipped. Asked on the CPU only: the read is a host sync on CUDA, where the
+    graphed step takes the steps anyway."""
+    return known is not None and x.device.type == "cpu" and bool(known[1].all())
+
+
 def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None, known=None, inputs=None):
     """Euler steps of the chunk x (B, K, ...) through the noise levels ts (floats, or per frame (B, K)) against
     read-only caches, what is `known` of the view kept at every level; the made frames are kept in the model's
@@ -134,6 +142,8 @@ def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fil
     B, K = x.shape[:2]
     pos = _positions(frame, K, x.device)
     x = keep_known(x, ts[0], known)
+    if _whole_view_known(known, x):
+        return model.guard(keep_known(x, ts[-1], known))
     for t, t_next in zip(ts[:-1], ts[1:]):
         levels = t if torch.is_tensor(t) else torch.full((B, K), t, device=x.device)
         v = model(x, actions, levels, pos, caches, mode="read", prev_frame=prev_frame, fill=fill, inputs=inputs)
@@ -186,6 +196,9 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
     context, context_levels = context_noised(model, prev, prev_noise)
     known, turned = _known(model, noise, context[:, -1:], actions, fill)
     x = keep_known(start_point(model, noise, context[:, -1:], actions, ts[0], fill, turned), ts[0], known)
+    if _whole_view_known(known, x):  # the commit alone: the steps would change nothing
+        commit_chunk(model, caches, prev, prev_actions, frame - K, prev_noise, before, prev_fill)
+        return model.guard(keep_known(x, ts[-1], known))
     first = ts[0] if torch.is_tensor(ts[0]) else torch.full((B, K), ts[0], device=noise.device)
     levels = torch.cat([context_levels, first], dim=1)  # (B, 2K)
     both = None if fill is None else tuple(torch.cat(pair, dim=1) for pair in zip(prev_fill, fill))
