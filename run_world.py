@@ -102,7 +102,9 @@ def run_rollout(cfg: DictConfig) -> None:
     policy = make_batch_policy(config.policy, config.num_envs, config.seed, policy_config)  # a bad path fails first
     kind = world_kind(cfg)
     env = make_vector_env(cfg, kind, config.num_envs)
-    options = {"world": kind, "policy": config.policy, **({"checkpoint": cfg.checkpoint} if kind == "model" else {})}
+    from worldsim.data.interchange import env_options
+    options = {**env_options(env), "world": kind, "policy": config.policy,
+               **({"checkpoint": cfg.checkpoint} if kind == "model" else {})}
     writers = EpisodeWriters(config.out_dir, kind, env.metadata["render_fps"], options)
     result = rollout(env, policy, config.steps, seed=config.seed, writers=writers, progress=config.progress)
     print(f"{result['frames']} frames from {config.num_envs} {kind} worlds in {result['seconds']:.1f} s "

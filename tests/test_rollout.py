@@ -100,6 +100,27 @@ def test_unresolvable_policy_is_a_clear_error_naming_it(path, problem):
     assert path in str(e.value)
 
 
+def test_every_source_names_its_view_in_the_options_it_records(world, tmp_path):
+    """options.json of a recording names fov and view_distance whatever made it: the engine or a world model, one
+    env or a batch, wrapped by gymnasium or not (a world model's are the engine's it starts from)."""
+    import gymnasium
+
+    from worldsim.data.interchange import env_options
+    engine = EngineConfig(width=64, height=64, fov=60.0, view_distance=32)
+    envs = [gymnasium.make("worldsim/VoxelWorld-v0", config=engine), VoxelVectorEnv(2, engine),
+            WorldModelEnv(checkpoint=world, engine=engine), WorldModelVectorEnv(2, checkpoint=world, engine=engine)]
+    for env in envs:
+        options = env_options(env)
+        assert (options["fov"], options["view_distance"]) == (60.0, 32), type(env)
+    assert env_options(envs[2])["checkpoint"] == world  # and the model's own settings
+    done = subprocess.run([sys.executable, "run_world.py", "mode=rollout", "world=engine", "rollout.num_envs=1",
+                           "rollout.steps=3", "rollout.progress=false", f"rollout.out_dir={tmp_path}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    options = read_trajectory(list_trajectories(tmp_path)[0]).options
+    assert (options["fov"], options["view_distance"], options["world"]) == (70.0, 48, "engine")
+
+
 def test_mode_rollout_with_a_bad_policy_fails_before_writing(tmp_path):
     result = subprocess.run([sys.executable, "run_world.py", "mode=rollout", "world=engine", "policy=nope.mod:act",
                              f"rollout.out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)

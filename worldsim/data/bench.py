@@ -1,9 +1,8 @@
 """Data benchmarks: clip loading from the training cache on one core, and mp4 encoding/decoding in the writer.
 
-    python -m worldsim.data.bench [CACHE_DIR]    prints a table and saves bench_results/data.json
+    python -m worldsim.data.bench [CACHE_DIR] [--out PATH]    prints a table and saves bench_results/data.json
 """
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -116,5 +115,15 @@ def time_encoding(stem: Path, frames: np.ndarray, acts: list, infos: list, pix_f
              "seconds": decode_seconds, "frames_per_s": n / decode_seconds}]
 
 
+def main(argv=None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(description="Clip loading from a training cache on one core and mp4 "
+                                     "encoding/decoding in the writer; prints a table and saves JSON.")
+    parser.add_argument("cache", nargs="?", help="a training cache directory (default: a synthetic one)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="the JSON written")
+    args = parser.parse_args(argv)
+    bench_clip_loading(args.cache, out=args.out)
+
+
 if __name__ == "__main__":
-    bench_clip_loading(sys.argv[1] if len(sys.argv) > 1 else None)
+    main()

@@ -410,5 +410,21 @@ def bench_generation(out_dir: str = "bench_results/generation", width: int = 128
     return result
 
 
-if __name__ == "__main__":  # python -m worldsim.data.generate: the generation benchmark
-    bench_generation()
+def main(argv=None) -> None:
+    """python -m worldsim.data.generate: the generation benchmark (mode=generate makes datasets)."""
+    import argparse
+    parser = argparse.ArgumentParser(description="Frames/s of generation with H.264 encoding (policy + engine + "
+                                     "jsonl), in a fresh directory; prints a table and saves JSON. Datasets: "
+                                     "python run_world.py mode=generate.")
+    parser.add_argument("--out-dir", default="bench_results/generation", help="where the episodes go (replaced)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--episodes", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=500, help="frames per episode")
+    parser.add_argument("--out", default="bench_results/generation.json", help="the JSON written")
+    args = parser.parse_args(argv)
+    bench_generation(args.out_dir, workers=args.workers, episodes=args.episodes, frames_per_episode=args.frames,
+                     json_path=args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ A writer is atomic (generation: it writes NAME.partial.* and renames at close, s
 final names from the start, the jsonl flushed every `flush_every` frames and the mp4 fragmented at each
 keyframe, so a crash leaves a readable prefix; its options say "complete": false until close).
 """
+import dataclasses
 import json
 import logging
 import os
@@ -103,6 +104,17 @@ class Trajectory:
     @property
     def source(self) -> str | None:
         return self.options.get("source")
+
+
+def env_options(env) -> dict:
+    """What NAME-options.json says of the env a trajectory comes from: its config's fields, and for a world model
+    also those of the engine it starts from (fov, view_distance, hud, ...), so that every source names its view."""
+    env = getattr(env, "unwrapped", env)
+    options = {}
+    for config in (getattr(env, "engine_config", None), getattr(env, "config", None)):
+        if dataclasses.is_dataclass(config):
+            options.update(dataclasses.asdict(config))
+    return options
 
 
 class TrajectoryWriter:

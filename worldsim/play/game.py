@@ -4,7 +4,6 @@ The game knows only the gymnasium interface (`reset`, `step`, the `info` keys), 
 engine and the world model alike.
 """
 import collections
-import dataclasses
 import datetime
 import math
 import os
@@ -174,10 +173,9 @@ class Recording:
     `source` is "model" when the world model made the frames, else "human" (a person playing the engine)."""
 
     def __init__(self, directory: str, env, obs: np.ndarray, info: dict, fps: int, source: str = "human"):
-        from worldsim.data.interchange import TrajectoryWriter  # PyAV loads only when someone records
+        from worldsim.data.interchange import TrajectoryWriter, env_options  # PyAV loads only when someone records
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        config = getattr(env, "config", None)
-        options = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+        options = env_options(env)
         h, w = obs.shape[:2]
         # Not atomic: final names from the first frame, flushed as it goes, so a crash leaves a readable prefix.
         self.writer = TrajectoryWriter(Path(directory) / f"{source}-{stamp}", w, h, fps=fps, source=source,

@@ -2,7 +2,6 @@
 
 What `python run_world.py` does on a machine with no display, so that the quickstart works everywhere.
 """
-import dataclasses
 import datetime
 import time
 from pathlib import Path
@@ -30,12 +29,11 @@ def scripted_walk(frames: int, fps: int) -> list[dict]:
 
 def headless_walk(env, seconds: float, fps: int, out_dir, seed: int | None = None, source: str = "engine") -> dict:
     """Play the scripted walk in `env` and write it to out_dir; returns {path, frames, seconds, fps, step_fps}."""
-    from worldsim.data.interchange import TrajectoryWriter
+    from worldsim.data.interchange import TrajectoryWriter, env_options
     frames = max(1, round(seconds * fps))
     obs, info = env.reset(seed=seed)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    config = getattr(env, "config", None)
-    options = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+    options = env_options(env)
     h, w = obs.shape[:2]
     stepping = 0.0
     start = time.perf_counter()
