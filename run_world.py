@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 def engine_config(cfg: DictConfig):
     from worldsim.engine.env import EngineConfig
-    return EngineConfig(**OmegaConf.to_container(cfg.engine, resolve=True))
+    return build(EngineConfig, cfg.engine, "engine")
 
 
 WORLD_KINDS = ("auto", "engine", "model")
@@ -36,7 +36,7 @@ def world_kind(cfg: DictConfig) -> str:
 def model_config(cfg: DictConfig, **changes):
     from worldsim.envs.world_model import WorldModelConfig
     values = {k: v for k, v in to_dict(cfg.world).items() if k != "kind"}
-    return WorldModelConfig(**{**values, "checkpoint": cfg.checkpoint, **changes})
+    return build(WorldModelConfig, {**values, "checkpoint": cfg.checkpoint, **changes}, "world")
 
 
 def make_env(cfg: DictConfig, kind: str | None = None):
@@ -67,12 +67,16 @@ def plain_warnings() -> None:
 def run_play(cfg: DictConfig) -> None:
     from worldsim.play.game import NoDisplayError, PlayConfig, check_display, play
     plain_warnings()
-    play_config = PlayConfig(**to_dict(cfg.play))
+    play_config = build(PlayConfig, cfg.play, "play")
     kind = world_kind(cfg)
     try:
         check_display()
     except NoDisplayError as e:
-        print(f"{e}: playing a scripted {play_config.headless_seconds:g}-second walk headless instead",
+        no_display = e
+    else:
+        no_display = None
+    if no_display is not None:  # (outside the except: an error of the walk is its own, not the display's)
+        print(f"{no_display}: playing a scripted {play_config.headless_seconds:g}-second walk headless instead",
               file=sys.stderr)
         return run_headless(cfg, kind, play_config)
     ticks = play(lambda: make_env(cfg, kind), play_config, seed=cfg.seed)  # made where its frames will be
@@ -96,9 +100,9 @@ def run_rollout(cfg: DictConfig) -> None:
     values = to_dict(cfg.rollout)
     # `policy=NAME` replaces the policy section with a name; `policy.name=NAME` keeps its settings
     named = isinstance(cfg.policy, str)
-    policy_config = PolicyConfig() if named else PolicyConfig(**to_dict(cfg.policy))
+    policy_config = PolicyConfig() if named else build(PolicyConfig, cfg.policy, "policy")
     values["policy"] = values.get("policy") or (cfg.policy if named else policy_config.name)
-    config = RolloutConfig(**values)
+    config = build(RolloutConfig, values, "rollout")
     policy = make_batch_policy(config.policy, config.num_envs, config.seed, policy_config)  # a bad path fails first
     kind = world_kind(cfg)
     env = make_vector_env(cfg, kind, config.num_envs)
@@ -113,14 +117,14 @@ def run_rollout(cfg: DictConfig) -> None:
 
 def run_bench(cfg: DictConfig) -> None:
     from worldsim.bench import BenchConfig, bench_engine
-    bench_engine(engine_config(cfg), BenchConfig(**OmegaConf.to_container(cfg.bench, resolve=True)), seed=cfg.seed)
+    bench_engine(engine_config(cfg), build(BenchConfig, cfg.bench, "bench"), seed=cfg.seed)
 
 
 def run_generate(cfg: DictConfig) -> None:
     from worldsim.data.generate import GenerateConfig, generate
     from worldsim.data.policies import PolicyConfig
-    generate_config = GenerateConfig(**OmegaConf.to_container(cfg.generate, resolve=True))
-    policy_config = PolicyConfig(**OmegaConf.to_container(cfg.policy, resolve=True))
+    generate_config = build(GenerateConfig, cfg.generate, "generate")
+    policy_config = build(PolicyConfig, cfg.policy, "policy")
     generate(generate_config, engine_config(cfg), policy_config)
 
 
@@ -136,11 +140,32 @@ def to_dict(node) -> dict:
     return OmegaConf.to_container(node, resolve=True)
 
 
+def build(cls, values, section: str):
+    """cls(**values) from the config section `section` (a node or a dict), each value checked against its field's
+    type first: a value of the wrong kind from the command line (rollout.steps=two) is an error naming the key."""
+    import dataclasses
+    import typing
+    values = to_dict(values) if isinstance(values, DictConfig) else dict(values)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name not in values or values[field.name] is None:
+            continue
+        value, kinds = values[field.name], set(typing.get_args(hints[field.name]) or (hints[field.name],))
+        kinds.discard(type(None))
+        if kinds == {bool} and not isinstance(value, bool):
+            raise ValueError(f"{section}.{field.name} must be true or false, got {value!r}")
+        numeric = kinds & {int, float} and not kinds & {str, bool}
+        if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            kind = "a whole number" if kinds == {int} else "a number"
+            raise ValueError(f"{section}.{field.name} must be {kind}, got {value!r}")
+    return cls(**values)
+
+
 def run_train_autoencoder(cfg: DictConfig) -> None:
     from worldsim.models.autoencoder import AutoencoderConfig
     from worldsim.models.train_autoencoder import train_autoencoder
     from worldsim.training import TrainConfig
-    train_autoencoder(AutoencoderConfig(**to_dict(cfg.autoencoder)), TrainConfig(**to_dict(cfg.train)))
+    train_autoencoder(build(AutoencoderConfig, cfg.autoencoder, "autoencoder"), build(TrainConfig, cfg.train, "train"))
 
 
 def run_encode(cfg: DictConfig) -> None:
@@ -151,16 +176,21 @@ def run_encode(cfg: DictConfig) -> None:
 def run_tune_decoder(cfg: DictConfig) -> None:
     from worldsim.models.train_autoencoder import DecoderTuneConfig, tune_decoder
     from worldsim.training import TrainConfig
-    tune_decoder(DecoderTuneConfig(**to_dict(cfg.tune_decoder)), TrainConfig(**to_dict(cfg.train)))
+    tune_decoder(build(DecoderTuneConfig, cfg.tune_decoder, "tune_decoder"), build(TrainConfig, cfg.train, "train"))
 
 
-def run_eval(cfg: DictConfig) -> None:
+def eval_checkpoints(checkpoint, eval_config: dict) -> dict:
+    """eval_config with eval.checkpoint and eval.autoencoder filled from a world directory: checkpoint=WORLD,
+    eval.checkpoint=WORLD, or (a model evaluated with nothing named) the shipped world; a run directory given as
+    checkpoint= is the dynamics run."""
     from pathlib import Path
-
-    from worldsim.data.policies import PolicyConfig
-    from worldsim.eval import EvalConfig, run_eval as evaluate_world
-    eval_config = to_dict(cfg.eval)
-    world_dir = Path(cfg.checkpoint) if cfg.checkpoint else None
+    eval_config = dict(eval_config)
+    world_dir = Path(checkpoint) if checkpoint else None
+    if world_dir is not None and not world_dir.is_dir():
+        raise FileNotFoundError(f"checkpoint={world_dir}: no such world directory")
+    named = Path(eval_config["checkpoint"]) if eval_config["checkpoint"] else None
+    if world_dir is None and named is not None and (named / "dynamics").is_dir():  # eval.checkpoint=WORLD
+        world_dir, eval_config["checkpoint"] = named, None
     if world_dir is None and eval_config["world"] == "model" and not eval_config["checkpoint"]:
         from worldsim.envs import shipped_world
         world_dir = shipped_world()  # nothing named: the world that python run_world.py plays
@@ -169,14 +199,21 @@ def run_eval(cfg: DictConfig) -> None:
         eval_config["autoencoder"] = eval_config["autoencoder"] or str(world_dir / "autoencoder")
     elif world_dir is not None:
         eval_config["checkpoint"] = eval_config["checkpoint"] or str(world_dir)
-    evaluate_world(EvalConfig(**eval_config), engine_config(cfg), PolicyConfig(**to_dict(cfg.policy)))
+    return eval_config
+
+
+def run_eval(cfg: DictConfig) -> None:
+    from worldsim.data.policies import PolicyConfig
+    from worldsim.eval import EvalConfig, run_eval as evaluate_world
+    eval_config = eval_checkpoints(cfg.checkpoint, to_dict(cfg.eval))
+    evaluate_world(build(EvalConfig, eval_config, "eval"), engine_config(cfg), build(PolicyConfig, cfg.policy, "policy"))
 
 
 def run_train_idm(cfg: DictConfig) -> None:
     from worldsim.data.policies import PolicyConfig
     from worldsim.eval.idm import IDMConfig, IDMTrainConfig, print_idm_table, train_idm
-    _, report = train_idm(IDMConfig(**to_dict(cfg.idm.model)), IDMTrainConfig(**to_dict(cfg.idm.train)),
-                          engine_config(cfg), PolicyConfig(**to_dict(cfg.policy)))
+    _, report = train_idm(build(IDMConfig, cfg.idm.model, "idm.model"), build(IDMTrainConfig, cfg.idm.train, "idm.train"),
+                          engine_config(cfg), build(PolicyConfig, cfg.policy, "policy"))
     print_idm_table(report["holdout"], title=f"IDM on held-out worlds, saved to {cfg.idm.train.out_dir}")
 
 
@@ -184,7 +221,7 @@ def run_train_dynamics(cfg: DictConfig) -> None:
     from worldsim.models.dynamics import DynamicsConfig
     from worldsim.models.train_dynamics import train_dynamics
     from worldsim.training import TrainConfig
-    train_dynamics(DynamicsConfig(**to_dict(cfg.dynamics)), TrainConfig(**to_dict(cfg.train)))
+    train_dynamics(build(DynamicsConfig, cfg.dynamics, "dynamics"), build(TrainConfig, cfg.train, "train"))
 
 
 def run_ship(cfg: DictConfig) -> None:
@@ -207,7 +244,7 @@ def main(cfg: DictConfig) -> None:
         MODES[cfg.mode](cfg)
     except NoDisplayError as e:
         sys.exit(f"error: {e}. Run it on a machine with a screen (or set SDL_VIDEODRIVER=dummy for a blind test).")
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError) as e:  # bad input: the message names it (a path, a key, a value)
         sys.exit(f"error: {e}")
 
 

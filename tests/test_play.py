@@ -105,6 +105,14 @@ def test_bad_config_values_are_named():
     result = subprocess.run([sys.executable, "run_world.py", "mode=bench", "engine.width=0"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "width" in result.stderr and "Traceback" not in result.stderr
+    for args, said in ((["mode=rollout", "rollout.steps=two"], "rollout.steps must be a whole number, got 'two'"),
+                       (["world.twin=maybe"], "world.twin must be true or false, got 'maybe'"),
+                       (["world.device=gpu"], "world.device must be auto, cpu or cuda[:i], got 'gpu'")):
+        env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+        result = subprocess.run([sys.executable, "run_world.py", *args], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode != 0 and f"error: {said}" in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
 
 
 def test_r_records_what_was_played(game, tmp_path):

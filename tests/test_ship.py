@@ -168,6 +168,26 @@ def test_the_world_model_env_without_a_checkpoint_is_the_shipped_world():
     env.close()
 
 
+def test_eval_takes_a_world_directory_however_it_is_named(tmp_path):
+    import importlib.util
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("run_world", root / "run_world.py")
+    run_world = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_world)
+    world = tmp_path / "world"
+    for part in ("dynamics", "autoencoder"):
+        (world / part).mkdir(parents=True)
+    blank = {"world": "model", "checkpoint": None, "autoencoder": None}
+    want = {"checkpoint": str(world / "dynamics"), "autoencoder": str(world / "autoencoder")}
+    for checkpoint, config in ((world, blank), (None, {**blank, "checkpoint": str(world)})):
+        assert {k: run_world.eval_checkpoints(checkpoint, config)[k] for k in want} == want
+    run = {**blank, "checkpoint": str(tmp_path / "run"), "autoencoder": str(tmp_path / "ae")}
+    assert run_world.eval_checkpoints(None, run) == run  # run directories stay as named
+    with pytest.raises(FileNotFoundError, match="checkpoint=.*nope: no such world directory"):
+        run_world.eval_checkpoints(tmp_path / "nope", blank)
+
+
 def test_mode_eval_without_a_checkpoint_evaluates_the_shipped_world(tmp_path):
     import subprocess
     import sys

@@ -258,6 +258,17 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(world, tmp_path, monke
         load_world(broken)
 
 
+def test_a_device_this_machine_lacks_is_named(world):
+    from worldsim.envs.world_model import resolve_device
+    assert resolve_device("cpu") == "cpu" and resolve_device("auto") in ("cpu", "cuda")
+    for device, said in (("gpu", "must be auto, cpu or cuda"), ("mps", "must be auto, cpu or cuda")):
+        with pytest.raises(ValueError, match=said):
+            WorldModelEnv(checkpoint=world, device=device)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="world.device=cuda:1 but torch .* sees no CUDA device"):
+            WorldModelEnv(checkpoint=world, device="cuda:1")
+
+
 def test_mismatched_autoencoder_is_named(tmp_path):
     dynamics, autoencoder = tiny_configs()
     world = random_world(tmp_path / "w", DynamicsConfig(**{**vars(dynamics), "latent_channels": 16}), autoencoder)

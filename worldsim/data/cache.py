@@ -102,7 +102,7 @@ class CacheWriter:
         self.directory = Path(directory)
         self.width, self.height = int(width), int(height)
         if self.directory.exists() and not overwrite:
-            raise FileExistsError(f"{self.directory}: already exists (pass overwrite=True to replace it)")
+            raise FileExistsError(f"{self.directory}: already exists (overwrite=True replaces it; on the command line convert.overwrite=true)")
         self.tmp = self.directory.with_name(self.directory.name + PARTIAL)
         if self.tmp.exists():
             log.warning("removing %s, left by an unfinished cache write", self.tmp)

@@ -139,8 +139,21 @@ def pin_torch_threads(threads: int | None) -> None:
 
 
 def resolve_device(device: str) -> str:
+    """auto → cuda where torch has a CUDA device, else cpu; cpu or cuda[:i] checked against this machine."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"world.device must be auto, cpu or cuda[:i], got {device!r}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"world.device={device} but torch {torch.__version__} sees no CUDA device here; "
+                             f"use world.device=cpu (or auto)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"world.device={device} but there are {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
