@@ -216,7 +216,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--display-fps", type=int, default=120, help="window loop ticks per second (play.display_fps)")
     parser.add_argument("--soak-frames", type=int, default=2000, help="72000: an hour of play time; 0: skip")
     parser.add_argument("--soak-checkpoint", help="world checkpoint for the soak (default: the play one)")
-    parser.add_argument("--skip-play", action="store_true", help="only the soak")
+    parser.add_argument("--skip-play", action="store_true", help="skip the play sessions (rollouts and the soak still run)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="world.precision of the play and rollout worlds")
     parser.add_argument("--decode-precision", choices=("auto", "fp32", "bf16"), default="auto",
