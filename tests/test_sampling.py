@@ -314,8 +314,9 @@ def test_keep_view_holds_a_still_view_and_brings_a_full_turn_back():
             assert back < 0.5
 
 
-@pytest.mark.parametrize("fuse_commit", [True, False], ids=["fused-commit", "separate-commit"])
-def test_a_view_known_everywhere_skips_the_steps_and_equals_recomputing_everything(fuse_commit):
+@pytest.mark.parametrize("fuse_commit,graphs", [(True, False), (False, False), (True, True)],
+                         ids=["fused-commit", "separate-commit", "graphed"])
+def test_a_view_known_everywhere_skips_the_steps_and_equals_recomputing_everything(fuse_commit, graphs):
     """With keep_view, a frame where every row stands knows its whole view: the sampler makes it without the Euler
     steps' read passes (each would put the known view back), and its frames equal the reference's, which takes
     them; once a row walks, they are taken again."""
@@ -336,7 +337,7 @@ def test_a_view_known_everywhere_skips_the_steps_and_equals_recomputing_everythi
         modes.append(kwargs.get("mode", "train"))
         return forward(self, *args, **kwargs)
 
-    sampler = Sampler(model, batch_size=2, steps=3, seed=7, fuse_commit=fuse_commit)
+    sampler = Sampler(model, batch_size=2, steps=3, seed=7, fuse_commit=fuse_commit, graphs=graphs)
     sampler.reset(prompt, prompt_actions)
     made, reads = [], []
     type(model).forward = counting
