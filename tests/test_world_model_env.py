@@ -218,10 +218,14 @@ def test_image_prompt_of_another_size_is_resized_with_a_warning(world, tmp_path)
     from PIL import Image
     path = tmp_path / "start.png"
     Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(path)
-    with pytest.warns(UserWarning, match="64×48 frames resized to the model's 32×32"):
+    with pytest.warns(UserWarning, match="64×48 frames resized to the model's 32×32 \\(stretched"):
         env = make(world, prompt=str(path))
     obs, _ = env.reset(seed=0)
     assert obs.shape == (32, 32, 3) and (obs == 90).all()
+    with pytest.warns(UserWarning) as said:
+        assert make(world, prompt=str(path), twin=True).config.twin is False
+    assert any("engine twin (F5 in play) starts only from a seed prompt, so it is off for" in str(w.message)
+               for w in said)
 
 
 @pytest.mark.parametrize("damage", ["garbage mp4", "missing jsonl", "too short", "bad image"])

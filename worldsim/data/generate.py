@@ -357,7 +357,8 @@ def generate(config: GenerateConfig, engine_config: EngineConfig | None = None,
             stats.merge(ActionStats.from_dict(log.finished[i]))
         stats.print_table(console)
         console.print(f"{summary['frames_made']} frames in {seconds:.1f} s ({summary['frames_per_s']:.0f} frames/s); "
-                      f"{len(log.finished)} episode(s) in {out_dir}; statistics in {out_dir / STATS_FILE}")
+                      f"{len(log.finished)} episode(s) in {out_dir}; statistics in {out_dir / STATS_FILE}",
+                      soft_wrap=True)  # paths stay whole, to copy from a log
         if config.fmt == "cache":
             summary["cache"] = str(build_cache(out_dir, console))
     return summary

@@ -262,8 +262,9 @@ def _resized(frame: np.ndarray, size: tuple[int, int], source) -> np.ndarray:
     if frame.shape[:2] == size:
         return frame
     from PIL import Image
-    warnings.warn(f"{source}: {frame.shape[1]}×{frame.shape[0]} frames resized to the model's {size[1]}×{size[0]}",
-                  stacklevel=3)
+    stretched = frame.shape[1] * size[0] != frame.shape[0] * size[1]
+    warnings.warn(f"{source}: {frame.shape[1]}×{frame.shape[0]} frames resized to the model's {size[1]}×{size[0]}"
+                  + (" (stretched: the aspect ratio differs)" if stretched else ""), stacklevel=3)
     return np.asarray(Image.fromarray(frame).resize((size[1], size[0]), Image.BILINEAR))
 
 
@@ -440,7 +441,8 @@ class _ModelWorld:
         self.engine_config = EngineConfig.with_overrides(engine, {"width": ae.width, "height": ae.height})
         self.prompt_frames = prompt_length(c.prompt_frames, dynamics.config)
         if c.twin and not c.seed_prompt:
-            warnings.warn(f"no twin engine: it starts only from a seed, not from {c.prompt}", stacklevel=3)
+            warnings.warn(f"the engine twin (F5 in play) starts only from a seed prompt, so it is off for {c.prompt}",
+                          stacklevel=3)
             self.config = c = dataclasses.replace(c, twin=False)
         # file prompts are read once, so that a bad file fails here, before anything starts
         self.file_prompt = None if c.seed_prompt else file_prompt(c.prompt, self.size, self.prompt_frames)
