@@ -69,12 +69,11 @@ def run_play(cfg: DictConfig) -> None:
     plain_warnings()
     play_config = build(PlayConfig, cfg.play, "play")
     kind = world_kind(cfg)
+    no_display = None
     try:
         check_display()
     except NoDisplayError as e:
         no_display = e
-    else:
-        no_display = None
     if no_display is not None:  # (outside the except: an error of the walk is its own, not the display's)
         print(f"{no_display}: playing a scripted {play_config.headless_seconds:g}-second walk headless instead",
               file=sys.stderr)
