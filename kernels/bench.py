@@ -1,4 +1,4 @@
-"""Check the attention kernels on the GPU, then time them against torch SDPA and FlexAttention.
+"""Check the attention and noise kernels on the GPU, then time them against what torch offers for each.
 
     python -m kernels.bench [--quick] [--out kernels/bench_results.json]
 
@@ -8,6 +8,8 @@ to our kernel. Training kernels are timed with CUDA events (triton.testing.do_be
 kernels, which take microseconds, by CUDA-graph replay (do_bench_cudagraph) so Python's launch overhead
 stays out. FLOPs count only the (query, key) pairs a method must compute: the causal triangle for SDPA
 causal, the block-causal mask for the rest. GB/s counts each input read once and each output written once.
+The row noise (kernels/noise.py) is checked against its numba loop, and timed against one torch generator
+per batch row (what the rollouts' sampler did before it) with CUDA events around the Python call.
 """
 import argparse
 import json
@@ -115,6 +117,20 @@ def run_checks(quick):
     for dtype in (torch.bfloat16, torch.float16):
         ok &= check_cache_graph(dtype, 64, 2048, 64)
         ok &= check_cache_graph(dtype, 17, 300, 128)
+    ok &= check_noise()
+    return ok
+
+
+def check_noise(B=5, numel=4099):
+    """The Triton row noise on the GPU against the numba loop on the CPU: the same stream to float rounding."""
+    from kernels.noise import row_normal, seed_keys
+    keys = seed_keys([0, 1, 7, 2 ** 40 + 3, 2 ** 64 - 1])
+    draws = torch.tensor([0, 1, 5, 2 ** 33 + 1, 9])
+    want = row_normal(keys, draws, numel)
+    got = row_normal(keys.to(DEVICE), draws.to(DEVICE), numel).cpu()
+    err = (got - want).abs().max().item()
+    ok = err < 1e-4
+    print(f"  {'ok ' if ok else 'BAD'} row noise B={B} numel={numel}: max |triton - numba| = {err:.2e}")
     return ok
 
 
@@ -265,6 +281,28 @@ def sweep_inference(B, H, Tq, S, D):
     return sorted(results, key=lambda r: r["us"])
 
 
+def bench_noise(B, numel):
+    """A batch's noise for one sampler step: one Triton launch against one torch generator per row (what
+    the rollouts' sampler did before), both timed with CUDA events around the Python call."""
+    from kernels.noise import row_normal, seed_keys
+    keys, draws = seed_keys(range(B), DEVICE), torch.zeros(B, dtype=torch.int64, device=DEVICE)
+    generators = [torch.Generator(DEVICE).manual_seed(i) for i in range(B)]
+    methods = {
+        "triton row_normal": lambda: row_normal(keys, draws, numel, torch.bfloat16),
+        "torch.randn per row": lambda: torch.stack([torch.randn(numel, generator=g, device=DEVICE,
+                                                                dtype=torch.bfloat16) for g in generators]),
+    }
+    case, bytes_ = f"noise B={B} numel={numel} bf16", B * numel * 2
+    rows, ours = [], None
+    for name, fn in methods.items():
+        us = _bench_events(fn)
+        ours = ours or us
+        row = Row(case, name, us, 0.0, bytes_ / us / 1e3, us / ours)
+        rows.append(row)
+        _print_row(row)
+    return rows
+
+
 def _print_row(row):
     print(f"{row.case:<52} {row.method:<30} {row.us:>10.1f} {row.tflops:>8.1f} {row.gbps:>8.0f} {row.ratio:>6.2f}",
           flush=True)
@@ -293,7 +331,7 @@ def main(argv=None):
     print("checks", "passed" if checks_ok else "FAILED")
 
     print(f"\n{'case':<52} {'method':<30} {'µs':>10} {'TFLOP/s':>8} {'GB/s':>8} {'ratio':>6}")
-    rows = []
+    rows = bench_noise(256, 4096) + bench_noise(1, 4096)
     inference = [(1, 8, 64, 2048, 64), (1, 16, 256, 8192, 128), (64, 8, 64, 2048, 64)]
     for shape in inference:
         rows += bench_inference(*shape)

@@ -36,6 +36,7 @@ twin and the hotbar slot). The CPU and GPU interactive configs have K = 1.
 """
 import copy
 import dataclasses
+import math
 import os
 import time
 import warnings
@@ -48,6 +49,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
+from kernels.noise import row_normal, seed_keys
 from worldsim.engine import actions
 from worldsim.engine.env import SEED_BOUND, EngineConfig, VoxelEnv, config_with_overrides
 from worldsim.engine.player import TICKS_PER_SECOND
@@ -303,23 +305,36 @@ def file_prompt(prompt: str, size: tuple[int, int], frames: int) -> Prompt:
 # ---------------------------------------------------------------------------------------------- the model
 
 class RowSeededSampler(Sampler):
-    """A Sampler whose noise comes from one generator per batch row, so that row i of a batch replays a batch-1
-    sampler seeded alike (Sampler's one generator ties each row's noise to the batch size)."""
+    """A Sampler whose noise comes from one counter-based stream per batch row (kernels.noise), so that row i
+    of a batch replays a batch-1 sampler seeded alike (Sampler's one generator ties each row's noise to the
+    batch size), and a batch's noise is one launch whatever its size. The rows' keys and draw counters are
+    device tensors: `noise_state` and `set_noise_state` save and restore them for rewinds."""
 
     def __init__(self, model, batch_size: int, steps: int | None = None, graphs: bool = False):
         super().__init__(model, batch_size=batch_size, steps=steps, graphs=graphs)
-        self.row_generators = [torch.Generator(self.device) for _ in range(batch_size)]
+        self.noise_keys = torch.zeros(batch_size, 2, dtype=torch.int64, device=self.device)
+        self.noise_draws = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
 
     def seed_rows(self, seeds) -> None:
-        for generator, seed in zip(self.row_generators, seeds, strict=True):
-            generator.manual_seed(int(seed))
+        seeds = list(seeds)
+        if len(seeds) != self.batch_size:
+            raise ValueError(f"seed_rows needs one seed per row ({self.batch_size}), got {len(seeds)}")
+        self.noise_keys.copy_(seed_keys(seeds))
+        self.noise_draws.zero_()
+
+    def noise_state(self) -> dict:
+        return {"keys": self.noise_keys.clone(), "draws": self.noise_draws.clone()}
+
+    def set_noise_state(self, state: dict) -> None:
+        self.noise_keys.copy_(state["keys"])
+        self.noise_draws.copy_(state["draws"])
 
     def _noise(self, frames: int):
         c = self.config
         shape = (frames, c.latent_channels, c.latent_height, c.latent_width)
-        dtype = self.model.head.weight.dtype
-        return torch.stack([torch.randn(shape, generator=g, device=self.device, dtype=dtype)
-                            for g in self.row_generators])  # (B, K, C, h, w)
+        noise = row_normal(self.noise_keys, self.noise_draws, math.prod(shape), self.model.head.weight.dtype)
+        self.noise_draws.add_(1)
+        return noise.view(self.batch_size, *shape)  # (B, K, C, h, w)
 
 
 class Imagination:
@@ -399,14 +414,12 @@ class Imagination:
             self.prepared_ms = (time.perf_counter() - start) * 1000.0
 
     def snapshot(self) -> dict:
-        return {"sampler": self.sampler.snapshot(), "rows": [g.get_state() for g in self.sampler.row_generators],
-                "queue": list(self.queue)}
+        return {"sampler": self.sampler.snapshot(), "noise": self.sampler.noise_state(), "queue": list(self.queue)}
 
     def restore(self, state: dict) -> None:
         self.sampler.restore(state["sampler"])
         self.prepared_ms = 0.0
-        for generator, rng in zip(self.sampler.row_generators, state["rows"], strict=True):
-            generator.set_state(rng)
+        self.sampler.set_noise_state(state["noise"])
         self.queue = list(state["queue"])
 
 
