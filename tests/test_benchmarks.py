@@ -50,3 +50,20 @@ def test_the_command_line_refuses_unknown_stages_and_bad_budgets(capsys):
     benchmarks.main(["--list", "--only", "kernels", "rollouts"])
     listed = capsys.readouterr().out
     assert "kernels.bench" in listed and "--rollout-envs 256" in listed
+
+
+def test_the_rollout_profile_says_where_a_step_spends_its_time(tmp_path):
+    from test_world_model_env import tiny_configs
+    from worldsim.envs.world_model import random_world
+    from worldsim.play.bench import rollout_speed
+    world = str(random_world(tmp_path / "world", *tiny_configs()))
+    result = rollout_speed(world, num_envs=2, steps=2, warmup=1, profile_steps=2)
+    profile = result["profile"]
+    assert profile["steps"] == 2 and profile["sorted_by"] == "cpu_ms_per_step"
+    times = [r["cpu_ms_per_step"] for r in profile["top"]]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert 0 < profile["cpu_ms_per_step"] <= profile["wall_ms_per_step"] * 1.05
+    names = {r["name"] for r in profile["top"]}
+    assert "aten::addmm" in names or "aten::linear" in names  # the transformer's projections are in a step
+    attention = [r for r in profile["top"] if "scaled_dot_product" in r["name"]]
+    assert attention and attention[0]["calls_per_step"] > 0

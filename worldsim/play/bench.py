@@ -16,7 +16,8 @@ when playing (--no-twin: without the twin):
   one and a half times it, so that the moves fall at every phase of the game's and the worker's ticks); it is
   posted as an event at the game's first tick after it, as the window system would queue it, and its latency
   is the time from the move to the first drawn frame whose action included it, in ms and in frames of 1/fps;
-- rollout: frames per second of a batch of worlds under the random policy (no files written);
+- rollout: frames per second of a batch of worlds under the random policy (no files written); with
+  --profile-steps, the ops and kernels that take a step's time;
 - soak: N frames of the env alone (a scripted walk, each step followed by the env's `prepare` and the game's
   rewind snapshots kept, as in play), resident memory after warm-up and at the end, and the per-frame time
   (step + prepare) of the first and last tenth and its trend.
@@ -170,10 +171,11 @@ def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring:
 
 
 def rollout_speed(checkpoint: str, num_envs: int, steps: int, warmup: int = 3, precision: str = "fp32",
-                  decode_precision: str = "auto") -> dict:
+                  decode_precision: str = "auto", profile_steps: int = 0) -> dict:
     """Frames per second of a batched rollout (random policy) in the world model, at batch `num_envs`: one reset
     (rendering every world's prompt takes far longer than the steps), `warmup` untimed steps (CUDA graphs are
-    captured), then `steps` timed ones."""
+    captured), then `steps` timed ones; then, with `profile_steps`, that many more under torch.profiler
+    (`profile_rollout`), so that one call says both how fast a step is and where its time goes."""
     from worldsim.envs.world_model import WorldModelVectorEnv
     from worldsim.rollout import make_batch_policy
     env = WorldModelVectorEnv(num_envs, checkpoint=checkpoint, precision=precision, decode_precision=decode_precision)
@@ -186,8 +188,54 @@ def rollout_speed(checkpoint: str, num_envs: int, steps: int, warmup: int = 3, p
             start = time.perf_counter()
         obs, _, _, _, infos = env.step(policy(obs, infos))
     seconds = time.perf_counter() - start
-    return {"num_envs": num_envs, "frames": steps * num_envs, "fps": steps * num_envs / seconds,
-            "ms_per_batch_step": seconds / steps * 1000.0, "reset_s": reset_s}
+    result = {"num_envs": num_envs, "frames": steps * num_envs, "fps": steps * num_envs / seconds,
+              "ms_per_batch_step": seconds / steps * 1000.0, "reset_s": reset_s}
+    if profile_steps:
+        result["profile"] = profile_rollout(env, policy, obs, infos, profile_steps)
+    env.close()
+    return result
+
+
+def profile_rollout(env, policy, obs, infos, steps: int, top: int = 25) -> dict:
+    """`steps` batch steps under torch.profiler: the ops (and on CUDA the kernels) with the most self time, in ms
+    per step, and the step's wall time beside what they sum to (the rest is Python and numpy). On CUDA a step
+    replays CUDA graphs, so its kernels show with the device time they took there."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            obs, _, _, _, infos = env.step(policy(obs, infos))
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    events = list(prof.key_averages())
+
+    def device_us(e):  # torch renamed cuda → device time in 2.4; both spellings for the GPU image's torch
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0) or 0.0
+
+    rows = [{"name": e.key, "calls_per_step": e.count / steps, "cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+             "device_ms_per_step": device_us(e) / 1e3 / steps} for e in events]
+    key = "device_ms_per_step" if cuda else "cpu_ms_per_step"
+    rows.sort(key=lambda r: r[key], reverse=True)
+    return {"steps": steps, "wall_ms_per_step": wall * 1e3 / steps, "sorted_by": key,
+            "cpu_ms_per_step": sum(r["cpu_ms_per_step"] for r in rows),
+            "device_ms_per_step": sum(r["device_ms_per_step"] for r in rows), "top": rows[:top]}
+
+
+def print_profile(profile: dict, rows: int = 15) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"rollout step profile: {profile['wall_ms_per_step']:.2f} ms wall a step, ops' self time "
+                        f"{profile['cpu_ms_per_step']:.2f} ms CPU, {profile['device_ms_per_step']:.2f} ms device")
+    for column in ("op", "calls a step", "CPU ms a step", "device ms a step"):
+        table.add_column(column, justify="left" if column == "op" else "right")
+    for r in profile["top"][:rows]:
+        table.add_row(r["name"][:60], f"{r['calls_per_step']:.1f}", f"{r['cpu_ms_per_step']:.3f}",
+                      f"{r['device_ms_per_step']:.3f}")
+    Console().print(table)
 
 
 def print_table(results: dict) -> None:
@@ -200,7 +248,7 @@ def print_table(results: dict) -> None:
         if not isinstance(values, dict):
             continue
         for key, value in values.items():
-            if isinstance(value, list):  # series go to the JSON only
+            if isinstance(value, (list, dict)):  # series and profiles go to the JSON only (profiles have their table)
                 continue
             text = f"{value:.2f}" if isinstance(value, float) else str(value)
             table.add_row(f"{section}.{key}", text)
@@ -222,6 +270,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--decode-precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="world.decode_precision of the play and rollout worlds")
     parser.add_argument("--rollout-envs", type=int, default=16, help="batch of the rollout timing (0: skip)")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="after the rollout timing, this many steps under torch.profiler: the ops and kernels "
+                             "with the most time a step, printed and in the JSON (0: none)")
     parser.add_argument("--no-twin", action="store_true", help="play without the engine twin (world.twin=false)")
     parser.add_argument("--threads", type=int, help="world.torch_threads of the play and soak worlds (default: "
                                                      "the world's, 2)")
@@ -250,12 +301,15 @@ def main(argv=None) -> dict:
                                                    twin=not args.no_twin)
         if args.rollout_envs:
             results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20, precision=args.precision,
-                                               decode_precision=args.decode_precision)
+                                               decode_precision=args.decode_precision,
+                                               profile_steps=args.profile_steps)
         if args.soak_frames:
             results["soak"] = soak(args.soak_checkpoint or checkpoint, args.soak_frames, args.fps,
                                    threads=args.threads)
     results["setup"]["load_average_1min_end"] = os.getloadavg()[0]
     print_table(results)
+    if "profile" in results.get("rollout", {}):
+        print_profile(results["rollout"]["profile"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
