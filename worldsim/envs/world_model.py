@@ -337,6 +337,18 @@ class RowSeededSampler(Sampler):
         return noise.view(self.batch_size, *shape)  # (B, K, C, h, w)
 
 
+def host_frames(frames: torch.Tensor) -> np.ndarray:
+    """uint8 frames as a numpy array. From the GPU into page-locked memory, which the copy engine writes directly,
+    where a plain .cpu() goes through a pageable staging buffer (at batch 256 the frames are 12.6 MB a step; the
+    gain on the H100 waits for a lent one to measure). torch's caching host allocator hands the block out again
+    once the array is let go."""
+    if frames.device.type != "cuda":
+        return frames.cpu().numpy()
+    host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+    host.copy_(frames)
+    return host.numpy()
+
+
 class Imagination:
     """B imagined worlds stepped together: prompts encoded, the sampler's chunks decoded to uint8 frames."""
 
@@ -396,7 +408,7 @@ class Imagination:
             latents = self.sampler.step(held.contiguous())                                            # (B, K, C, h, w)
             device = self.autoencoder.latent_std.device
             decoded = self.decode(latents.flatten(0, 1).to(device, self.autoencoder.latent_std.dtype))
-            frames = to_uint8(decoded).cpu().numpy()                                                  # (B·K, H, W, 3)
+            frames = host_frames(to_uint8(decoded))                                                   # (B·K, H, W, 3)
             frames = frames.reshape(B, K, *frames.shape[1:])
             self.queue = [frames[:, k] for k in range(K)]
             self.last_step_ms = (time.perf_counter() - start) * 1000.0 / K
