@@ -485,6 +485,38 @@ def test_kv_cache_is_a_ring_buffer():
     assert cache.valid_len.tolist() == [0] and int(cache.pos) == 0
 
 
+@pytest.mark.parametrize("chunk_frames, fuse_commit", [(1, True), (1, False), (2, True)])
+def test_spare_slots_read_the_cache_in_place_and_change_no_bit(monkeypatch, chunk_frames, fuse_commit):
+    """On the CPU the caches keep a chunk's worth of spare slots and `KVCache.attend` reads the cache and the
+    chunk's keys in place (no call of the kernels' dispatch, which copies them together); the frames are those of
+    caches without spare slots bit for bit, through the ring's wrap, in the fused and the separate commit."""
+    import kernels
+    model = small_model(context_frames=4 * chunk_frames, chunk_frames=chunk_frames)
+    c = model.config
+    g = torch.Generator().manual_seed(7)
+    prompt = torch.randn(latent_shape(c, 2, 2 * chunk_frames), generator=g)
+    prompt_actions = torch.rand(2, 2 * chunk_frames - 1, ACTION_DIM, generator=g)
+    step_actions = [torch.rand(2, chunk_frames, ACTION_DIM, generator=g) for _ in range(6)]
+
+    def run(spare):
+        sampler = Sampler(model, batch_size=2, steps=2, seed=3, fuse_commit=fuse_commit)
+        if spare is not None:
+            sampler.caches = make_caches(model, 2, spare=spare)
+        sampler.reset(prompt, prompt_actions)
+        return torch.cat([sampler.step(a) for a in step_actions], 1)
+
+    assert make_caches(model, 1)[0].spare == c.chunk_frames * c.tokens_per_frame  # the CPU default
+    copied = run(spare=0)
+    dispatch = kernels.cache_attention
+    calls = []
+    monkeypatch.setattr(kernels, "cache_attention", lambda *a, **k: calls.append(1) or dispatch(*a, **k))
+    in_place = run(spare=None)
+    assert not calls, "a read went through the dispatch's copy"
+    assert torch.equal(in_place, copied)
+    run(spare=0)
+    assert calls  # the counter counts: without spare slots every read goes through the dispatch
+
+
 def test_batch_rows_are_independent():
     model = small_model(context_frames=4)
     c = model.config

@@ -102,6 +102,14 @@ def apply_rotary(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+def cache_attention(cache, q, k, v):
+    """A chunk's q, k, v (B, nh, T, hs) against a KV cache and the chunk's own keys: the cache's `attend` where
+    it has one (worldsim.sampling.KVCache), else the kernels' dispatch on its k, v and valid_len."""
+    if hasattr(cache, "attend"):
+        return cache.attend(q, k, v)
+    return kernels.cache_attention(q, cache.k, cache.v, cache.valid_len, k, v)
+
+
 class Attention(nn.Module):
     """Multi-head attention with QK-norm and 3-D rotary; block-causal over chunks, or one chunk vs a KV cache."""
 
@@ -133,14 +141,12 @@ class Attention(nn.Module):
             y = kernels.attention(q, k, v, self.chunk_tokens, self.window_chunks)
         elif mode == "commit_read":
             first, second = slice(0, self.chunk_tokens), slice(self.chunk_tokens, None)
-            y1 = kernels.cache_attention(q[:, :, first], cache.k, cache.v, cache.valid_len,
-                                         k[:, :, first], v[:, :, first])
+            y1 = cache_attention(cache, q[:, :, first], k[:, :, first], v[:, :, first])
             cache.update(k[:, :, first], v[:, :, first])
-            y2 = kernels.cache_attention(q[:, :, second], cache.k, cache.v, cache.valid_len,
-                                         k[:, :, second], v[:, :, second])
+            y2 = cache_attention(cache, q[:, :, second], k[:, :, second], v[:, :, second])
             y = torch.cat([y1, y2], dim=2)  # (B, nh, T, hs)
         else:
-            y = kernels.cache_attention(q, cache.k, cache.v, cache.valid_len, k, v)
+            y = cache_attention(cache, q, k, v)
         if mode in ("write", "prefill"):
             cache.update(k, v)
         y = y.transpose(1, 2).reshape(B, Fr, N, C)  # (B, F, N, C)
