@@ -2,8 +2,9 @@
 
 Tokens are latent frames cut into patches (64 per frame for 16x16 latents and 2x2 patches). Attention is
 block-causal over chunks of `chunk_frames` frames with a window of `context_frames` frames (its own chunk
-included), always through `kernels`: `kernels.attention` over a whole clip (training, prefill) and
-`kernels.cache_attention` for one chunk against the ring-buffer KV cache (sampling, see worldsim/sampling.py).
+included), through `kernels`: `kernels.attention` over a whole clip (training, prefill) and
+`kernels.cache_attention` for one chunk against the ring-buffer KV cache (sampling, see worldsim/sampling.py),
+except that on the CPU the sampler's caches read a chunk in place (`KVCache.attend`, the same result bit for bit).
 
 Conventions, shared by the objective and the sampler:
 - Action timing: `a_i` is what the player does while seeing frame i; it produces frame i + 1. The model
@@ -102,7 +103,7 @@ def apply_rotary(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-def cache_attention(cache, q, k, v):
+def attend_cache(cache, q, k, v):
     """A chunk's q, k, v (B, nh, T, hs) against a KV cache and the chunk's own keys: the cache's `attend` where
     it has one (worldsim.sampling.KVCache), else the kernels' dispatch on its k, v and valid_len."""
     if hasattr(cache, "attend"):
@@ -141,12 +142,12 @@ class Attention(nn.Module):
             y = kernels.attention(q, k, v, self.chunk_tokens, self.window_chunks)
         elif mode == "commit_read":
             first, second = slice(0, self.chunk_tokens), slice(self.chunk_tokens, None)
-            y1 = cache_attention(cache, q[:, :, first], k[:, :, first], v[:, :, first])
+            y1 = attend_cache(cache, q[:, :, first], k[:, :, first], v[:, :, first])
             cache.update(k[:, :, first], v[:, :, first])
-            y2 = cache_attention(cache, q[:, :, second], k[:, :, second], v[:, :, second])
+            y2 = attend_cache(cache, q[:, :, second], k[:, :, second], v[:, :, second])
             y = torch.cat([y1, y2], dim=2)  # (B, nh, T, hs)
         else:
-            y = cache_attention(cache, q, k, v)
+            y = attend_cache(cache, q, k, v)
         if mode in ("write", "prefill"):
             cache.update(k, v)
         y = y.transpose(1, 2).reshape(B, Fr, N, C)  # (B, F, N, C)
