@@ -67,3 +67,15 @@ def test_the_rollout_profile_says_where_a_step_spends_its_time(tmp_path):
     assert "aten::addmm" in names or "aten::linear" in names  # the transformer's projections are in a step
     attention = [r for r in profile["top"] if "scaled_dot_product" in r["name"]]
     assert attention and attention[0]["calls_per_step"] > 0
+    assert profile["top_cpu"] == profile["top"]  # on the CPU both lists rank by CPU time
+
+
+def test_a_device_profile_prints_by_device_time_and_by_cpu_time(capsys):
+    from worldsim.play.bench import print_profile
+    kernel = {"name": "attention_kernel", "calls_per_step": 12.0, "cpu_ms_per_step": 0.0, "device_ms_per_step": 1.5}
+    launch = {"name": "cudaGraphLaunch", "calls_per_step": 1.0, "cpu_ms_per_step": 0.9, "device_ms_per_step": 0.0}
+    print_profile({"wall_ms_per_step": 3.0, "sorted_by": "device_ms_per_step", "cpu_ms_per_step": 0.9,
+                   "device_ms_per_step": 1.5, "top": [kernel, launch], "top_cpu": [launch, kernel]})
+    out = capsys.readouterr().out
+    assert "by device time" in out and "by cpu time" in out
+    assert out.index("attention_kernel") < out.index("cudaGraphLaunch")  # the device table first
