@@ -79,3 +79,9 @@ def test_a_device_profile_prints_by_device_time_and_by_cpu_time(capsys):
     out = capsys.readouterr().out
     assert "by device time" in out and "by cpu time" in out
     assert out.index("attention_kernel") < out.index("cudaGraphLaunch")  # the device table first
+
+
+def test_a_negative_profile_step_count_is_refused():
+    from worldsim.play.bench import main
+    with pytest.raises(SystemExit):
+        main(["--profile-steps", "-1"])

@@ -285,6 +285,8 @@ def main(argv=None) -> dict:
                                                      "the world's, 2)")
     parser.add_argument("--out", default="bench_results/play.json")
     args = parser.parse_args(argv)
+    if args.profile_steps < 0:
+        parser.error(f"--profile-steps must be 0 (no profile) or more, got {args.profile_steps}")
     from worldsim.envs.world_model import WorldModelConfig
     default_threads = WorldModelConfig().torch_threads
     with tempfile.TemporaryDirectory() as tmp:
