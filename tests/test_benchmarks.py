@@ -85,3 +85,37 @@ def test_a_negative_profile_step_count_is_refused():
     from worldsim.play.bench import main
     with pytest.raises(SystemExit):
         main(["--profile-steps", "-1"])
+
+
+def test_the_dynamics_bench_saves_each_case_as_it_finishes(tmp_path, monkeypatch):
+    """A stage stopped at its time limit keeps the cases it finished: the JSON holds each case before the next
+    begins."""
+    from worldsim.models import bench_dynamics
+    out, seen = tmp_path / "dynamics.json", []
+    real = bench_dynamics.time_case
+
+    def spy(*args, **kwargs):
+        seen.append(json.loads(out.read_text())["rows"] if out.exists() else None)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(bench_dynamics, "time_case", spy)
+    bench_dynamics.main(["--config", "tiny", "--steps", "1", "--batches", "1", "2", "--frames", "5", "--warmup", "2",
+                         "--autoencoder", "none", "--out", str(out)])
+    assert seen[0] is None and [r["batch"] for r in seen[1]] == [1]
+    assert [r["batch"] for r in json.loads(out.read_text())["rows"]] == [1, 2]
+
+
+def test_the_play_bench_saves_the_rollout_timing_before_its_profile(tmp_path, monkeypatch):
+    from test_world_model_env import tiny_configs
+    from worldsim.envs.world_model import random_world
+    from worldsim.play import bench
+    world, out, seen = str(random_world(tmp_path / "world", *tiny_configs())), tmp_path / "play.json", []
+    real = bench.profile_rollout
+
+    def spy(*args, **kwargs):
+        seen.append(json.loads(out.read_text()))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(bench, "profile_rollout", spy)
+    bench.main(["--checkpoint", world, "--skip-play", "--soak-frames", "0", "--rollout-envs", "2",
+                "--profile-steps", "1", "--out", str(out)])
+    assert seen[0]["rollout"]["fps"] > 0 and "profile" not in seen[0]["rollout"]
+    assert json.loads(out.read_text())["rollout"]["profile"]["steps"] == 1

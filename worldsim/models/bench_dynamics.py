@@ -135,7 +135,9 @@ def time_training(config: DynamicsConfig, batch: int, device, steps: int = 20, w
             "mfu": flops / (peak_tflops * 1e12) if device.type == "cuda" else None}
 
 
-def run(args) -> list[dict]:
+def run(args, on_row=None) -> list[dict]:
+    """Time each (batch, graphs) case; `on_row(rows)` after each, so that a run stopped at its time limit keeps
+    the cases it finished."""
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -159,6 +161,8 @@ def run(args) -> list[dict]:
                      "context_frames": config.context_frames, "ms_per_frame_dynamics": 1e3 * dyn,
                      "ms_per_frame_decode": 1e3 * dec, "ms_per_frame_total": 1e3 * total,
                      "frames_per_s": 1.0 / total, "ms_per_step_p90": 1e3 * sorted(step_s)[int(0.9 * len(step_s))]})
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -183,7 +187,25 @@ def main(argv=None) -> None:
                         help="Sampler(graphs=True): each step replays as a CUDA graph (on the CPU it runs eagerly)")
     parser.add_argument("--out", default="bench_results/dynamics.json")
     args = parser.parse_args(argv)
-    rows = [] if args.skip_sampler else run(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "autoencoder": args.autoencoder,
+            "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(),
+            "timing": "median of perf_counter around Sampler.step and decode, each ended by a device "
+                      "synchronize on CUDA; ring buffer wrapped"}
+
+    def save(rows, training=None):
+        out.write_text(json.dumps({"meta": meta, "rows": rows, "training": training}, indent=1) + "\n")
+
+    def finished(rows):  # each case as it ends: a stage stopped at its time limit keeps what it measured
+        r = rows[-1]
+        print(f"batch {r['batch']}, graphs {'yes' if r['graphs'] else 'no'}: {r['ms_per_frame_total']:.2f} ms a frame "
+              f"({r['ms_per_frame_dynamics']:.2f} dynamics, {r['ms_per_frame_decode']:.2f} decode), "
+              f"{r['frames_per_s']:.1f} frames/s", flush=True)
+        save(rows)
+
+    rows = [] if args.skip_sampler else run(args, on_row=finished)
     training = None
     if args.train_batch:
         config = load_yaml_config("dynamics", args.config, DynamicsConfig)
@@ -206,14 +228,7 @@ def main(argv=None) -> None:
         print(f"training, batch {training['batch']} × {training['frames_per_clip']} frames: "
               f"{training['ms_per_step']:.1f} ms/step, {training['tokens_per_s']:,.0f} tokens/s, "
               f"{training['tflops']:.1f} TFLOP/s, MFU {mfu}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "autoencoder": args.autoencoder,
-            "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(),
-            "timing": "median of perf_counter around Sampler.step and decode, each ended by a device "
-                      "synchronize on CUDA; ring buffer wrapped"}
-    out.write_text(json.dumps({"meta": meta, "rows": rows, "training": training}, indent=1) + "\n")
+    save(rows, training)
     print(f"saved {out}")
 
 

@@ -171,11 +171,12 @@ def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring:
 
 
 def rollout_speed(checkpoint: str, num_envs: int, steps: int, warmup: int = 3, precision: str = "fp32",
-                  decode_precision: str = "auto", profile_steps: int = 0) -> dict:
+                  decode_precision: str = "auto", profile_steps: int = 0, on_timed=None) -> dict:
     """Frames per second of a batched rollout (random policy) in the world model, at batch `num_envs`: one reset
     (rendering every world's prompt takes far longer than the steps), `warmup` untimed steps (CUDA graphs are
     captured), then `steps` timed ones; then, with `profile_steps`, that many more under torch.profiler
-    (`profile_rollout`), so that one call says both how fast a step is and where its time goes."""
+    (`profile_rollout`), so that one call says both how fast a step is and where its time goes. `on_timed(result)`
+    is called between the two (the caller saves the timing before the profile runs)."""
     from worldsim.envs.world_model import WorldModelVectorEnv
     from worldsim.rollout import make_batch_policy
     env = WorldModelVectorEnv(num_envs, checkpoint=checkpoint, precision=precision, decode_precision=decode_precision)
@@ -190,6 +191,8 @@ def rollout_speed(checkpoint: str, num_envs: int, steps: int, warmup: int = 3, p
     seconds = time.perf_counter() - start
     result = {"num_envs": num_envs, "frames": steps * num_envs, "fps": steps * num_envs / seconds,
               "ms_per_batch_step": seconds / steps * 1000.0, "reset_s": reset_s}
+    if on_timed is not None:
+        on_timed(result)
     if profile_steps:
         result["profile"] = profile_rollout(env, policy, obs, infos, profile_steps)
     env.close()
@@ -289,6 +292,14 @@ def main(argv=None) -> dict:
         parser.error(f"--profile-steps must be 0 (no profile) or more, got {args.profile_steps}")
     from worldsim.envs.world_model import WorldModelConfig
     default_threads = WorldModelConfig().torch_threads
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(section=None, value=None):  # after each part: a run stopped at its time limit keeps what it finished
+        if section is not None:
+            results[section] = value
+        out.write_text(json.dumps(results, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or untrained_world(Path(tmp) / "world")
         import torch
@@ -299,19 +310,24 @@ def main(argv=None) -> dict:
                              "decode_precision": args.decode_precision, "twin": not args.no_twin,
                              "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                              "torch": torch.__version__}}
+        save()
         if not args.skip_play:
             results["play"] = play_session(checkpoint, args.seconds, args.fps, probe=True, steps=args.steps,
                                            display_fps=args.display_fps, precision=args.precision,
                                            decode_precision=args.decode_precision, threads=args.threads,
                                            twin=not args.no_twin)
+            save()
             results["play_unpaced"] = play_session(checkpoint, args.seconds, 1000, probe=False, steps=args.steps,
                                                    display_fps=args.display_fps, precision=args.precision,
                                                    decode_precision=args.decode_precision, threads=args.threads,
                                                    twin=not args.no_twin)
+            save()
         if args.rollout_envs:
             results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20, precision=args.precision,
                                                decode_precision=args.decode_precision,
-                                               profile_steps=args.profile_steps)
+                                               profile_steps=args.profile_steps,
+                                               on_timed=lambda timed: save("rollout", timed))
+            save()
         if args.soak_frames:
             results["soak"] = soak(args.soak_checkpoint or checkpoint, args.soak_frames, args.fps,
                                    threads=args.threads)
@@ -319,9 +335,7 @@ def main(argv=None) -> dict:
     print_table(results)
     if "profile" in results.get("rollout", {}):
         print_profile(results["rollout"]["profile"])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    save()
     print(f"saved {out}")
     return results
 
