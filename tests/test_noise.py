@@ -4,7 +4,6 @@ statistics."""
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 
