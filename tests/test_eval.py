@@ -318,7 +318,8 @@ def test_config_checks():
     with pytest.raises(ValueError, match="eval.autoencoder"):
         evaluate(EvalConfig(world="autoencoder", progress=False), ENGINE, POLICY)
     for bad, match in ((dict(sample_start=0.0), "eval.sample_start"), (dict(idle_start=1.0), "eval.idle_start"),
-                       (dict(idle_turn=-1.0), "eval.idle_turn"), (dict(keep_view="yes"), "eval.keep_view")):
+                       (dict(idle_turn=-1.0), "eval.idle_turn"), (dict(keep_view="yes"), "eval.keep_view"),
+                       (dict(commit_last_step=1), "eval.commit_last_step")):
         with pytest.raises(ValueError, match=match):
             EvalConfig(**bad)
     assert set(WORLDS) == {"engine", "copy_last", "autoencoder", "model"}

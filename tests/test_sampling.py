@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, known_view, step_levels, warp_previous
-from worldsim.sampling import KVCache, Sampler, commit_chunk, denoise_chunk, make_caches, prefill, sample_levels
+from worldsim.sampling import (KVCache, Sampler, commit_chunk, denoise_chunk, last_step_commits, make_caches, prefill,
+                               sample_levels)
 from worldsim.view_memory import ViewMemory
 
 from test_dynamics import one_thread, randomized, tiny_config  # noqa: F401  (one_thread: autouse fixture)
@@ -31,7 +32,10 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
     (block-causal with the window), drawing the same noise in the same order as `Sampler`. With view_memory,
     its own panorama paints every frame as it is made and fills each new frame's view (none for the prompt).
     With keep_view, a frame whose action holds no button and stands or turns faster than idle_turn has its known
-    view put back at every level, and paints only the cells its panorama did not hold."""
+    view put back at every level, and paints only the cells its panorama did not hold. With commit_last_step (and
+    `last_step_commits`), a made chunk stays in the context as its last Euler step saw it, at that step's levels,
+    while the frame after it takes it finished (at the context level) as its previous frame and start; a chunk
+    whose whole view is known enters finished."""
     c = model.config
     g = torch.Generator().manual_seed(seed)
     B, P = prompt.shape[:2]
@@ -39,6 +43,12 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
     context = (1 - s) * prompt + s * torch.randn(prompt.shape, generator=g)
     actions = torch.cat([torch.zeros(B, 1, ACTION_DIM), prompt_actions], dim=1)  # model order
     levels = torch.full((B, P), s)
+    # each context frame's previous frame and level (for the prompt, the frame before it), and the last frame
+    # finished: the next chunk's previous frame and start
+    prevs = torch.cat([torch.zeros_like(context[:, :1]), context[:, :-1]], 1)
+    prev_levels = torch.cat([torch.ones(B, 1), levels[:, :-1]], 1)
+    last = context[:, -1:]
+    from_last_step = last_step_commits(c, steps)
     base = [1 - i / steps for i in range(steps + 1)]
     base = [c.sample_shift * t / (1 + (c.sample_shift - 1) * t) for t in base]
     out, memory, fills = [], None, None
@@ -52,6 +62,7 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
             if memory is not None:
                 views = memory.views(a)
                 fills = tuple(torch.cat(pair, 1) for pair in zip(fills, memory.render(views)))
+            whole = False
             start = torch.full((B, K), c.sample_start)  # each frame's start: idle_start where its action does nothing
             if c.idle_start > 0:
                 held = (a[..., :15] != 0).any(-1) | (a[..., 17:] != 0).any(-1)
@@ -63,19 +74,21 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
             turn = a[..., 15:17].abs().amax(-1)
             kept = ~held & ((turn == 0) | (turn > c.idle_turn / 10))  # standing, or turning faster than idle
             if c.keep_view:  # the view it knows, noised to each level alike
-                view, where = known_view(context[:, -1:], a, c.camera_warp, c.warp_keep_rows, new_fill, keep=kept)
+                view, where = known_view(last, a, c.camera_warp, c.warp_keep_rows, new_fill, keep=kept)
                 keep = lambda x, t: torch.where(where, (1 - t[..., None, None, None]) * view
                                                 + t[..., None, None, None] * noise, x)
-            if bool((start < 1).any()):  # from the last frame in the context, turned as the model turns it, noised
-                last = context[:, -1:]
-                if c.camera_warp:
-                    last = warp_previous(last, a, c.camera_warp, c.warp_keep_rows, new_fill)
-                x = (1 - start[..., None, None, None]) * last + start[..., None, None, None] * x
+                whole = bool(where.all())
+            if bool((start < 1).any()):  # from the last frame finished, turned as the model turns it, noised
+                turned = warp_previous(last, a, c.camera_warp, c.warp_keep_rows, new_fill) if c.camera_warp else last
+                x = (1 - start[..., None, None, None]) * turned + start[..., None, None, None] * x
             x = keep(x, start * base[0])
             for b, b_next in zip(base[:-1], base[1:]):
                 t, t_next = start * b, start * b_next
-                v = model(torch.cat([context, x], 1), torch.cat([actions, a], 1),
-                          torch.cat([levels, t], 1), fill=fills)[:, -K:]
+                x_prevs = torch.cat([prevs, last, x[:, :-1]], 1)
+                x_prev_levels = torch.cat([prev_levels, torch.full((B, 1), s), t[:, :-1]], 1)
+                v = model(torch.cat([context, x], 1), torch.cat([actions, a], 1), torch.cat([levels, t], 1),
+                          fill=fills, prev_frames=(x_prevs, x_prev_levels))[:, -K:]
+                seen, seen_levels = x, t  # the chunk as its last step saw it
                 x = keep(x + (t_next - t)[..., None, None, None] * v, t_next)
             if c.guard_range is not None:  # each channel's mean moved into its range, the detail kept
                 low, high = torch.tensor(c.guard_range).view(2, 1, 1, -1, 1, 1)
@@ -90,8 +103,11 @@ def uncached_rollout(model, prompt, prompt_actions, step_actions, steps, seed, v
             x = (1 - s) * x + s * torch.randn(x.shape, generator=g)
             if memory is not None:
                 memory.write(x, views, only_new=kept if c.keep_view else None)
-            context = torch.cat([context, x], 1)
-            actions, levels = torch.cat([actions, a], 1), torch.cat([levels, torch.full((B, K), s)], 1)
+            entry, entry_levels = (seen, seen_levels) if from_last_step and not whole else (x, torch.full((B, K), s))
+            prevs = torch.cat([prevs, last, entry[:, :-1]], 1)
+            prev_levels = torch.cat([prev_levels, torch.full((B, 1), s), entry_levels[:, :-1]], 1)
+            context, last = torch.cat([context, entry], 1), x[:, -1:]
+            actions, levels = torch.cat([actions, a], 1), torch.cat([levels, entry_levels], 1)
     return torch.cat(out, 1)
 
 
@@ -135,8 +151,10 @@ def test_shifted_levels():
 VARIANTS = [dict(prev_input=False, residual=False, camera_warp=0.0), dict(prev_input=True, residual=False, camera_warp=0.0),
             dict(prev_input=True, residual=True, camera_warp=0.0),
             dict(prev_input=True, residual=True, camera_warp=70.0, warp_keep_rows=2),
-            dict(prev_input=True, residual=True, camera_warp=70.0, warp_keep_rows=2, view_memory=True)]
-VARIANT_IDS = ["", "prev-input", "residual", "camera-warp", "view-memory"]
+            dict(prev_input=True, residual=True, camera_warp=70.0, warp_keep_rows=2, view_memory=True),
+            dict(prev_input=True, residual=True, camera_warp=70.0, warp_keep_rows=2, view_memory=True,
+                 commit_last_step=True, context_noise_max=0.9)]  # its last step's level is within 0.9 at 2 and 3 steps
+VARIANT_IDS = ["", "prev-input", "residual", "camera-warp", "view-memory", "commit-last-step"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -607,6 +625,40 @@ def test_steps_change_between_chunks():
     sampler.restore(state)
     one = sampler.step(torch.zeros(1, ACTION_DIM), steps=1)
     assert one.shape == four.shape and not torch.equal(one, four)
+
+
+def test_last_step_commits_where_training_saw_the_level():
+    """commit_last_step writes a frame from its last Euler step only where that step's level, for every frame
+    (idle starts included), is one training gave context frames; the shipped world's 2 steps from 0.6 are."""
+    shipped = dict(sample_start=0.6, sample_shift=1.0, context_noise_max=0.3, commit_last_step=True)
+    assert last_step_commits(tiny_config(**shipped), 2)          # 0.6, 0.3, 0: written at 0.3
+    assert last_step_commits(tiny_config(**shipped), 3)          # 0.6, 0.4, 0.2, 0
+    assert not last_step_commits(tiny_config(**shipped), 1)      # its one step is at 0.6
+    assert not last_step_commits(tiny_config(**{**shipped, "sample_start": 1.0}), 2)  # at 0.5
+    assert not last_step_commits(tiny_config(**{**shipped, "commit_last_step": False}), 2)
+    assert last_step_commits(tiny_config(**{**shipped, "idle_start": 0.1}), 2)  # idle frames: lower still
+
+
+@pytest.mark.parametrize("graphs", [False, True], ids=["plain", "graphed"])
+def test_commit_last_step_makes_a_frame_in_its_euler_steps_alone(graphs):
+    """With commit_last_step a frame costs its S Euler passes and no commit pass (the point of it), where the last
+    step's level allows; a step count whose last level does not (1 step from noise) commits as before."""
+    model = small_model(context_frames=4, commit_last_step=True, context_noise_max=0.9, camera_warp=70.0,
+                        warp_keep_rows=2)
+    passes = []
+    model.register_forward_hook(lambda module, args, kwargs, out: passes.append(kwargs.get("mode")),
+                                with_kwargs=True)
+    sampler = Sampler(model, batch_size=2, steps=2, seed=3, graphs=graphs)
+    g = torch.Generator().manual_seed(2)
+    sampler.reset(torch.randn(latent_shape(model.config, 2, 2), generator=g), torch.zeros(2, 1, ACTION_DIM))
+    for steps, expected in ((2, ["read", "read_write"]), (3, ["read", "read", "read_write"]), (1, ["read", "write"])):
+        sampler.steps = steps
+        for _ in range(3):  # through the ring's wrap
+            passes.clear()
+            sampler.step(torch.rand(2, ACTION_DIM, generator=g))
+            sampler.commit()  # what play does while the frame is shown: nothing is left to commit
+            assert passes == expected
+            assert sampler.pending is None
 
 
 def resident_bytes() -> int:

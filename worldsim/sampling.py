@@ -8,6 +8,8 @@ play or one batch of rollouts:
     commit_chunk(model, caches, x, actions, frame, noise)    # one pass of the finished chunk; writes K/V
     # or: commit the previous chunk inside the next chunk's first Euler step (S passes per chunk, not S + 1)
     x2 = commit_and_denoise(model, caches, x, actions, commit_noise, actions2, frame + K, noise2, steps)
+    # or (`commit_last_step`): the last Euler step's pass writes the chunk, at that step's level (S passes, no commit)
+    x = denoise_chunk(model, caches, actions, frame, noise, steps, commit_noise=commit_noise)
 
 Actions in these functions are in the model's order: row i is the action that produced frame i (see
 worldsim/models/dynamics.py). `Sampler.reset` takes the prompt's actions in the data's order, and
@@ -15,6 +17,8 @@ worldsim/models/dynamics.py). `Sampler.reset` takes the prompt's actions in the 
 
 Finished frames enter the cache at the noise level `config.context_noise`: the clean latent is mixed with
 fresh noise, x = (1 - s) x0 + s eps, and the pass is conditioned on s, as context frames are in training.
+With `commit_last_step` they enter instead as the last Euler step saw them, on the sampler's own path at that
+step's level (0.3 for 2 steps from 0.6), which training's context levels (up to context_noise_max) cover.
 Each cache holds the last `context_frames - chunk_frames` frames; time positions keep growing (the rotary
 angles are computed in float64), so nothing is rewritten when the ring wraps.
 """
@@ -175,20 +179,35 @@ def _whole_view_known(known, x) -> bool:
     return known is not None and x.device.type == "cpu" and bool(known[1].all())
 
 
-def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None, known=None, inputs=None):
+def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None, known=None, inputs=None,
+           write_last: bool = False):
     """Euler steps of the chunk x (B, K, ...) through the noise levels ts (floats, or per frame (B, K)) against
-    read-only caches, what is `known` of the view kept at every level; the made frames are kept in the model's
-    guard_range. inputs: the chunk's `frame_inputs` (K = 1), computed once for every step."""
+    the caches, what is `known` of the view kept at every level; the made frames are kept in the model's
+    guard_range. inputs: the chunk's `frame_inputs` (K = 1), computed once for every step. write_last: the last
+    step's pass also writes the chunk's keys and values (`commit_last_step`); the caches are read only otherwise.
+    Returns the frames and whether the chunk was written (never when no step runs)."""
     B, K = x.shape[:2]
     pos = _positions(frame, K, x.device)
     x = keep_known(x, ts[0], known)
     if _whole_view_known(known, x):
-        return model.guard(keep_known(x, ts[-1], known))
-    for t, t_next in zip(ts[:-1], ts[1:]):
+        return model.guard(keep_known(x, ts[-1], known)), False
+    for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         levels = t if torch.is_tensor(t) else torch.full((B, K), t, device=x.device)
-        v = model(x, actions, levels, pos, caches, mode="read", prev_frame=prev_frame, fill=fill, inputs=inputs)
+        mode = "read_write" if write_last and i == len(ts) - 2 else "read"
+        v = model(x, actions, levels, pos, caches, mode=mode, prev_frame=prev_frame, fill=fill, inputs=inputs)
         x = keep_known(x + per_frame(t_next - t, x.dtype) * v, t_next, known)
-    return model.guard(x)
+    return model.guard(x), write_last
+
+
+def last_step_commits(config, steps: int | None = None) -> bool:
+    """Whether, with `config.commit_last_step`, a chunk enters the caches from its last Euler step's pass: when
+    that step's level is one training gave context frames (at most context_noise_max) for every frame, idle
+    starts included (decided from the config alone: no host sync). Else a commit pass of the made chunk follows."""
+    if not config.commit_last_step:
+        return False
+    last = sample_levels(steps or config.sample_steps, config.sample_shift)[-2]
+    start = max(config.sample_start, config.idle_start)
+    return start * last <= config.context_noise_max + 1e-6
 
 
 def start_point(model, noise, last, actions, start, fill=None, turned=None):
@@ -210,11 +229,15 @@ def start_point(model, noise, last, actions, start, fill=None, turned=None):
 
 
 @torch.inference_mode()
-def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_frame=None, fill=None, inputs=None):
+def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_frame=None, fill=None, inputs=None,
+                  commit_noise=None):
     """Euler-integrate the chunk (B, K, ...) starting at `frame` from its `start_point` (t = sample_start, 1:
     noise) to t = 0 against the caches, which are read only. actions (B, K, 25) in model order; prev_frame:
     `last_frame` of the frame before the chunk; fill: the view memory's `render` for the chunk; inputs: the
-    chunk's `model.frame_inputs` (K = 1: computed here when not given). Returns the clean latents."""
+    chunk's `model.frame_inputs` (K = 1: computed here when not given). Returns the clean latents.
+
+    With commit_noise (`commit_last_step`), the chunk also enters the caches: from its last Euler step's pass where
+    `last_step_commits`, else (or when no step runs) by `commit_chunk` of the made chunk with that noise."""
     ts = chunk_levels(model, actions, steps)
     last = None if prev_frame is None else prev_frame[0]
     if inputs is None and model.config.chunk_frames == 1:
@@ -222,7 +245,11 @@ def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_fr
     turned = inputs.prev if inputs is not None and model.config.camera_warp and last is not None else None
     known, turned = _known(model, noise, last, actions, fill, turned)
     x = start_point(model, noise, last, actions, ts[0], fill, turned)
-    return _euler(model, caches, actions, frame, x, ts, prev_frame, fill, known, inputs)
+    x, wrote = _euler(model, caches, actions, frame, x, ts, prev_frame, fill, known, inputs,
+                      write_last=commit_noise is not None and last_step_commits(model.config, steps))
+    if commit_noise is not None and not wrote:
+        commit_chunk(model, caches, x, actions, frame, commit_noise, prev_frame, fill, inputs)
+    return x
 
 
 @torch.inference_mode()
@@ -246,7 +273,7 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
               _positions(frame - K, 2 * K, noise.device), caches, mode="commit_read", prev_frame=before,
               fill=both)[:, K:]
     return _euler(model, caches, actions, frame, x + per_frame(ts[1] - ts[0], x.dtype) * v, ts[1:],
-                  (context[:, -1:], context_levels[:, -1:]), fill, known)
+                  (context[:, -1:], context_levels[:, -1:]), fill, known)[0]
 
 
 @torch.inference_mode()
@@ -285,6 +312,9 @@ class Sampler:
     With `config.view_memory` every finished frame is also painted into a `ViewMemory` panorama (by `commit`, or
     by the next step before it looks), and each new chunk's previous frame is filled from it where the chunk's
     turn reveals what the last frame did not hold.
+
+    With `config.commit_last_step` a chunk enters the caches from its last Euler step's pass (`last_step_commits`),
+    so nothing is left pending and a step is S passes with no commit pass; graphed, it is one graph as well.
 
     With `config.keep_view` a frame whose action holds no button and stands or turns faster than idle_turn
     (`keeps_view`) keeps what is known of its view (`known_view`) at every Euler step (`keep_known`), and paints
@@ -366,7 +396,7 @@ class Sampler:
         check_actions(actions, (self.batch_size, K))
         actions = actions.to(self.device)
         steps = steps or self.steps
-        if self.graphs and (self.pending is not None or self._buffered):
+        if self.graphs and (self.pending is not None or self._buffered or self.config.commit_last_step):
             return self._graphed_step(actions, steps)
         views = fill = None
         if self.memory is not None:
@@ -375,6 +405,18 @@ class Sampler:
                 views = self.memory.views(actions)
                 fill = self.memory.render(views)
         inputs = None
+        if self.config.commit_last_step:  # the chunk enters the caches as it is made: nothing stays pending
+            if K == 1:
+                inputs = self.model.frame_inputs(actions, _positions(self.frame, 1, self.device), self.last, fill)
+            noise = self._noise(K)
+            commit_noise = self._noise(K)  # drawn in the plain step's order: the chunk's noise, then its commit's
+            x = denoise_chunk(self.model, self.caches, actions, self.frame, noise, steps, self.last, fill, inputs,
+                              commit_noise=commit_noise)
+            self.last = last_frame(self.model, x, commit_noise)
+            if self.memory is not None:
+                self._unpainted = (x.clone(), commit_noise, views, self._only_new(actions))
+            self.frame += K
+            return x
         if self.pending is None:
             if K == 1:  # computed once for the Euler steps and the commit
                 inputs = self.model.frame_inputs(actions, _positions(self.frame, 1, self.device), self.last, fill)
@@ -442,12 +484,27 @@ class Sampler:
         return buffers
 
     def _graph_body(self, steps: int) -> None:
-        """The fused step on the buffers: commit `prev`, denoise the next chunk from `noise`, move it to `prev`."""
+        """The fused step on the buffers: commit `prev`, denoise the next chunk from `noise`, move it to `prev`.
+        With `commit_last_step`: denoise the next chunk, which enters the caches as it is made."""
         b, K = self._buffers, self.config.chunk_frames
         views = fill = prev_fill = None
         if self.memory is not None:
             views = self.memory.views(b["actions"])
-            fill, prev_fill = self.memory.render(views), (b["prev_fill"], b["prev_valid"])
+            fill = self.memory.render(views)
+            if not self.config.commit_last_step:
+                prev_fill = (b["prev_fill"], b["prev_valid"])
+        if self.config.commit_last_step:
+            x = denoise_chunk(self.model, self.caches, b["actions"], b["frame"], b["noise"], steps,
+                              (b["before"], b["before_levels"]), fill, commit_noise=b["commit_noise"])
+            if self.memory is not None:
+                self.memory.write(context_noised(self.model, x, b["commit_noise"])[0], views,
+                                  only_new=self._only_new(b["actions"]))
+            last, last_levels = last_frame(self.model, x, b["commit_noise"])
+            b["before"].copy_(last)
+            b["before_levels"].copy_(last_levels)
+            b["out"].copy_(x)
+            b["frame"].add_(K)
+            return
         x = commit_and_denoise(self.model, self.caches, b["prev"], b["prev_actions"], b["prev_noise"], b["actions"],
                                b["frame"], b["noise"], steps, before=(b["before"], b["before_levels"]),
                                prev_fill=prev_fill, fill=fill)
@@ -471,6 +528,12 @@ class Sampler:
         self._paint()  # the plain step before left its chunk unpainted
         if b is None:
             b = self._buffers = self._make_buffers()
+        if not self._buffered and self.config.commit_last_step:  # last moves into the buffers (nothing pends)
+            b["before"].copy_(self.last[0])
+            b["before_levels"].copy_(self.last[1])
+            b["frame"].fill_(self.frame)
+            self.last = None
+            self._buffered = True
         if not self._buffered:  # pending and last move into the buffers
             prev, prev_actions, prev_noise, prev_fill = self.pending
             for name, value in zip(("prev", "prev_actions", "prev_noise", "before", "before_levels"),
@@ -536,9 +599,10 @@ class Sampler:
         pending, last = self.pending, self.last
         if self._buffered:
             b = self._buffers
-            fill = (b["prev_fill"].clone(), b["prev_valid"].clone()) if self.memory is not None else None
-            pending = (b["prev"].clone(), b["prev_actions"].clone(), b["prev_noise"].clone(), fill)
             last = (b["before"].clone(), b["before_levels"].clone())
+            if not self.config.commit_last_step:
+                fill = (b["prev_fill"].clone(), b["prev_valid"].clone()) if self.memory is not None else None
+                pending = (b["prev"].clone(), b["prev_actions"].clone(), b["prev_noise"].clone(), fill)
         return SamplerState(self._cache_copies(), self.frame, self.generator.get_state(), self.steps, pending, last,
                             None if self.memory is None else self.memory.state())
 

@@ -48,6 +48,7 @@ class ShipConfig:
     idle_start: float | None = None     # the shipped start of frames whose action does nothing (None: the eval's, ...)
     idle_turn: float | None = None      # the shipped most camera move of an idle action (None: the eval's, ...)
     keep_view: bool | None = None       # frames holding no button keep their known view (None: the eval's, ...)
+    commit_last_step: bool | None = None  # frames enter the caches from their last Euler step (None: the eval's, ...)
 
     def __post_init__(self):
         if self.dtype not in STORAGE_DTYPES:
@@ -104,7 +105,7 @@ def eval_summary(report: dict) -> dict:
 
 # the dynamics config's sampling defaults, set when shipping
 SAMPLING = ("sample_steps", "context_noise", "sample_shift", "view_memory", "sample_start", "idle_start", "idle_turn",
-            "keep_view")
+            "keep_view", "commit_last_step")
 DYNAMICS_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DynamicsConfig)}
 
 

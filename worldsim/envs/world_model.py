@@ -417,13 +417,14 @@ class Imagination:
         return self.queue.pop(0)
 
     def prepare(self) -> None:
-        """The next step's work that does not depend on its action (`Sampler.commit`), done now; its ms are
-        counted into the next frame's `last_ms`, and the step's own in `last_step_ms`."""
+        """The next step's work that does not depend on its action (`Sampler.commit`: the last frame's commit pass,
+        where it has one, and its painting into the view memory), done now; its ms are counted into the next
+        frame's `last_ms`, and the step's own in `last_step_ms`."""
         if self.queue:  # the chunk still has frames to show: the next step makes none
             return
         start = time.perf_counter()
-        if self.sampler.commit():
-            self.prepared_ms = (time.perf_counter() - start) * 1000.0
+        self.sampler.commit()
+        self.prepared_ms += (time.perf_counter() - start) * 1000.0
 
     def snapshot(self) -> dict:
         return {"sampler": self.sampler.snapshot(), "noise": self.sampler.noise_state(), "queue": list(self.queue)}

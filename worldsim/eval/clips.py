@@ -58,11 +58,13 @@ def rollout_clips(dynamics, autoencoder, cache, *, prompt: int = 8, horizons=(1,
         if h not in horizons:
             continue
         truth, made = frames[:, prompt - 1 + h], decode(z[:, 0])
+        per_clip = metrics.psnr(made, truth)
         rows[str(h)] = {
-            "model": float(metrics.psnr(made, truth).mean()),
+            "model": float(per_clip.mean()),
             "copy_last": float(metrics.psnr(frames[:, prompt - 1], truth).mean()),
             "autoencoder": float(metrics.psnr(decode(encode(truth)), truth).mean()),
             "brightness_difference": float(made.astype(np.float32).mean() - truth.astype(np.float32).mean()),
+            "model_per_clip": [round(float(p), 3) for p in per_clip],  # for paired comparisons of two runs
         }
     return {"clips": N, "prompt_frames": prompt, "steps": sampler.steps,
             "context_noise": dynamics.config.context_noise, "sample_shift": dynamics.config.sample_shift,
@@ -141,13 +143,16 @@ def main(argv=None) -> dict:
                              "over this many noise seeds")
     parser.add_argument("--spread-steps", type=int, nargs="+", default=[1, 2, 4, 8],
                         help="Euler step counts of the spread measure")
+    parser.add_argument("--commit-last-step", action=argparse.BooleanOptionalAction, default=None,
+                        help="each frame enters the caches from its last Euler step's pass, not a commit pass "
+                             "(default: the model's)")
     parser.add_argument("--out", help="JSON path (default: clips.json in the checkpoint directory)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dynamics, autoencoder = load_world(args.checkpoint, args.autoencoder)
     dynamics.config = with_sampling(dynamics.config, context_noise=args.context_noise, sample_shift=args.shift,
                                     sample_start=args.start, idle_start=args.idle_start, idle_turn=args.idle_turn,
-                                    keep_view=args.keep_view)
+                                    keep_view=args.keep_view, commit_last_step=args.commit_last_step)
     cache = Cache(args.data, expect_resolution=(autoencoder.config.height, autoencoder.config.width))
     result = rollout_clips(dynamics.eval(), autoencoder.eval(), cache, prompt=args.prompt, horizons=args.horizons,
                            per_episode=args.per_episode, steps=args.steps)

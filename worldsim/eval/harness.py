@@ -69,6 +69,7 @@ class EvalConfig:
     idle_start: float | None = None     # the start of frames whose action does nothing, 0: sample_start (None: the model's)
     idle_turn: float | None = None      # the most camera move in degrees per tick an idle action holds (None: the model's)
     keep_view: bool | None = None       # frames that hold no button keep the view they know (None: the model's)
+    commit_last_step: bool | None = None  # frames enter the caches from their last Euler step (None: the model's)
     device: str = "auto"              # auto | cpu | cuda
     sheet: bool = True                # write sheet.png
     progress: bool = True
@@ -98,7 +99,7 @@ class EvalConfig:
             raise ValueError(f"eval.idle_start must be in [0, 1) or null, got {self.idle_start!r}")
         if self.idle_turn is not None and not self.idle_turn >= 0:
             raise ValueError(f"eval.idle_turn must be >= 0 degrees per tick or null, got {self.idle_turn!r}")
-        for name in ("view_memory", "keep_view"):
+        for name in ("view_memory", "keep_view", "commit_last_step"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise ValueError(f"eval.{name} must be true, false or null, got {getattr(self, name)!r}")
 
@@ -197,7 +198,7 @@ class WorldModelPredictor:
     @classmethod
     def from_checkpoints(cls, dynamics_dir, autoencoder_dir, device="cpu", sample_steps=None, seed=0,
                          context_noise=None, sample_shift=None, view_memory=None, sample_start=None,
-                         idle_start=None, idle_turn=None, keep_view=None):
+                         idle_start=None, idle_turn=None, keep_view=None, commit_last_step=None):
         from worldsim.models.dynamics import DynamicsConfig, DynamicsModel, with_sampling
         from worldsim.models.train_autoencoder import load_autoencoder
         from worldsim.training.checkpoint import load_model
@@ -207,7 +208,8 @@ class WorldModelPredictor:
         dynamics = load_model(dynamics_dir, DynamicsModel, DynamicsConfig, name=name, device=device).eval()
         dynamics.config = with_sampling(dynamics.config, context_noise=context_noise, sample_shift=sample_shift,
                                         view_memory=view_memory, sample_start=sample_start,
-                                        idle_start=idle_start, idle_turn=idle_turn, keep_view=keep_view)
+                                        idle_start=idle_start, idle_turn=idle_turn, keep_view=keep_view,
+                                        commit_last_step=commit_last_step)
         return cls(dynamics, load_autoencoder(autoencoder_dir, device=device), sample_steps, seed)
 
     def _vectors(self, taken: list[dict]):
@@ -296,7 +298,8 @@ def make_world(kind: str, config: EvalConfig, engine_config: EngineConfig) -> Pr
         return WorldModelPredictor.from_checkpoints(config.checkpoint, config.autoencoder, _device(config.device),
                                                     config.sample_steps, config.seed, config.context_noise,
                                                     config.sample_shift, config.view_memory, config.sample_start,
-                                                    config.idle_start, config.idle_turn, config.keep_view)
+                                                    config.idle_start, config.idle_turn, config.keep_view,
+                                                    config.commit_last_step)
     raise ValueError(f"unknown world {kind!r}; known: {', '.join(WORLDS)}")
 
 

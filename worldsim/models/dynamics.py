@@ -215,7 +215,7 @@ class DynamicsConfig:
                     "critic_width", "adversarial_pair", "critic_pool",
                     "adversarial_adaptive", "sampler_levels", "sample_start", "start_bridge",
                     "latent_guard", "guard_range", "spread_guard", "spread_floor", "idle_start",
-                    "idle_turn", "keep_view")  # checkpoints saved before them load
+                    "idle_turn", "keep_view", "commit_last_step")  # checkpoints saved before them load
                                                                                   # with the defaults
     latent_channels: int = 16   # C of the autoencoder's latents (B, C, h, w)
     latent_height: int = 16
@@ -299,6 +299,10 @@ class DynamicsConfig:
                                     # (`keeps_view`) keeps what is known of its view (`known_view`: the panorama's
                                     # where it saw it, else the last frame turned) at every Euler step; the model
                                     # makes only what the turn reveals
+    commit_last_step: bool = False  # a frame's keys and values enter the caches from its last Euler step's pass (at
+                                    # that step's level, when it is within context_noise_max, the context levels
+                                    # training saw) instead of from a commit pass of the finished frame: S passes
+                                    # a frame instead of S + 1
     latent_guard: float = 0.0       # > 0: training records guard_range from its data's frames at these percentiles
                                     # (latent_guard and 100 - latent_guard) of each channel's spatial mean
     guard_range: tuple | None = None  # (low_0 .. low_C-1, high_0 .. high_C-1): the sampler moves each made frame's
@@ -521,11 +525,19 @@ class DynamicsModel(nn.Module):
         return self._inputs(torch.zeros(shape, device=actions.device, dtype=self.head.weight.dtype), actions,
                             torch.zeros(shape[:2], device=actions.device), frame_pos, prev_frame, fill, turned)
 
-    def _inputs(self, latents, actions, noise_levels, frame_pos, prev_frame, fill, turned=None) -> FrameInputs:
+    def _inputs(self, latents, actions, noise_levels, frame_pos, prev_frame, fill, turned=None,
+                prev_frames=None) -> FrameInputs:
         dtype = self.head.weight.dtype
         inputs = FrameInputs(self.rotary(frame_pos), self.action_embed(actions.to(dtype)))
         if self.config.prev_input:
-            prev, prev_levels = self.previous(latents, noise_levels, prev_frame)
+            if prev_frames is not None:
+                prev, prev_levels = prev_frames
+                if prev.shape != latents.shape or prev_levels.shape != noise_levels.shape:
+                    raise ValueError(f"prev_frames must be latents {tuple(latents.shape)} and levels "
+                                     f"{tuple(noise_levels.shape)}, got {tuple(prev.shape)} and "
+                                     f"{tuple(prev_levels.shape)}")
+            else:
+                prev, prev_levels = self.previous(latents, noise_levels, prev_frame)
             if self.config.camera_warp:
                 prev = turned if turned is not None else warp_previous(
                     prev, actions, self.config.camera_warp, self.config.warp_keep_rows, fill)
@@ -537,16 +549,20 @@ class DynamicsModel(nn.Module):
         return inputs
 
     def forward(self, latents, actions, noise_levels, frame_pos=None, caches=None, mode="train", prev_frame=None,
-                fill=None, inputs=None):
+                fill=None, inputs=None, prev_frames=None):
         """latents (B, F, C, h, w) at their noise levels (B, F); actions (B, F, 25), row i = the action that
         produced frame i; frame_pos (F,) absolute frame indices (default 0..F-1). Returns velocity (B, F, C, h, w).
         prev_frame: (latents, levels) of the frame before the first, for `prev_input` (None: a clip's start).
         fill: (latents (B, F, C, h, w), valid (B, F, 1, h, w) bool): what each frame's view holds where its turn
         reveals what the previous frame did not (the sampler's view memory; `warp_previous`).
+        prev_frames: (latents (B, F, C, h, w), levels (B, F)), each frame's previous frame where it is not the frame
+        before it in `latents` (with `commit_last_step` the caches hold each frame as its last Euler step saw it,
+        and the frame after it saw it finished): the sampler's reference in the tests recomputes that.
 
         mode: train (whole clip, block-causal) | prefill (whole prompt, writes `caches`) | read (one chunk
-        against `caches`) | write (one chunk against `caches`, then stores its keys and values) | commit_read
-        (two chunks: write the first, then read with the second, in one pass); prefill and write return None."""
+        against `caches`) | write (one chunk against `caches`, then stores its keys and values) | read_write (as
+        write, and returns the velocity) | commit_read (two chunks: write the first, then read with the second,
+        in one pass); prefill and write return None."""
         self.check_inputs(latents, actions, noise_levels)
         B, Fr = latents.shape[:2]
         if inputs is not None and Fr != 1:
@@ -554,7 +570,7 @@ class DynamicsModel(nn.Module):
         if frame_pos is None:
             frame_pos = torch.arange(Fr, device=latents.device)
         if inputs is None:
-            inputs = self._inputs(latents, actions, noise_levels, frame_pos, prev_frame, fill)
+            inputs = self._inputs(latents, actions, noise_levels, frame_pos, prev_frame, fill, prev_frames=prev_frames)
         dtype = self.head.weight.dtype
         cond = self.time_embed(noise_levels) + inputs.action_cond  # (B, F, C)
         x = self.patch_embed(self.patchify(latents).to(dtype))  # (B, F, N, C)
@@ -564,11 +580,12 @@ class DynamicsModel(nn.Module):
             cond = cond + inputs.prev_cond
         rope = inputs.rope
         cond = F.silu(cond)
+        block_mode = "write" if mode == "read_write" else mode
         for i, block in enumerate(self.blocks):
             if mode in ("prefill", "write") and i == len(self.blocks) - 1:
                 block.store_keys(x, cond, rope, caches[i])
                 return None  # the pass only fills the caches
-            x = block(x, cond, rope, None if caches is None else caches[i], mode)
+            x = block(x, cond, rope, None if caches is None else caches[i], block_mode)
         shift, scale = self.adaln_f(cond)[:, :, None].chunk(2, dim=-1)  # (B, F, 1, C) each
         out = self.unpatchify(self.head(modulate(self.ln_f(x), shift, scale)))
         if not self.config.residual:
