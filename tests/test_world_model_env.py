@@ -317,6 +317,28 @@ def test_bf16_precision_samples_close_to_fp32_and_leaves_given_models_alone(worl
         WorldModelConfig(checkpoint="x", precision="fp16")
 
 
+def test_commit_last_step_is_a_world_setting_that_leaves_given_models_alone(tmp_path):
+    """world.commit_last_step overrides the model's: the env's sampler writes each frame from its last Euler step
+    (other frames than the model's default, snapshots still replay exactly), the given model keeps its config."""
+    world = str(random_world(tmp_path / "w", *tiny_configs(context_noise_max=0.5)))  # 3 steps: the last at 1/3
+    models = load_world(world)
+    frames = []
+    for setting in (None, True):
+        env = make(world, twin=False, models=models, steps=3, commit_last_step=setting)
+        assert env.imagination.sampler.config.commit_last_step is bool(setting)
+        obs, _ = env.reset(seed=4)
+        moves = walk(4, seed=1)
+        frames.append([obs] + [env.step(a)[0] for a in moves[:2]])
+        state = env.snapshot()
+        after = [env.step(a)[0] for a in moves[2:]]
+        env.restore(state)
+        assert all(np.array_equal(x, env.step(a)[0]) for x, a in zip(after, moves[2:]))
+    assert models[0].config.commit_last_step is False
+    assert any(not np.array_equal(a, b) for a, b in zip(*frames))
+    with pytest.raises(ValueError, match="world.commit_last_step must be true, false or null"):
+        WorldModelConfig(checkpoint="x", commit_last_step="yes")
+
+
 def test_decode_precision_picks_the_decoder_and_bf16_frames_stay_close_to_fp32(world, monkeypatch):
     import worldsim.envs.world_model as world_model
     models = load_world(world)

@@ -87,11 +87,16 @@ class WorldModelConfig:
     decode_precision: str = "auto"    # auto | fp32 | bf16: the decoder's (a copy; prompts are encoded in fp32).
                                       # auto: bf16 on a CPU with bf16 instructions (twice as fast there, the
                                       # frames within a few levels of fp32's), else fp32
+    commit_last_step: bool | None = None  # frames enter the KV caches from their last Euler step's pass, with no
+                                      # commit pass: a third less work a frame at 2 steps, the long runs flatter
+                                      # (models/README.md); None: the model's setting
 
     def __post_init__(self):
         for name in ("twin", "timing", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"world.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.commit_last_step is not None and not isinstance(self.commit_last_step, bool):
+            raise ValueError(f"world.commit_last_step must be true, false or null, got {self.commit_last_step!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"world.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.decode_precision not in DECODE_PRECISIONS:
@@ -461,6 +466,11 @@ class _ModelWorld:
         if dynamics.head.weight.dtype != PRECISIONS[c.precision]:  # a cast copy: given models stay as they are
             dynamics = copy.deepcopy(dynamics).to(PRECISIONS[c.precision]) if models is not None else \
                 dynamics.to(PRECISIONS[c.precision])
+        if c.commit_last_step is not None and c.commit_last_step != dynamics.config.commit_last_step:
+            from worldsim.models.dynamics import with_sampling
+            if models is not None:  # a shallow copy shares the weights and leaves the given model's config alone
+                dynamics = copy.copy(dynamics)
+            dynamics.config = with_sampling(dynamics.config, commit_last_step=c.commit_last_step)
         self.dynamics_config = dynamics.config
         ae = autoencoder.config
         self.size = (ae.height, ae.width)

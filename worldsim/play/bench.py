@@ -77,9 +77,9 @@ def resolve(probes: list, shown: list, latencies: list) -> None:
 
 def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: int | None = None,
                  display_fps: int = 120, precision: str = "fp32", threads: int | None = None,
-                 decode_precision: str = "auto", twin: bool = True) -> dict:
+                 decode_precision: str = "auto", twin: bool = True, world: dict | None = None) -> dict:
     """Play headless for `seconds` with the worker thread; returns rates and, with `probe`, latencies. twin: the
-    engine follows the actions, unseen, as in play (world.twin=true)."""
+    engine follows the actions, unseen, as in play (world.twin=true); world: more world.* settings."""
     os.environ["SDL_VIDEODRIVER"] = "dummy"
     import pygame
 
@@ -87,7 +87,7 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
     from worldsim.play.game import Game, PlayConfig
     make_env = lambda: WorldModelEnv(checkpoint=checkpoint, twin=twin, steps=steps, precision=precision,  # noqa: E731
                                      decode_precision=decode_precision,
-                                     **_threads(threads))
+                                     **_threads(threads), **(world or {}))
     game = Game(make_env, PlayConfig(scale=4, fps=fps, generation="thread", display_fps=display_fps,
                                      record_dir=tempfile.mkdtemp()), seed=0)  # made on the worker, as in play
     game.mouse.set(True)
@@ -135,13 +135,13 @@ def play_session(checkpoint: str, seconds: float, fps: int, probe: bool, steps: 
 
 
 def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring: int = 11,
-         threads: int | None = None) -> dict:
+         threads: int | None = None, world: dict | None = None) -> dict:
     """`frames` env steps of a scripted walk with rewind snapshots kept; memory and per-frame time trend."""
     import collections
 
     from worldsim.envs.world_model import WorldModelEnv
     from worldsim.play.headless import scripted_walk
-    env = WorldModelEnv(checkpoint=checkpoint, twin=False, **_threads(threads))
+    env = WorldModelEnv(checkpoint=checkpoint, twin=False, **_threads(threads), **(world or {}))
     env.reset(seed=0)
     script = scripted_walk(20 * fps, fps)  # 20 s of walking and turning, repeated
     snapshots = collections.deque(maxlen=ring)
@@ -171,7 +171,8 @@ def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring:
 
 
 def rollout_speed(checkpoint: str, num_envs: int, steps: int, warmup: int = 3, precision: str = "fp32",
-                  decode_precision: str = "auto", profile_steps: int = 0, on_timed=None) -> dict:
+                  decode_precision: str = "auto", profile_steps: int = 0, on_timed=None,
+                  world: dict | None = None) -> dict:
     """Frames per second of a batched rollout (random policy) in the world model, at batch `num_envs`: one reset
     (rendering every world's prompt takes far longer than the steps), `warmup` untimed steps (CUDA graphs are
     captured), then `steps` timed ones; then, with `profile_steps`, that many more under torch.profiler
@@ -179,7 +180,8 @@ def rollout_speed(checkpoint: str, num_envs: int, steps: int, warmup: int = 3, p
     is called between the two (the caller saves the timing before the profile runs)."""
     from worldsim.envs.world_model import WorldModelVectorEnv
     from worldsim.rollout import make_batch_policy
-    env = WorldModelVectorEnv(num_envs, checkpoint=checkpoint, precision=precision, decode_precision=decode_precision)
+    env = WorldModelVectorEnv(num_envs, checkpoint=checkpoint, precision=precision, decode_precision=decode_precision,
+                              **(world or {}))
     policy = make_batch_policy("random", num_envs, 0)
     start = time.perf_counter()
     obs, infos = env.reset(seed=0)
@@ -284,6 +286,8 @@ def main(argv=None) -> dict:
                         help="after the rollout timing, this many steps under torch.profiler: the ops and kernels "
                              "with the most time a step, printed and in the JSON (0: none)")
     parser.add_argument("--no-twin", action="store_true", help="play without the engine twin (world.twin=false)")
+    parser.add_argument("--commit-last-step", action="store_true",
+                        help="frames enter the caches from their last Euler step (world.commit_last_step=true)")
     parser.add_argument("--threads", type=int, help="world.torch_threads of the play and soak worlds (default: "
                                                      "the world's, 2)")
     parser.add_argument("--out", default="bench_results/play.json")
@@ -292,6 +296,7 @@ def main(argv=None) -> dict:
         parser.error(f"--profile-steps must be 0 (no profile) or more, got {args.profile_steps}")
     from worldsim.envs.world_model import WorldModelConfig
     default_threads = WorldModelConfig().torch_threads
+    world = {"commit_last_step": True} if args.commit_last_step else {}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -308,6 +313,7 @@ def main(argv=None) -> dict:
                              "torch_threads": args.threads or default_threads,
                              "steps": args.steps, "precision": args.precision,
                              "decode_precision": args.decode_precision, "twin": not args.no_twin,
+                             "commit_last_step": args.commit_last_step,
                              "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                              "torch": torch.__version__}}
         save()
@@ -315,22 +321,22 @@ def main(argv=None) -> dict:
             results["play"] = play_session(checkpoint, args.seconds, args.fps, probe=True, steps=args.steps,
                                            display_fps=args.display_fps, precision=args.precision,
                                            decode_precision=args.decode_precision, threads=args.threads,
-                                           twin=not args.no_twin)
+                                           twin=not args.no_twin, world=world)
             save()
             results["play_unpaced"] = play_session(checkpoint, args.seconds, 1000, probe=False, steps=args.steps,
                                                    display_fps=args.display_fps, precision=args.precision,
                                                    decode_precision=args.decode_precision, threads=args.threads,
-                                                   twin=not args.no_twin)
+                                                   twin=not args.no_twin, world=world)
             save()
         if args.rollout_envs:
             results["rollout"] = rollout_speed(checkpoint, args.rollout_envs, steps=20, precision=args.precision,
                                                decode_precision=args.decode_precision,
                                                profile_steps=args.profile_steps,
-                                               on_timed=lambda timed: save("rollout", timed))
+                                               on_timed=lambda timed: save("rollout", timed), world=world)
             save()
         if args.soak_frames:
             results["soak"] = soak(args.soak_checkpoint or checkpoint, args.soak_frames, args.fps,
-                                   threads=args.threads)
+                                   threads=args.threads, world=world)
     results["setup"]["load_average_1min_end"] = os.getloadavg()[0]
     print_table(results)
     if "profile" in results.get("rollout", {}):
