@@ -46,7 +46,8 @@ def test_rollout_clips_scores_every_horizon_and_saves_json(world_and_cache, tmp_
     assert json.loads(out.read_text()) == result
     assert result["clips"] == 4 and result["steps"] == 2 and set(result["psnr"]) == {"1", "2", "8"}
     for row in result["psnr"].values():
-        assert set(row) == {"model", "copy_last", "autoencoder", "brightness_difference"}
+        assert set(row) == {"model", "copy_last", "autoencoder", "brightness_difference", "model_per_clip"}
+        assert len(row["model_per_clip"]) == 4 and abs(sum(row["model_per_clip"]) / 4 - row["model"]) < 1e-2
     # copy-last is exact where the frame repeats: two frames back (t+2 of a prompt ending on the same parity)
     assert result["psnr"]["2"]["copy_last"] == 100.0 and result["psnr"]["1"]["copy_last"] < 100.0
     # an untrained world is far from the frames; the same seed gives the same numbers

@@ -197,7 +197,8 @@ def test_committing_before_the_actions_come_equals_recomputing_everything(chunk_
     """`Sampler.commit` (what play runs while a frame is shown) after some steps and not others: the frames of
     recomputing everything, and snapshots taken after a commit and before one replay them exactly."""
     from_last = dict(sample_start=0.6, keep_view=True, idle_start=0.2) if chunk_frames == 1 else {}  # needs K = 1
-    model = small_model(chunk_frames=chunk_frames, context_frames=context_frames, **from_last, **VARIANTS[-1])
+    model = small_model(chunk_frames=chunk_frames, context_frames=context_frames, **from_last,
+                        **VARIANTS[VARIANT_IDS.index("view-memory")])
     c = model.config
     g = torch.Generator().manual_seed(1)
     prompt = torch.randn(latent_shape(c, 2, prompt_frames), generator=g)
