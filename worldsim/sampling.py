@@ -18,7 +18,8 @@ worldsim/models/dynamics.py). `Sampler.reset` takes the prompt's actions in the 
 Finished frames enter the cache at the noise level `config.context_noise`: the clean latent is mixed with
 fresh noise, x = (1 - s) x0 + s eps, and the pass is conditioned on s, as context frames are in training.
 With `commit_last_step` they enter instead as the last Euler step saw them, on the sampler's own path at that
-step's level (0.3 for 2 steps from 0.6), which training's context levels (up to context_noise_max) cover.
+step's level (for 2 steps from 0.6: 0.3 at sample_shift 1, 0.2 at 0.5), which training's context levels (up to
+context_noise_max) cover.
 Each cache holds the last `context_frames - chunk_frames` frames; time positions keep growing (the rotary
 angles are computed in float64), so nothing is rewritten when the ring wraps.
 """
