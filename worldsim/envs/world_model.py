@@ -88,7 +88,8 @@ class WorldModelConfig:
                                       # auto: bf16 on a CPU with bf16 instructions (twice as fast there, the
                                       # frames within a few levels of fp32's), else fp32
     commit_last_step: bool | None = None  # frames enter the KV caches from their last Euler step's pass, with no
-                                      # commit pass: a third less work a frame at 2 steps, the long runs flatter
+                                      # commit pass: a third fewer dynamics passes at 2 steps, a fifth less work a
+                                      # frame measured with decoding, the long runs flatter
                                       # (models/README.md); None: the model's setting
 
     def __post_init__(self):
