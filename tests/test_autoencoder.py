@@ -1,10 +1,12 @@
 """The frame autoencoder: shapes, bad input, training on engine frames, checkpoints, latents in the cache."""
+import copy
 import csv
 import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from worldsim.engine.env import VoxelEnv
 from worldsim.models.autoencoder import (Autoencoder, AutoencoderConfig, ChannelsLastDecode, GraphedDecode, psnr, ssim,
                                          to_uint8)
 from worldsim.models.train_autoencoder import (
-    DecoderTuneConfig, encode_cache, load_autoencoder, train_autoencoder, tune_decoder)
+    DecoderTuneConfig, encode_cache, load_autoencoder, train_autoencoder, tune_decoder, with_decoder_blocks)
 from worldsim.training import CheckpointError, TrainConfig, load_weights, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,6 +248,52 @@ def test_tune_decoder_keeps_the_encoder_and_raises_psnr(trained, engine_cache, t
     assert gain > 1.0, f"tuning the decoder changed PSNR by {gain:.2f} dB"
     meta = json.loads((tuned / "model.json").read_text())
     assert meta["decoder_tuned_from"]["autoencoder"] == str(trained) and meta["latent_stats"] is not None
+
+
+def test_a_decoder_of_other_depth_starts_from_the_blocks_it_shares(trained):
+    """Fewer blocks keep each level's first ones (the rest are skipped); more add identities: the frames equal the
+    source decoder's with those blocks skipped, or its own."""
+    source = load_autoencoder(trained)
+    z = torch.randn(3, *source.config.latent_shape)
+    grown = with_decoder_blocks(source, replace(source.config, dec_blocks=source.config.dec_blocks + 1))
+    shrunk = with_decoder_blocks(source, replace(source.config, dec_blocks=0))
+    skipped = copy.deepcopy(source)
+    for level in skipped.decoder.levels:
+        for j in range(1, len(level)):
+            level[j] = torch.nn.Identity()
+    with torch.no_grad():
+        assert torch.allclose(grown.decode(z), source.decode(z), atol=1e-6)
+        assert torch.allclose(shrunk.decode(z), skipped.decode(z), atol=1e-6)
+        assert not torch.allclose(shrunk.decode(z), source.decode(z), atol=1e-3)  # the skipped blocks did something
+    for model in (grown, shrunk):
+        for name, tensor in source.encoder.state_dict().items():
+            assert torch.equal(tensor, model.encoder.state_dict()[name]), name
+        assert torch.equal(model.latent_mean, source.latent_mean) and torch.equal(model.latent_std, source.latent_std)
+    assert sum(p.numel() for p in shrunk.decoder.parameters()) < sum(p.numel() for p in source.decoder.parameters())
+    with pytest.raises(ValueError, match="only dec_blocks may change"):
+        with_decoder_blocks(source, replace(source.config, dec_channels=(64, 32, 16)))
+
+
+def test_tune_decoder_trains_a_shallower_decoder_for_the_same_latents(trained, engine_cache, tmp_path):
+    cache_dir = shutil.copytree(engine_cache, tmp_path / "cache")
+    encode_cache(trained, cache_dir, batch_size=64)
+    tuned = tmp_path / "shallow"
+    tune_decoder(DecoderTuneConfig(autoencoder=str(trained), dec_blocks=0),
+                 TrainConfig(out_dir=str(tuned), data=str(cache_dir), steps=20, batch_size=8, lr=1e-3, warmup_steps=2,
+                             ckpt_every=0, sample_every=0, log_every=10))
+    before, after = load_autoencoder(trained), load_autoencoder(tuned)
+    assert after.config.dec_blocks == 0 and json.loads((tuned / "model.json").read_text())["config"]["dec_blocks"] == 0
+    frames = frames_of(cache_dir)
+    with torch.no_grad():
+        latents = before.encode(frames)
+        assert torch.equal(latents, after.encode(frames))
+        target = frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        start = with_decoder_blocks(before, replace(before.config, dec_blocks=0)).decode(latents)
+        assert psnr(after.decode(latents), target).mean() > psnr(start, target).mean()  # it trained from that start
+    with pytest.raises(ValueError, match="dec_blocks"):
+        DecoderTuneConfig(autoencoder=str(trained), dec_blocks=-1)
+    with pytest.raises(ValueError, match="dec_blocks"):
+        DecoderTuneConfig(autoencoder=str(trained), dec_blocks=1.5)
 
 
 def test_tune_decoder_refuses_latents_of_another_autoencoder(trained, engine_cache, tmp_path):

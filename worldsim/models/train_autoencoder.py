@@ -164,14 +164,36 @@ class DecoderTuneConfig:
     autoencoder: str = "runs/ae"      # the trained run whose decoder is tuned (its EMA weights when it has them)
     l2_weight: float | None = None    # the loss's MSE weight (None: the run's own); PSNR is an MSE measure
     grad_weight: float | None = None  # the image-gradient L1 weight (None: the run's own)
+    dec_blocks: int | None = None     # residual blocks per decoder level (None: the run's). Fewer make a cheaper
+                                      # decoder that starts from the run's first blocks of each level
 
     def __post_init__(self):
         if not self.autoencoder:
             raise ValueError("tune_decoder.autoencoder must name a trained autoencoder run directory")
+        if self.dec_blocks is not None and (isinstance(self.dec_blocks, bool) or not isinstance(self.dec_blocks, int)
+                                            or self.dec_blocks < 0):
+            raise ValueError(f"tune_decoder.dec_blocks must be an integer ≥ 0 or null, got {self.dec_blocks!r}")
         for name in ("l2_weight", "grad_weight"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
                 raise ValueError(f"tune_decoder.{name} must be a number ≥ 0 or null, got {value!r}")
+
+
+def with_decoder_blocks(model: Autoencoder, config: AutoencoderConfig) -> Autoencoder:
+    """A copy of `model` whose decoder has config.dec_blocks residual blocks a level. Everything the two share
+    is copied: the encoder, the normalisation and the decoder's layers but the blocks past the new count (fewer
+    blocks: the first ones of each level are kept; more: the new ones start as identity, as ResBlocks do)."""
+    new = Autoencoder(config).to(next(model.parameters()).device)
+    old = model.state_dict()
+    state = new.state_dict()
+    kept = {name: old[name] for name in state if name in old}
+    for name, tensor in kept.items():
+        if tensor.shape != state[name].shape:
+            raise ValueError(f"decoder layer {name}: {tuple(tensor.shape)} in the source, {tuple(state[name].shape)} "
+                             f"in the new decoder (only dec_blocks may change)")
+    state.update(kept)
+    new.load_state_dict(state)
+    return new.eval()
 
 
 class DecoderTask:
@@ -215,6 +237,9 @@ def tune_decoder(tune: DecoderTuneConfig, train_config: TrainConfig) -> dict:
     changes = {k: float(v) for k, v in (("l2_weight", tune.l2_weight), ("grad_weight", tune.grad_weight))
                if v is not None}
     config = replace(model.config, **changes)
+    if tune.dec_blocks is not None and tune.dec_blocks != config.dec_blocks:
+        config = replace(config, dec_blocks=tune.dec_blocks)
+        model = with_decoder_blocks(model, config)
     cache = Cache(train_config.data, expect_resolution=(config.height, config.width))
     check_latents_match(cache, model, source)
     dataset = ClipDataset(cache, frames_per_clip=1, latents=True)
