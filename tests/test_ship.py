@@ -145,7 +145,8 @@ def test_the_shipped_default_world_loads_strictly_and_its_record_fits_it():
         pytest.skip("no world ships in assets/")
     dynamics, autoencoder = load_world(world)
     provenance = json.loads((world / "provenance.json").read_text())
-    assert provenance["runs"]["dynamics"]["config"] == json.loads((world / "dynamics" / "model.json").read_text())["config"]
+    for part in ("dynamics", "autoencoder"):
+        assert provenance["runs"][part]["config"] == json.loads((world / part / "model.json").read_text())["config"]
     assert sum(provenance["bytes"].values()) < 40 * 2 ** 20  # the size budget
     z = torch.randn(1, 2, *autoencoder.config.latent_shape)
     with torch.no_grad():
