@@ -92,11 +92,17 @@ def run_headless(cfg: DictConfig, kind: str, play_config) -> None:
           f"{result['step_fps']:.1f} frames/s for the {kind} alone")
 
 
+ROLLOUT_SHORTHANDS = ("num_envs", "steps")  # top-level keys that mode=rollout reads as rollout.<key>
+
+
 def run_rollout(cfg: DictConfig) -> None:
     from worldsim.data.policies import PolicyConfig
     from worldsim.rollout import EpisodeWriters, RolloutConfig, make_batch_policy, rollout
     plain_warnings()
     values = to_dict(cfg.rollout)
+    for key in ROLLOUT_SHORTHANDS:  # `num_envs=8 steps=500` as rollout.num_envs and rollout.steps
+        if cfg.get(key) is not None:
+            values[key] = cfg[key]
     # `policy=NAME` replaces the policy section with a name; `policy.name=NAME` keeps its settings
     named = isinstance(cfg.policy, str)
     policy_config = PolicyConfig() if named else build(PolicyConfig, cfg.policy, "policy")
@@ -239,6 +245,10 @@ def main(cfg: DictConfig) -> None:
     from worldsim.play.game import NoDisplayError
     if cfg.mode not in MODES:
         sys.exit(f"error: unknown mode {cfg.mode!r}; known modes: {', '.join(MODES)}")
+    given = [key for key in ROLLOUT_SHORTHANDS if cfg.get(key) is not None]
+    if given and cfg.mode != "rollout":
+        sys.exit(f"error: {given[0]}={cfg[given[0]]} is mode=rollout's shorthand for rollout.{given[0]}; "
+                 f"mode={cfg.mode} does not take it")
     try:
         MODES[cfg.mode](cfg)
     except NoDisplayError as e:

@@ -121,6 +121,21 @@ def test_every_source_names_its_view_in_the_options_it_records(world, tmp_path):
     assert (options["fov"], options["view_distance"], options["world"]) == (70.0, 48, "engine")
 
 
+def test_mode_rollout_takes_the_issue_s_shorthand_and_other_modes_refuse_it(tmp_path):
+    """`mode=rollout policy=random num_envs=2 steps=3` is rollout.num_envs and rollout.steps; elsewhere an error."""
+    done = subprocess.run([sys.executable, "run_world.py", "mode=rollout", "world=engine", "policy=random",
+                           "num_envs=2", "steps=3", "rollout.progress=false", f"rollout.out_dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trajectories = [read_trajectory(path) for path in list_trajectories(tmp_path)]
+    assert len(trajectories) == 2 and all(len(t.actions) == 3 for t in trajectories)
+    refused = subprocess.run([sys.executable, "run_world.py", "mode=generate", "steps=3",
+                              f"generate.out_dir={tmp_path / 'gen'}"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "rollout.steps" in refused.stderr and not (tmp_path / "gen").exists()
+
+
 def test_mode_rollout_with_a_bad_policy_fails_before_writing(tmp_path):
     result = subprocess.run([sys.executable, "run_world.py", "mode=rollout", "world=engine", "policy=nope.mod:act",
                              f"rollout.out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
