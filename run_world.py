@@ -1,4 +1,5 @@
 """WorldSim's one entry point: `python run_world.py [mode=play|rollout|bench|...] [world=auto|engine|model] [key=value ...]`."""
+import pathlib
 import sys
 
 import hydra
@@ -118,6 +119,11 @@ def run_rollout(cfg: DictConfig) -> None:
     result = rollout(env, policy, config.steps, seed=config.seed, writers=writers, progress=config.progress)
     print(f"{result['frames']} frames from {config.num_envs} {kind} worlds in {result['seconds']:.1f} s "
           f"({result['fps']:.1f} frames/s); {len(result['trajectories'])} trajectories in {config.out_dir}")
+    if config.fmt == "cache":
+        from rich.console import Console
+
+        from worldsim.data.generate import build_cache
+        build_cache(pathlib.Path(config.out_dir), Console())
 
 
 def run_bench(cfg: DictConfig) -> None:

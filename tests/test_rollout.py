@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from worldsim.data.cache import Cache
 from worldsim.data.interchange import list_trajectories, read_trajectory
 from worldsim.data.policies import make_policy
 from worldsim.engine.env import EngineConfig, VoxelVectorEnv
@@ -124,11 +125,14 @@ def test_every_source_names_its_view_in_the_options_it_records(world, tmp_path):
 def test_mode_rollout_takes_the_issue_s_shorthand_and_other_modes_refuse_it(tmp_path):
     """`mode=rollout policy=random num_envs=2 steps=3` is rollout.num_envs and rollout.steps; elsewhere an error."""
     done = subprocess.run([sys.executable, "run_world.py", "mode=rollout", "world=engine", "policy=random",
-                           "num_envs=2", "steps=3", "rollout.progress=false", f"rollout.out_dir={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "num_envs=2", "steps=3", "rollout.progress=false", "rollout.fmt=cache",
+                           f"rollout.out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     trajectories = [read_trajectory(path) for path in list_trajectories(tmp_path)]
     assert len(trajectories) == 2 and all(len(t.actions) == 3 for t in trajectories)
+    cache = Cache(tmp_path / "cache")  # rollout.fmt=cache: the training cache of those trajectories
+    assert cache.num_frames == 6 and len(cache.episodes) == 2
+    assert np.allclose(cache.actions[:3], trajectories[0].vectors) or np.allclose(cache.actions[:3], trajectories[1].vectors)
     refused = subprocess.run([sys.executable, "run_world.py", "mode=generate", "steps=3",
                               f"generate.out_dir={tmp_path / 'gen'}"], cwd=ROOT, capture_output=True, text=True,
                              timeout=120)

@@ -1,5 +1,6 @@
 """Batched rollouts: a policy drives a vector env (the world model or the engine) and each sub-env's episodes
-are written as interchange trajectories.
+are written as interchange trajectories; with `rollout.fmt=cache` a training cache is then (re)built in
+`<out_dir>/cache` from every trajectory in out_dir, as `generate.fmt=cache` does.
 
     python run_world.py mode=rollout policy=explore rollout.num_envs=8 rollout.steps=400 world=model checkpoint=PATH
     python run_world.py mode=rollout policy=explore rollout.num_envs=8 rollout.steps=400 world=engine
@@ -38,8 +39,12 @@ class RolloutConfig:
     out_dir: str = "data/rollouts"
     seed: int = 0                   # sub-env i starts in world seed + i; its policy is seeded alike
     progress: bool = True
+    fmt: str = "interchange"        # interchange | cache (the trajectories, then a cache built from out_dir's)
 
     def __post_init__(self):
+        from worldsim.data.generate import FORMATS
+        if self.fmt not in FORMATS:
+            raise ValueError(f"rollout.fmt must be one of {FORMATS}, got {self.fmt!r}")
         for name in ("num_envs", "steps"):
             value = getattr(self, name)
             if int(value) != value or value < 1:
