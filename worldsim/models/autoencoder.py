@@ -83,7 +83,8 @@ class AutoencoderConfig:
     enc_channels: tuple = (32, 64, 128)  # per level; the grid halves at each level after the first
     enc_blocks: int = 1                # residual blocks per encoder level
     dec_channels: tuple = (128, 64, 32)  # per level; each entry divisible by 4 (pixel-shuffle)
-    dec_blocks: int = 2                # the cpu size: two blocks decode a 128×128 frame in ~6 ms on 2 idle cores
+    dec_blocks: int = 2                # the cpu size: two blocks decode a 128×128 frame in ~6 ms on 2 idle cores;
+                                       # the shipped decoder has one (mode=tune_decoder tune_decoder.dec_blocks=1)
     kl_weight: float = 1e-5            # on the per-element KL; small: only keeps latents bounded and smooth
     l2_weight: float = 1.0             # loss = L1 + l2_weight·MSE + grad_weight·L1(image gradients) + kl
     grad_weight: float = 0.5           # cheap sharpness term: block texture edges matter more than flat sky
