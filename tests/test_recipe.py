@@ -1,6 +1,7 @@
 """The timed recipe (python -m worldsim.recipe): every stage runs the project's own command at toy sizes, and
 the packed parts unpack into runs that load as a world."""
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -15,9 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.timeout(600)
 def test_dry_recipe_runs_every_stage_and_packs_loadable_runs(tmp_path):
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)  # keep what it adds
     subprocess.run([sys.executable, "-m", "worldsim.recipe", "--dry", "--minutes", "8", "--out", "packed",
-                    "--part-mib", "1"], cwd=tmp_path, check=True, env={**__import__("os").environ,
-                                                                       "PYTHONPATH": str(REPO)})
+                    "--part-mib", "1"], cwd=tmp_path, check=True, env={**os.environ, "PYTHONPATH": path})
     parts = sorted((tmp_path / "packed").glob("pack.part*"), key=lambda p: int(p.name[len("pack.part"):]))
     assert len(parts) > 1 and all(p.stat().st_size <= 2 ** 20 for p in parts)
     (tmp_path / "joined.tgz").write_bytes(b"".join(p.read_bytes() for p in parts))
