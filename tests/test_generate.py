@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from worldsim.data.generate import PROGRESS_FILE, STATS_FILE, GenerateConfig, generate
+from worldsim.data.generate import EPISODE_PREFIX, PROGRESS_FILE, STATS_FILE, GenerateConfig, generate
 from worldsim.data.interchange import list_trajectories, read_trajectory
 from worldsim.data.policies import PolicyConfig
 from worldsim.engine.env import EngineConfig
@@ -116,7 +116,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(reference, tmp_path):
     # Every episode the log calls finished is whole on disk, and nothing half-written is listed as a trajectory.
     # An episode whose files were finished just before the kill, but not yet logged, may be listed too: the
     # resume makes it again.
-    listed = {int(stem.name[len("episode_"):]): stem for stem in list_trajectories(tmp_path)}
+    listed = {int(stem.name[len(EPISODE_PREFIX):]): stem for stem in list_trajectories(tmp_path)}
     assert finished_before <= set(listed)
     for stem in listed.values():
         assert len(read_trajectory(stem).frames) == 60

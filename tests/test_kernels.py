@@ -21,6 +21,7 @@ if not block_causal.INTERPRET:
     pytest.skip("kernel tests run on CPU tensors and need TRITON_INTERPRET=1 before triton is imported",
                 allow_module_level=True)
 
+import numpy as np  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
@@ -49,7 +50,7 @@ def _interpreter_runs_computed_loops() -> bool:
 runs_kernels = pytest.mark.skipif(
     not _interpreter_runs_computed_loops(),
     reason=f"triton {triton.__version__}'s interpreter cannot run a loop with computed bounds under numpy "
-           f"{__import__('numpy').__version__} (triton < 3.7 with numpy >= 2.4): install triton>=3.7 or numpy<2.4")
+           f"{np.__version__} (triton < 3.7 with numpy >= 2.4): install triton>=3.7 or numpy<2.4")
 
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3}  # absolute slack under which errors are rounding noise
 
