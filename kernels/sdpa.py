@@ -21,8 +21,10 @@ def block_causal_attention(q, k, v, chunk_size: int, window: int | None = None, 
 
 def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale=None, lengths=None):
     """Chunk queries against cache slots [0, valid_len[b]) plus the chunk's own keys; see reference.cache_attention.
-    lengths: valid_len as a list, where the caller has read it already."""
-    lengths = valid_len.tolist() if lengths is None else lengths
+    lengths: valid_len as a list, where the caller has read it already (on the CPU). Without it, valid_len is not
+    read on the host (that would be a device sync, and no CUDA graph could hold the call): the masked reference."""
+    if lengths is None:
+        return reference.cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale)[0]
     if all(n == lengths[0] for n in lengths):
         n = lengths[0]
         k = torch.cat([k_cache[:, :, :n], k_new], dim=-2)

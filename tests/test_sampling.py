@@ -6,6 +6,7 @@ import tracemalloc
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, known_view, step_levels, warp_previous
 from worldsim.sampling import (KVCache, Sampler, commit_chunk, denoise_chunk, last_step_commits, make_caches, prefill,
@@ -718,3 +719,87 @@ def test_bad_input_names_the_problem():
     with pytest.raises(ValueError, match=r"\(B, F\) = \(2, 1\)"):
         sampler.step(torch.zeros(2, 1, ACTION_DIM))
     assert sampler.step(torch.zeros(2, 2, ACTION_DIM)).shape == latent_shape(c, 2, 2)
+
+
+# -- the graphed step holds no host read: on CUDA it is captured as one graph ---------------------------------
+
+HOST_READS = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select", "unique", "_unique2",
+              "unique_dim", "unique_consecutive", "repeat_interleave"}
+
+
+class HostReads(TorchDispatchMode):
+    """Records the ops that read tensor values on the host, or whose output shape depends on them: on a GPU each
+    is a device sync, and inside a CUDA graph's capture an error."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        boolean_index = name == "index" and any(t is not None and t.dtype == torch.bool for t in args[1])
+        if name in HOST_READS or boolean_index:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def on_meta(sampler: Sampler) -> Sampler:
+    """The sampler's model, caches, graph buffers and view memory moved to the meta device, which keeps shapes and
+    no values: reading a value there raises. Off the CPU the sampler takes the paths it takes on CUDA."""
+    meta = torch.device("meta")
+    sampler.model.to(meta)
+    for cache in sampler.caches:
+        cache.to(meta)
+    sampler._buffers = {name: buf.to(meta) for name, buf in sampler._buffers.items()}
+    if sampler.memory is not None:
+        for name, value in vars(sampler.memory).items():
+            if torch.is_tensor(value):
+                setattr(sampler.memory, name, value.to(meta))
+    sampler.device = meta
+    return sampler
+
+
+def test_host_reads_catches_a_host_read_on_meta():
+    """The check below can fail: a value read raises on meta, and HostReads names what reads."""
+    x = torch.zeros(3, device="meta")
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        bool(x.all())
+    reads = HostReads()
+    with reads:
+        torch.zeros(4)[torch.zeros(4) > 0]
+        torch.zeros(2).nonzero()
+    assert "nonzero" in reads.seen and "index" in reads.seen
+
+
+SHIPPED = os.path.join(os.path.dirname(__file__), "..", "assets", "world")
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, "keep-view", "shipped"], ids=[*VARIANT_IDS, "keep-view", "shipped"])
+def test_graphed_step_reads_nothing_on_the_host(variant):
+    """The fused step that CUDA replays as one graph (`_graph_body`: commit, Euler steps, view memory, keep_view,
+    guards) runs off the CPU without reading a value on the host, for every sampler variant and the shipped world:
+    a read would be a sync each step, and would make the graph's capture fail on the GPU."""
+    if variant == "shipped":
+        from worldsim.envs.world_model import load_world
+        model = load_world(SHIPPED)[0].float()
+    elif variant == "keep-view":
+        model = small_model(chunk_frames=1, context_frames=4, sample_start=0.6, idle_start=0.1, camera_warp=70.0,
+                            warp_keep_rows=2, view_memory=True, keep_view=True)
+    else:
+        model = small_model(chunk_frames=1, context_frames=4, **variant)
+    c = model.config
+    prompt, prompt_actions, _ = two_frame_prompt(c)
+    sampler = Sampler(model, batch_size=2, steps=2, seed=7, graphs=True)
+    sampler.reset(prompt, prompt_actions)
+    walk, stand = torch.zeros(2, 1, ACTION_DIM), torch.zeros(2, 1, ACTION_DIM)
+    walk[:, 0, 11], walk[1, 0, 16] = 1.0, 0.5
+    for a in (walk, stand):  # the first puts the state in the graph's buffers (on the CPU the body runs eagerly)
+        sampler.step(a)
+    on_meta(sampler)
+    for a in (walk, stand):
+        sampler._buffers["actions"].copy_(a.to("meta"))
+        reads = HostReads()
+        with torch.inference_mode(), reads:
+            sampler._graph_body(2)
+        assert reads.seen == []
+        assert sampler._buffers["out"].shape == (2, 1, *prompt.shape[2:])
