@@ -410,7 +410,8 @@ class Imagination:
             start = time.perf_counter()
             B, K = vectors.shape[0], self.chunk_frames
             dtype = self.sampler.model.head.weight.dtype
-            held = torch.from_numpy(vectors).to(self.sampler.device, dtype)[:, None].expand(B, K, -1)  # (B, K, 25)
+            # on the host: the sampler checks the actions there (on a GPU, a read of them would be a device sync)
+            held = torch.from_numpy(vectors).to(dtype)[:, None].expand(B, K, -1)                      # (B, K, 25)
             latents = self.sampler.step(held.contiguous())                                            # (B, K, C, h, w)
             device = self.autoencoder.latent_std.device
             decoded = self.decode(latents.flatten(0, 1).to(device, self.autoencoder.latent_std.dtype))
