@@ -803,3 +803,20 @@ def test_graphed_step_reads_nothing_on_the_host(variant):
             sampler._graph_body(2)
         assert reads.seen == []
         assert sampler._buffers["out"].shape == (2, 1, *prompt.shape[2:])
+
+
+@pytest.mark.parametrize("decode_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-channels-last"])
+def test_graphed_decode_reads_nothing_on_the_host(decode_dtype):
+    """The shipped decoder and the uint8 conversion, what CUDA replays as the decode's graph (`GraphedDecode`),
+    read no value on the host either: a GPU step's one read is then the frames' copy to the host."""
+    from worldsim.envs.world_model import ChannelsLastDecode, load_world
+    from worldsim.models.autoencoder import to_uint8
+    autoencoder = load_world(SHIPPED)[1].to("meta")
+    decode = autoencoder.decode if decode_dtype == torch.float32 else ChannelsLastDecode(autoencoder, decode_dtype)
+    c = autoencoder.config
+    reads = HostReads()
+    with torch.inference_mode(), reads:
+        frames = to_uint8(decode(torch.zeros(3, c.latent_channels, c.height // c.downsample, c.width // c.downsample,
+                                             device="meta")))
+    assert reads.seen == []
+    assert frames.shape == (3, c.height, c.width, 3) and frames.dtype == torch.uint8
