@@ -908,3 +908,34 @@ def test_clip_loss_is_paired_across_checkpoints_and_names_empty_episode_ranges(t
                    "--out", str(tmp_path / "loss.json")])
     assert result["loss"] == pytest.approx(clip_loss(model, cache, stride=3, clips=8)["loss"], rel=1e-6)
     assert (tmp_path / "loss.json").exists() and result["weights"] == "model"
+
+
+def _shipped_training_config() -> DynamicsConfig:
+    """The shipped world's config as its last runs trained it (the view memory and keep_view are sampling's)."""
+    import json
+    saved = json.loads((Path(__file__).parents[1] / "assets" / "world" / "dynamics" / "model.json").read_text())
+    config = DynamicsConfig(**{k: v for k, v in saved["config"].items() if k in DynamicsConfig.__dataclass_fields__})
+    return dataclasses.replace(config, view_memory=False, keep_view=False)
+
+
+@pytest.mark.parametrize("name,changes", [("tiny", {}), ("small", {}), ("shipped", {}),
+                                          ("shipped", {"sampler_levels": 0.8, "target_prob": 0.3}),
+                                          ("shipped", {"context_wear": 1.0})],
+                         ids=["tiny", "small", "shipped", "shipped-levels-targets", "shipped-wear"])
+def test_training_step_reads_nothing_on_the_host(name, changes):
+    """A training step (flow_matching_loss and its backward) of the recipe's configs runs on the meta device, which
+    keeps shapes and no values, without a host read: on a GPU none waits for the device, and torch.compile has no
+    graph break from one. (self_context and rollout_context pick their rows with one nonzero, a sync, by design.)"""
+    from host_reads import HostReads
+    config = _shipped_training_config() if name == "shipped" else \
+        DynamicsConfig(**yaml.safe_load((Path(__file__).parents[1] / "configs" / "dynamics" / f"{name}.yaml").read_text()))
+    config = dataclasses.replace(config, **changes)
+    model = DynamicsModel(config).to("meta")
+    T = config.context_frames
+    latents = torch.zeros(2, T, config.latent_channels, config.latent_height, config.latent_width, device="meta")
+    reads = HostReads()
+    with reads:
+        loss, _ = flow_matching_loss(model, config, latents, torch.zeros(2, T, ACTION_DIM, device="meta"))
+        loss.backward()
+    assert reads.seen == []
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters() if p.requires_grad)

@@ -6,13 +6,13 @@ import tracemalloc
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, known_view, step_levels, warp_previous
 from worldsim.sampling import (KVCache, Sampler, commit_chunk, denoise_chunk, last_step_commits, make_caches, prefill,
                                sample_levels)
 from worldsim.view_memory import ViewMemory
 
+from host_reads import HostReads
 from test_dynamics import one_thread, randomized, tiny_config  # noqa: F401  (one_thread: autouse fixture)
 
 
@@ -722,26 +722,6 @@ def test_bad_input_names_the_problem():
 
 
 # -- the graphed step holds no host read: on CUDA it is captured as one graph ---------------------------------
-
-HOST_READS = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select", "unique", "_unique2",
-              "unique_dim", "unique_consecutive", "repeat_interleave"}
-
-
-class HostReads(TorchDispatchMode):
-    """Records the ops that read tensor values on the host, or whose output shape depends on them: on a GPU each
-    is a device sync, and inside a CUDA graph's capture an error."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name.split("::")[-1]
-        boolean_index = name == "index" and any(t is not None and t.dtype == torch.bool for t in args[1])
-        if name in HOST_READS or boolean_index:
-            self.seen.append(name)
-        return func(*args, **(kwargs or {}))
-
 
 def on_meta(sampler: Sampler) -> Sampler:
     """The sampler's model, caches, graph buffers and view memory moved to the meta device, which keeps shapes and
