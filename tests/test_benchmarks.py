@@ -119,3 +119,16 @@ def test_the_play_bench_saves_the_rollout_timing_before_its_profile(tmp_path, mo
                 "--profile-steps", "1", "--out", str(out)])
     assert seen[0]["rollout"]["fps"] > 0 and "profile" not in seen[0]["rollout"]
     assert json.loads(out.read_text())["rollout"]["profile"]["steps"] == 1
+
+
+def test_the_gpu_set_checks_the_kernels_first_and_times_them_later(capsys):
+    """On a short lease the GPU checks run before everything that relies on them, and the kernel timings (already
+    measured, the kernels unchanged since) wait until the never-measured figures are in; the kernels bench takes
+    the two halves apart, and refuses to be asked for neither."""
+    from kernels import bench
+    names = [s.name for s in stages_for(cuda=True)]
+    assert names[0] == "kernels-checks" and names.index("kernels") > names.index("training-small-compiled")
+    assert names.index("play") < names.index("rollouts") < names.index("dynamics-small")
+    with pytest.raises(SystemExit):
+        bench.main(["--checks-only", "--skip-checks"])
+    assert "leave nothing to run" in capsys.readouterr().err
