@@ -132,3 +132,26 @@ def test_the_gpu_set_checks_the_kernels_first_and_times_them_later(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--checks-only", "--skip-checks"])
     assert "leave nothing to run" in capsys.readouterr().err
+
+
+class _Parsed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", [s for s in stages_for(cuda=True) + stages_for(cuda=False)],
+                         ids=lambda s: f"{'cuda' if s in stages_for(cuda=True) else 'cpu'}-{s.name}")
+def test_every_stage_command_line_parses(stage, monkeypatch, tmp_path):
+    """Each stage's arguments are ones its script takes (a wrong flag found on a GPU lease costs the lease): the
+    script's own parser reads them, and the run stops right after."""
+    import argparse
+    import importlib
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse(self, args, namespace)  # exits with the parser's message on an unknown or bad argument
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    module, *args = [a.replace("{out}", str(tmp_path / "out.json")) for a in stage.args]
+    with pytest.raises(_Parsed):
+        importlib.import_module(module).main(args)

@@ -585,7 +585,7 @@ def _synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench_results/render_gpu.json", help="where to save the JSON results")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64, 256, 1024])
@@ -593,7 +593,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-check", action="store_true", help="skip comparing a few frames with the numba renderer")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = {}
     if not args.no_check:
         results["check_vs_numba"] = check(args.size, args.size, device=args.device)

@@ -139,13 +139,13 @@ def show(result: dict, out: str) -> None:
     Console().print(f"saved {out}")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="runs/train_autoencoder", help="a run directory of mode=train_autoencoder")
     parser.add_argument("--data", default=None, help="a cache of held-out frames (world seeds not trained on)")
     parser.add_argument("--frames", type=int, default=1000, help="held-out frames measured")
     parser.add_argument("--out", default="bench_results/autoencoder.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     bench(args.checkpoint, args.data, args.frames, args.out)
 
 
