@@ -3,9 +3,13 @@
 reference elsewhere (torch's fused SDPA with the reference's semantics when no lse is asked for: kernels/sdpa.py);
 `backend=` or the WORLDSIM_ATTENTION env var (auto | triton | torch) forces either.
 
-Triton is imported only when the Triton backend runs, so CPU-only installs without Triton still work.
+Triton is imported only when the Triton backend runs, so CPU-only installs without Triton still work; on CUDA
+without Triton (torch's Windows wheels, for one) auto takes the torch path and says so once.
 """
+import functools
+import importlib
 import os
+import warnings
 
 import torch
 
@@ -16,7 +20,18 @@ BACKENDS = ("auto", "triton", "torch")
 HEAD_DIMS = (32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-__all__ = ["attention", "cache_attention", "select_backend", "BACKEND_ENV", "HEAD_DIMS", "DTYPES"]
+__all__ = ["attention", "cache_attention", "select_backend", "triton_available", "BACKEND_ENV", "HEAD_DIMS",
+           "DTYPES"]
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether Triton imports here (not installed, or an install that cannot load: the kernels cannot run)."""
+    try:
+        importlib.import_module("triton")
+    except Exception:
+        return False
+    return True
 
 
 def select_backend(device: torch.device, backend: str | None = None) -> str:
@@ -25,7 +40,16 @@ def select_backend(device: torch.device, backend: str | None = None) -> str:
     if choice not in BACKENDS:
         raise ValueError(f"attention backend must be one of {BACKENDS}, got {choice!r} (argument or ${BACKEND_ENV})")
     if choice == "auto":
-        return "triton" if device.type == "cuda" else "torch"
+        if device.type != "cuda":
+            return "torch"
+        if not triton_available():
+            warnings.warn("Triton does not import here: attention on CUDA takes the torch path (slower); install "
+                          "triton for the kernels", RuntimeWarning, stacklevel=3)
+            return "torch"
+        return "triton"
+    if choice == "triton" and not triton_available():
+        raise RuntimeError(f"the Triton attention backend was asked for (argument or ${BACKEND_ENV}) but triton does "
+                           "not import here")
     if choice == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the Triton attention backend needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU, "
                            f"set before triton is imported); got tensors on {device}")

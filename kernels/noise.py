@@ -103,7 +103,8 @@ def _select(device: torch.device, backend: str | None) -> str:
     if choice not in BACKENDS:
         raise ValueError(f"noise backend must be one of {BACKENDS}, got {choice!r}")
     if choice == "auto":
-        return "triton" if device.type == "cuda" else "numba"
+        import kernels
+        return "triton" if device.type == "cuda" and kernels.triton_available() else "numba"
     if choice == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(f"the Triton noise kernel needs CUDA tensors (or TRITON_INTERPRET=1); got {device}")
     return choice

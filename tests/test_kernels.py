@@ -329,3 +329,33 @@ def test_cpu_sdpa_cache_path_matches_float64(lengths):
     got = kernels.cache_attention(*(x.float() for x in (q, k_cache, v_cache)), valid_len,
                                   k_new.float(), v_new.float(), backend="torch")
     torch.testing.assert_close(got.double(), truth, rtol=0, atol=1e-5)
+
+
+def test_cuda_without_triton_takes_the_torch_path(monkeypatch):
+    """Where Triton does not import (torch's Windows wheels), auto picks the torch attention and the numba noise on
+    CUDA too, saying so; asking for Triton there is a clear error."""
+    from kernels.noise import _select
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
+    monkeypatch.delenv(kernels.BACKEND_ENV, raising=False)
+    cuda = torch.device("cuda")
+    with pytest.warns(RuntimeWarning, match="Triton does not import"):
+        assert kernels.select_backend(cuda) == "torch"
+    with pytest.raises(RuntimeError, match="does not import"):
+        kernels.select_backend(cuda, "triton")
+    assert _select(cuda, None) == "numba"
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    assert kernels.select_backend(cuda) == "triton" and _select(cuda, None) == "triton"
+
+
+def test_engine_renders_on_the_cpu_where_triton_does_not_import(monkeypatch):
+    """render_device auto: the GPU renderer is a Triton kernel, so a GPU without Triton renders on the CPU."""
+    import sys
+    from worldsim.engine.env import _resolve_render_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    pytest.importorskip("triton")
+    assert _resolve_render_device("auto") == "cuda"
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton raises ImportError
+    assert _resolve_render_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _resolve_render_device("auto") == "cpu"
+    assert _resolve_render_device("cuda:0") == "cuda:0"

@@ -222,13 +222,20 @@ class VoxelEnv(gymnasium.Env):
 
 
 def _resolve_render_device(device: str) -> str:
-    """'auto' is 'cuda' where torch sees a GPU, else 'cpu'; anything else must name a torch device."""
+    """'auto' is 'cuda' where torch sees a GPU and Triton imports (the GPU renderer is a Triton kernel), else 'cpu';
+    anything else must name a torch device."""
     if device == "auto":
         import importlib.util
         if importlib.util.find_spec("torch") is None:
             return "cpu"
         import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        try:
+            importlib.import_module("triton")
+        except Exception:
+            return "cpu"
+        return "cuda"
     if device != "cpu" and not str(device).startswith("cuda"):
         raise ValueError(f"render_device must be 'auto', 'cpu' or a CUDA device, got {device!r}")
     return str(device)
