@@ -4,7 +4,7 @@ reference elsewhere (torch's fused SDPA with the reference's semantics when no l
 `backend=` or the WORLDSIM_ATTENTION env var (auto | triton | torch) forces either.
 
 Triton is imported only when the Triton backend runs, so CPU-only installs without Triton still work; on CUDA
-without Triton (torch's Windows wheels, for one) auto takes the torch path and says so once.
+without Triton (torch's Windows wheels, for one) auto takes the torch path, with a warning.
 """
 import functools
 import importlib
