@@ -912,9 +912,8 @@ def test_clip_loss_is_paired_across_checkpoints_and_names_empty_episode_ranges(t
 
 def _shipped_training_config() -> DynamicsConfig:
     """The shipped world's config as its last runs trained it (the view memory and keep_view are sampling's)."""
-    import json
-    saved = json.loads((Path(__file__).parents[1] / "assets" / "world" / "dynamics" / "model.json").read_text())
-    config = DynamicsConfig(**{k: v for k, v in saved["config"].items() if k in DynamicsConfig.__dataclass_fields__})
+    from worldsim.envs.world_model import load_world
+    config = load_world(Path(__file__).parents[1] / "assets" / "world")[0].config
     return dataclasses.replace(config, view_memory=False, keep_view=False)
 
 

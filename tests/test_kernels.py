@@ -349,13 +349,13 @@ def test_cuda_without_triton_takes_the_torch_path(monkeypatch):
 
 def test_engine_renders_on_the_cpu_where_triton_does_not_import(monkeypatch):
     """render_device auto: the GPU renderer is a Triton kernel, so a GPU without Triton renders on the CPU."""
-    import sys
     from worldsim.engine.env import _resolve_render_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    pytest.importorskip("triton")
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
     assert _resolve_render_device("auto") == "cuda"
-    monkeypatch.setitem(sys.modules, "triton", None)  # import triton raises ImportError
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
     assert _resolve_render_device("auto") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
     assert _resolve_render_device("auto") == "cpu"
     assert _resolve_render_device("cuda:0") == "cuda:0"

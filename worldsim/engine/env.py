@@ -229,13 +229,8 @@ def _resolve_render_device(device: str) -> str:
         if importlib.util.find_spec("torch") is None:
             return "cpu"
         import torch
-        if not torch.cuda.is_available():
-            return "cpu"
-        try:
-            importlib.import_module("triton")
-        except Exception:
-            return "cpu"
-        return "cuda"
+        import kernels
+        return "cuda" if torch.cuda.is_available() and kernels.triton_available() else "cpu"
     if device != "cpu" and not str(device).startswith("cuda"):
         raise ValueError(f"render_device must be 'auto', 'cpu' or a CUDA device, got {device!r}")
     return str(device)
