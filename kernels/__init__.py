@@ -144,6 +144,8 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, *, scale: floa
                          f"got {valid_len.dtype} {tuple(valid_len.shape)}")
     if valid_len.device != q.device:
         raise ValueError(f"valid_len is on {valid_len.device} but q is on {q.device}")
+    if torch.compiler.is_compiling() and not return_lse:  # traced: one opaque op (the kernels are not traced)
+        return torch.ops.worldsim.cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale, backend)
     lengths = None
     if valid_len.device.type == "cpu":  # read at no cost here: checked, and handed to the SDPA path
         S_max, lengths = k_cache.shape[2], valid_len.tolist()
@@ -164,3 +166,16 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, *, scale: floa
     else:
         return sdpa.cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale, lengths)
     return (out, lse) if return_lse else out
+
+
+@torch.library.custom_op("worldsim::cache_attention", mutates_args=())
+def _cache_attention_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, valid_len: torch.Tensor,
+                        k_new: torch.Tensor, v_new: torch.Tensor, scale: float | None, backend: str | None) -> torch.Tensor:
+    """`cache_attention` as one op that torch.compile keeps whole: traced, the call is this op, and at run time it
+    is the eager call (the Triton kernel on CUDA, the SDPA path on the CPU)."""
+    return cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale=scale, backend=backend)
+
+
+@_cache_attention_op.register_fake
+def _(q, k_cache, v_cache, valid_len, k_new, v_new, scale, backend):
+    return torch.empty_like(q)

@@ -331,6 +331,34 @@ def test_cpu_sdpa_cache_path_matches_float64(lengths):
     torch.testing.assert_close(got.double(), truth, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=runs_kernels)])
+def test_compiled_cache_attention_is_one_opaque_op(backend):
+    """Under torch.compile, cache_attention traces as one op (worldsim::cache_attention) that runs the eager call:
+    the Triton kernel or the SDPA path, neither traced; rows of unequal lengths, unused slots NaN, as in the ring."""
+    B, H, S_max, Tq, D = 2, 2, 40, 9, 32
+    q, k_new, v_new = (torch.randn(B, H, Tq, D) for _ in range(3))
+    k_cache, v_cache = torch.randn(B, H, S_max, D), torch.randn(B, H, S_max, D)
+    valid_len = torch.tensor([3, 40])
+    k_cache[0, :, 3:] = v_cache[0, :, 3:] = float("nan")
+    ops = []
+
+    def recording(graph, inputs):
+        ops.extend(str(node.target) for node in graph.graph.nodes if node.op == "call_function")
+        return graph.forward
+
+    def step(*args):
+        return 2 * kernels.cache_attention(*args, backend=backend) + 1
+
+    args = (q, k_cache, v_cache, valid_len, k_new, v_new)
+    with torch.no_grad():
+        got = torch.compile(step, fullgraph=True, backend=recording)(*args)
+        want = step(*args)
+    assert ops.count("worldsim.cache_attention") == 1 and not any("softmax" in op for op in ops)
+    assert torch.equal(got, want)
+    truth, _ = reference.cache_attention(*(x.double() if x.is_floating_point() else x for x in args))
+    torch.testing.assert_close(((got - 1) / 2).double(), truth, rtol=0, atol=1e-4)
+
+
 def test_cuda_without_triton_takes_the_torch_path(monkeypatch):
     """Where Triton does not import (torch's Windows wheels), auto picks the torch attention and the numba noise on
     CUDA too, saying so; asking for Triton there is a clear error."""

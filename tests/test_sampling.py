@@ -618,6 +618,64 @@ def test_graphed_steps_equal_plain_steps_as_the_step_count_changes():
         Sampler(model, graphs=True, fuse_commit=False)
 
 
+COMPILED = {"commit-last-step": dict(chunk_frames=1, context_frames=4, **VARIANTS[5]),
+            "keep-view": dict(chunk_frames=1, context_frames=4, sample_start=0.6, idle_start=0.1, camera_warp=70.0,
+                              warp_keep_rows=2, view_memory=True, keep_view=True),
+            "K2": dict(chunk_frames=2, context_frames=6, prev_input=True, residual=True)}
+
+
+def compiled_and_eager(model, compile, prompt_frames=2, chunks=6, steps=(2, 2, 2)):
+    """Frames of the graphed sampler stepped through ring wraps, a snapshot and its restore (and `steps` after the
+    snapshot), eagerly and under `compile` (Sampler(compile=...))."""
+    c = model.config
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randn(latent_shape(c, 2, prompt_frames), generator=g)
+    prompt_actions = torch.rand(2, prompt_frames - 1, ACTION_DIM, generator=g)
+    actions = [torch.rand(2, c.chunk_frames, ACTION_DIM, generator=g) for _ in range(chunks)]
+    actions[1][:, :, :] = 0  # a standing chunk: keep_view keeps its whole view
+    outputs = []
+    for compiled in (False, compile):
+        sampler = Sampler(model, batch_size=2, steps=2, seed=5, graphs=True, compile=compiled)
+        sampler.reset(prompt, prompt_actions)
+        frames = [sampler.step(a) for a in actions[:3]]
+        state = sampler.snapshot()
+        frames += [sampler.step(a, steps=s) for a, s in zip(actions[3:], steps)]
+        sampler.restore(state)
+        frames += [sampler.step(a) for a in actions[3:]]
+        outputs.append(torch.cat(frames, 1))
+    return outputs
+
+
+@pytest.mark.parametrize("variant", list(COMPILED), ids=list(COMPILED))
+def test_compiled_step_equals_the_eager_one(variant):
+    """The buffered step under torch.compile traces as one graph (fullgraph: a break would raise), the attention as
+    one opaque op, and gives the eager step's frames bit for bit, through ring wraps, a second step count (a second
+    graph), a snapshot and its restore. aot_eager traces what inductor compiles, in a fraction of the time.
+    With keep_view equal to rounding: a standing chunk's steps, which the eager step skips on the CPU (they end where
+    they start), run in the graph, as on CUDA."""
+    steps = (1, 2, 2) if variant == "keep-view" else (2, 2, 2)  # steps=1: a second graph
+    eager, compiled = compiled_and_eager(small_model(**COMPILED[variant]), "aot_eager", steps=steps)
+    if variant == "keep-view":
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    else:
+        assert torch.equal(compiled, eager)
+
+
+def test_inductor_compiled_step_matches_the_eager_one():
+    """The same with inductor, the default backend, generating and running its fused CPU kernels (the smallest
+    model's graph: compiling takes most of the test's time): equal to rounding (fusion reorders the arithmetic)."""
+    eager, compiled = compiled_and_eager(small_model(chunk_frames=1, context_frames=4, n_layer=1), True)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_needs_the_buffered_step():
+    model = small_model(context_frames=4)
+    with pytest.raises(ValueError, match="needs graphs=True"):
+        Sampler(model, compile=True)
+    with pytest.raises(ValueError, match="backend's name"):
+        Sampler(model, graphs=True, compile=1)
+
+
 def test_steps_change_between_chunks():
     model = small_model(context_frames=4)
     sampler = Sampler(model, steps=4)

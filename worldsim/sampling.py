@@ -23,6 +23,7 @@ context_noise_max) cover.
 Each cache holds the last `context_frames - chunk_frames` frames; time positions keep growing (the rotary
 angles are computed in float64), so nothing is rewritten when the ring wraps.
 """
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -85,7 +86,8 @@ class KVCache(nn.Module):
         the kernels' CPU path would copy together, in the same order, so the result is bit for bit the same
         (tested). Elsewhere, and on the Triton backend, `kernels.cache_attention`."""
         T = k.shape[2]
-        if (T <= self.spare and q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == self.k_slots.dtype
+        if (T <= self.spare and q.device.type == "cpu" and not torch.compiler.is_compiling()
+                and q.dtype == k.dtype == v.dtype == self.k_slots.dtype
                 and kernels.select_backend(q.device) == "torch"
                 and not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)))):
             n = min(int(self.pos), self.max_tokens)
@@ -111,6 +113,16 @@ def make_caches(model: DynamicsModel, batch: int, device=None, dtype=None, spare
                                   dtype or param.dtype, device, spare) for _ in range(c.n_layer)])
 
 
+def _no_grad(fn):
+    """Run `fn` under inference_mode, or under no_grad where torch.compile traces it (compiled code cannot write in
+    place to tensors made under inference_mode: the compiled sampler keeps its state in normal tensors)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def _positions(first, frames: int, device):
     """Absolute frame indices first .. first + frames - 1; `first` an int or a 0-d int64 device tensor (the
     graphed sampler's frame counter, so that a replayed CUDA graph reads the current frame)."""
@@ -130,7 +142,7 @@ def last_frame(model, latents, noise):
     return context_noised(model, latents[:, -1:], noise[:, -1:])
 
 
-@torch.inference_mode()
+@_no_grad
 def prefill(model, caches, latents, actions, noise, fill=None):
     """Write the prompt (B, P, C, h, w), P a multiple of chunk_frames, into empty caches; actions (B, P, 25)
     in model order; fill: the view memory's for each prompt frame. One block-causal pass over the prompt."""
@@ -177,7 +189,8 @@ def _whole_view_known(known, x) -> bool:
     Euler step would put the known view back over what the model made, and the steps end where they start, on
     the view at level 0, so they are skipped. Asked on the CPU only: the read is a host sync on CUDA, where the
     graphed step takes the steps anyway."""
-    return known is not None and x.device.type == "cpu" and bool(known[1].all())
+    return (known is not None and x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and bool(known[1].all()))
 
 
 def _euler(model, caches, actions, frame: int, x, ts: list, prev_frame=None, fill=None, known=None, inputs=None,
@@ -229,7 +242,7 @@ def start_point(model, noise, last, actions, start, fill=None, turned=None):
     return (1 - s) * guess + s * noise
 
 
-@torch.inference_mode()
+@_no_grad
 def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_frame=None, fill=None, inputs=None,
                   commit_noise=None):
     """Euler-integrate the chunk (B, K, ...) starting at `frame` from its `start_point` (t = sample_start, 1:
@@ -253,7 +266,7 @@ def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_fr
     return x
 
 
-@torch.inference_mode()
+@_no_grad
 def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, frame: int, noise, steps: int,
                        before=None, prev_fill=None, fill=None):
     """`commit_chunk` of the finished chunk `prev` (frames frame - K ..) and `denoise_chunk` of the next one,
@@ -277,7 +290,7 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
                   (context[:, -1:], context_levels[:, -1:]), fill, known)[0]
 
 
-@torch.inference_mode()
+@_no_grad
 def commit_chunk(model, caches, latents, actions, frame: int, noise, prev_frame=None, fill=None, inputs=None):
     """One pass of the finished chunk at the context noise level that writes its keys and values; inputs: its
     `frame_inputs`, where its Euler steps computed them."""
@@ -310,6 +323,10 @@ class Sampler:
     count, captured on first use: a step is then one launch instead of hundreds. Elsewhere the same buffered
     step runs eagerly (the tests check it against the plain one). The results equal the plain sampler's.
 
+    With `compile` (and `graphs`) that buffered step runs under torch.compile as one graph (fullgraph; the attention
+    is one opaque op, `kernels.cache_attention`), compiled at the first step of each step count and, on CUDA, then
+    captured: its hundreds of small ops fuse into a few dozen kernels. True: inductor; a string: that backend.
+
     With `config.view_memory` every finished frame is also painted into a `ViewMemory` panorama (by `commit`, or
     by the next step before it looks), and each new chunk's previous frame is filled from it where the chunk's
     turn reveals what the last frame did not hold.
@@ -322,7 +339,7 @@ class Sampler:
     into the panorama only what it did not hold."""
 
     def __init__(self, model: DynamicsModel, batch_size: int = 1, steps: int | None = None, seed: int = 0,
-                 fuse_commit: bool = True, graphs: bool = False):
+                 fuse_commit: bool = True, graphs: bool = False, compile: bool | str = False):
         self.model = model.eval()
         self.config = model.config
         self.batch_size = batch_size
@@ -337,6 +354,17 @@ class Sampler:
         if graphs and not fuse_commit:
             raise ValueError("graphs=True replays the fused step: it needs fuse_commit=True")
         self.graphs = graphs
+        if compile and not graphs:
+            raise ValueError("compile compiles the buffered step that graphs=True runs: it needs graphs=True")
+        if not isinstance(compile, (bool, str)):
+            raise ValueError(f"compile must be true, false or a torch.compile backend's name, got {compile!r}")
+        self.compile = compile
+        self.capture = True  # on CUDA, capture and replay the buffered step as graphs (False: run it as on the CPU)
+        # the buffered step's body, under torch.compile (one graph, no breaks: fullgraph) where asked
+        self._body = self._graph_body
+        if compile:
+            backend = "inductor" if compile is True else compile
+            self._body = torch.compile(self._graph_body, fullgraph=True, dynamic=False, backend=backend)
         self._buffers = None  # the graphed step's fixed inputs and outputs, made on first use
         self._buffered = False  # whether pending/last live in the buffers (else in self.pending / self.last)
         self._graphs: dict = {}  # steps -> torch.cuda.CUDAGraph
@@ -523,8 +551,21 @@ class Sampler:
         b["out"].copy_(x)
         b["frame"].add_(K)
 
-    @torch.inference_mode()
+    def _run_body(self, steps: int) -> None:
+        if not self.compile:
+            return self._graph_body(steps)
+        # one compiled graph per model config and step count: more than dynamo's default 8 in one process (the
+        # tests, a player trying step counts) would fall back to eager
+        with torch._dynamo.config.patch(recompile_limit=64):
+            return self._body(steps)
+
     def _graphed_step(self, actions, steps: int):
+        # Compiled, the step runs under no_grad on normal tensors: torch.compile cannot trace in-place writes to
+        # tensors made under inference_mode. Else inference_mode, as everywhere in sampling.
+        with torch.no_grad() if self.compile else torch.inference_mode():
+            return self._buffered_step(actions, steps)
+
+    def _buffered_step(self, actions, steps: int):
         K, b = self.config.chunk_frames, self._buffers
         self._paint()  # the plain step before left its chunk unpainted
         if b is None:
@@ -549,10 +590,10 @@ class Sampler:
         b["actions"].copy_(actions)
         b["noise"].copy_(self._noise(K))  # drawn in the order of the plain step: the chunk's, then its commit's
         b["commit_noise"].copy_(self._noise(K))
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.capture:
             self._replay(steps)
         else:
-            self._graph_body(steps)
+            self._run_body(steps)
         self.frame += K
         return b["out"].clone()
 
@@ -564,12 +605,12 @@ class Sampler:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._graph_body(steps)
+                self._run_body(steps)
             torch.cuda.current_stream().wait_stream(stream)
             self._put_state(saved)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._graph_body(steps)
+                self._run_body(steps)
             self._graphs[steps] = graph
         graph.replay()
 

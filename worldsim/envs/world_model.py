@@ -81,6 +81,9 @@ class WorldModelConfig:
     max_episode_steps: int | None = None
     torch_threads: int | None = 2     # torch's CPU threads, at most the cores (pin_torch_threads); None: left alone
     cuda_graphs: bool = True          # on CUDA, replay each sampler step as a CUDA graph (Sampler(graphs=True))
+    compile: bool = False             # run each sampler step under torch.compile (Sampler(compile=True)): its small
+                                      # ops fused; the first step of each step count compiles (on a 2-core CPU 40-100
+                                      # s, 10 s with inductor's cache warm), then a step is a third faster there
     precision: str = "fp32"           # fp32 | bf16: the dynamics model's weights, KV cache and sampling (the
                                       # decoder's is decode_precision); bf16 halves the cache's bytes and runs the
                                       # attention kernels' tensor-core path on CUDA
@@ -93,7 +96,7 @@ class WorldModelConfig:
                                       # (models/README.md); None: the model's setting
 
     def __post_init__(self):
-        for name in ("twin", "timing", "cuda_graphs"):
+        for name in ("twin", "timing", "cuda_graphs", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"world.{name} must be true or false, got {getattr(self, name)!r}")
         if self.commit_last_step is not None and not isinstance(self.commit_last_step, bool):
@@ -316,8 +319,9 @@ class RowSeededSampler(Sampler):
     batch size), and a batch's noise is one launch whatever its size. The rows' keys and draw counters are
     device tensors: `noise_state` and `set_noise_state` save and restore them for rewinds."""
 
-    def __init__(self, model, batch_size: int, steps: int | None = None, graphs: bool = False):
-        super().__init__(model, batch_size=batch_size, steps=steps, graphs=graphs)
+    def __init__(self, model, batch_size: int, steps: int | None = None, graphs: bool = False,
+                 compile: bool | str = False):
+        super().__init__(model, batch_size=batch_size, steps=steps, graphs=graphs, compile=compile)
         self.noise_keys = torch.zeros(batch_size, 2, dtype=torch.int64, device=self.device)
         self.noise_draws = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
 
@@ -359,10 +363,12 @@ class Imagination:
     """B imagined worlds stepped together: prompts encoded, the sampler's chunks decoded to uint8 frames."""
 
     def __init__(self, dynamics, autoencoder, batch: int, steps: int | None = None, cuda_graphs: bool = True,
-                 decode_dtype: torch.dtype = torch.float32):
+                 decode_dtype: torch.dtype = torch.float32, compile: bool = False):
         self.autoencoder = autoencoder.eval()
         graphs = cuda_graphs and dynamics.head.weight.device.type == "cuda"
-        self.sampler = RowSeededSampler(dynamics, batch, steps, graphs=graphs)
+        # compiled, the sampler runs its buffered step (graphs=True), replayed as a CUDA graph only on CUDA
+        self.sampler = RowSeededSampler(dynamics, batch, steps, graphs=graphs or compile, compile=compile)
+        self.sampler.capture = graphs
         device = self.autoencoder.latent_std.device.type
         decode = ChannelsLastDecode(self.autoencoder, decode_dtype) \
             if device == "cpu" or decode_dtype != torch.float32 else self.autoencoder.decode
@@ -510,7 +516,7 @@ class WorldModelEnv(_ModelWorld, gymnasium.Env):
         self.observation_space = spaces.Box(0, 255, shape=(*self.size, 3), dtype=np.uint8)
         self.action_space = actions.action_space()
         self.imagination = Imagination(dynamics, autoencoder, 1, self.config.steps, self.config.cuda_graphs,
-                                       self.config.decode_dtype(self.device))
+                                       self.config.decode_dtype(self.device), self.config.compile)
         self.twin: VoxelEnv | None = None
         self._frame: np.ndarray | None = None
         self._twin_info: dict = {}
@@ -634,7 +640,8 @@ class WorldModelVectorEnv(_ModelWorld, gymnasium.vector.VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.imagination = Imagination(dynamics, autoencoder, self.num_envs, self.config.steps,
-                                        self.config.cuda_graphs, self.config.decode_dtype(self.device))
+                                        self.config.cuda_graphs, self.config.decode_dtype(self.device),
+                                        self.config.compile)
         self._rngs: list[np.random.Generator] = []
         self._seeds: list[int] = []
         self._needs_reset = False

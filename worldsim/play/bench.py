@@ -288,6 +288,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-twin", action="store_true", help="play without the engine twin (world.twin=false)")
     parser.add_argument("--commit-last-step", action="store_true",
                         help="frames enter the caches from their last Euler step (world.commit_last_step=true)")
+    parser.add_argument("--compile", action="store_true",
+                        help="the sampler's step under torch.compile (world.compile=true); compiled in the untimed "
+                             "warm-up steps of the rollouts, and in the first seconds of play")
     parser.add_argument("--threads", type=int, help="world.torch_threads of the play and soak worlds (default: "
                                                      "the world's, 2)")
     parser.add_argument("--out", default="bench_results/play.json")
@@ -297,6 +300,8 @@ def main(argv=None) -> dict:
     from worldsim.envs.world_model import WorldModelConfig
     default_threads = WorldModelConfig().torch_threads
     world = {"commit_last_step": True} if args.commit_last_step else {}
+    if args.compile:
+        world["compile"] = True
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -313,7 +318,7 @@ def main(argv=None) -> dict:
                              "torch_threads": args.threads or default_threads,
                              "steps": args.steps, "precision": args.precision,
                              "decode_precision": args.decode_precision, "twin": not args.no_twin,
-                             "commit_last_step": args.commit_last_step,
+                             "commit_last_step": args.commit_last_step, "compile": args.compile,
                              "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
                              "torch": torch.__version__}}
         save()
