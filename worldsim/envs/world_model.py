@@ -381,6 +381,7 @@ class Imagination:
         self.last_ms: float | None = None   # wall-clock ms per frame of the last chunk, `prepare` included
         self.last_step_ms: float | None = None  # the same without what `prepare` did before the step
         self.prepared_ms = 0.0              # ms of the `prepare` since the last step
+        self.compiled = False               # world.compile: whether the first reset compiled the step
 
     @property
     def steps(self) -> int:
@@ -409,6 +410,19 @@ class Imagination:
         self.queue = []
         self.last_ms = self.last_step_ms = None
         self.prepared_ms = 0.0
+        if self.sampler.compile and not self.compiled:
+            self._compile_now(vectors.shape[-1])
+
+    def _compile_now(self, action_dim: int) -> None:
+        """world.compile: compile the step (and on CUDA capture its graphs) during the first reset, by two steps
+        from the state just reset that are then undone (`snapshot`/`restore`: exact), so that play does not stall
+        on its first frames. A step count not used yet compiles at its first step."""
+        state = self.snapshot()
+        for _ in range(2 * self.chunk_frames):  # the first chunk after a reset is a plain step; the second compiled
+            self.step(np.zeros((self.sampler.batch_size, action_dim), np.float32))
+        self.restore(state)
+        self.last_ms = self.last_step_ms = None
+        self.compiled = True
 
     @torch.inference_mode()
     def step(self, vectors: np.ndarray) -> np.ndarray:

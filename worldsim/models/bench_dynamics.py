@@ -4,6 +4,7 @@
                                              [--context-frames W] [--autoencoder cpu] [--out PATH]
                                              [--train-batch 64]   # also training tokens/s and MFU
                                              [--graphs off|on|both] # CUDA-graph replay of each step
+                                             [--compile off|on|both] # the step under torch.compile
 
 Weights are random (speed does not depend on them). Decode uses the autoencoder config named by
 --autoencoder (configs/autoencoder/NAME.yaml, random weights) or a trained run directory; `none` times the
@@ -48,14 +49,16 @@ def make_decoder(spec: str, device):
     return model.eval().decode
 
 
-def time_case(config, batch, steps, frames, warmup, decode, device, seed=0, graphs=False, dtype=torch.float32):
-    """Seconds per step() (one chunk) and per decode of that chunk, for each timed chunk."""
+def time_case(config, batch, steps, frames, warmup, decode, device, seed=0, graphs=False, dtype=torch.float32,
+              compile=False):
+    """Seconds per step() (one chunk) and per decode of that chunk, for each timed chunk; compile: the buffered
+    step under torch.compile (Sampler(compile=True), graphs=True), compiled in the warm-up."""
     torch.manual_seed(seed)
     model = DynamicsModel(config).to(device, dtype)
     with torch.no_grad():
         for p in model.parameters():  # AdaLN-zero would make every output 0; timing wants real numbers
             p.add_(0.02 * torch.randn_like(p))
-    sampler = Sampler(model, batch_size=batch, steps=steps, seed=seed, graphs=graphs)
+    sampler = Sampler(model, batch_size=batch, steps=steps, seed=seed, graphs=graphs or compile, compile=compile)
     c = config
     prompt = torch.randn(batch, c.context_frames, c.latent_channels, c.latent_height, c.latent_width, device=device,
                          dtype=dtype)
@@ -136,8 +139,8 @@ def time_training(config: DynamicsConfig, batch: int, device, steps: int = 20, w
 
 
 def run(args, on_row=None) -> list[dict]:
-    """Time each (batch, graphs) case; `on_row(rows)` after each, so that a run stopped at its time limit keeps
-    the cases it finished."""
+    """Time each (batch, graphs, compile) case; `on_row(rows)` after each, so that a run stopped at its time limit
+    keeps the cases it finished."""
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,17 +149,19 @@ def run(args, on_row=None) -> list[dict]:
         config = dataclasses.replace(config, context_frames=args.context_frames)
     decode = make_decoder(args.autoencoder, device)
     rows = []
-    graph_modes = {"off": [False], "on": [True], "both": [False, True]}[args.graphs]
-    for batch, graphs in ((b, g) for b in args.batches for g in graph_modes):
+    modes = {"off": [False], "on": [True], "both": [False, True]}
+    cases = [(b, g, c) for b in args.batches for g in modes[args.graphs] for c in modes[args.compile]]
+    for batch, graphs, compile in cases:
         chunks = max(5, math.ceil(args.frames / (batch * config.chunk_frames)))
         warmup = max(2, math.ceil(args.warmup / batch))
         step_s, decode_s = time_case(config, batch, args.steps, chunks, warmup, decode, device, graphs=graphs,
-                                     dtype=DTYPES[args.dtype])
+                                     dtype=DTYPES[args.dtype], compile=compile)
         frames_per_step = batch * config.chunk_frames
         dyn = statistics.median(step_s) / frames_per_step
         dec = statistics.median(decode_s) / frames_per_step
         total = statistics.median([a + b for a, b in zip(step_s, decode_s)]) / frames_per_step
-        rows.append({"config": args.config, "batch": batch, "dtype": args.dtype, "graphs": graphs and device.type == "cuda",
+        rows.append({"config": args.config, "batch": batch, "dtype": args.dtype,
+                     "graphs": (graphs or compile) and device.type == "cuda", "compile": compile,
                      "steps": args.steps, "chunk_frames": config.chunk_frames,
                      "context_frames": config.context_frames, "ms_per_frame_dynamics": 1e3 * dyn,
                      "ms_per_frame_decode": 1e3 * dec, "ms_per_frame_total": 1e3 * total,
@@ -185,6 +190,9 @@ def main(argv=None) -> None:
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS, help="the MFU denominator")
     parser.add_argument("--graphs", choices=("off", "on", "both"), default="off",
                         help="Sampler(graphs=True): each step replays as a CUDA graph (on the CPU it runs eagerly)")
+    parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                        help="Sampler(compile=True): the buffered step under torch.compile (with graphs on CUDA), "
+                             "compiled in the warm-up")
     parser.add_argument("--out", default="bench_results/dynamics.json")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -200,7 +208,8 @@ def main(argv=None) -> None:
 
     def finished(rows):  # each case as it ends: a stage stopped at its time limit keeps what it measured
         r = rows[-1]
-        print(f"batch {r['batch']}, graphs {'yes' if r['graphs'] else 'no'}: {r['ms_per_frame_total']:.2f} ms a frame "
+        print(f"batch {r['batch']}, graphs {'yes' if r['graphs'] else 'no'}, compiled {'yes' if r['compile'] else 'no'}: "
+              f"{r['ms_per_frame_total']:.2f} ms a frame "
               f"({r['ms_per_frame_dynamics']:.2f} dynamics, {r['ms_per_frame_decode']:.2f} decode), "
               f"{r['frames_per_s']:.1f} frames/s", flush=True)
         save(rows)
@@ -216,10 +225,11 @@ def main(argv=None) -> None:
     table = Table(title=f"dynamics sampler, {args.config} (window {args.context_frames or window}), "
                         f"{args.steps} Euler steps per chunk (commit fused), {args.dtype}, "
                         f"decode: {args.autoencoder}, {args.device}, {torch.get_num_threads()} threads")
-    for col in ("batch", "CUDA graph", "ms/frame dynamics", "ms/frame decode", "ms/frame total", "frames/s", "p90 ms/step"):
+    for col in ("batch", "CUDA graph", "compiled", "ms/frame dynamics", "ms/frame decode", "ms/frame total", "frames/s", "p90 ms/step"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["batch"]), "yes" if r["graphs"] else "no", f"{r['ms_per_frame_dynamics']:.2f}", f"{r['ms_per_frame_decode']:.2f}",
+        table.add_row(str(r["batch"]), "yes" if r["graphs"] else "no", "yes" if r["compile"] else "no",
+                      f"{r['ms_per_frame_dynamics']:.2f}", f"{r['ms_per_frame_decode']:.2f}",
                       f"{r['ms_per_frame_total']:.2f}", f"{r['frames_per_s']:.1f}", f"{r['ms_per_step_p90']:.2f}")
     if rows:
         Console().print(table)
