@@ -53,6 +53,17 @@ def test_actions_are_valid(explore_run):
         assert np.all(np.abs(checked["camera"]) <= actions.CAMERA_MAX_DEGREES)
 
 
+def test_random_policy_presses_fair_buttons_and_turns_by_its_camera_std():
+    """RandomPolicy's counter-based draws: each button pressed half the time, the camera std as configured, and
+    another seed another stream."""
+    taken = rollout(RandomPolicy(PolicyConfig(random_camera_std=2.0), seed=4), 800)[0]
+    buttons = np.array([[a[b] for b in actions.BUTTONS] for a in taken])
+    camera = np.array([a["camera"] for a in taken])
+    assert np.all(np.abs(buttons.mean(axis=0) - 0.5) < 0.07), buttons.mean(axis=0)
+    assert np.all(np.abs(camera.std(axis=0) - 2.0) < 0.15) and np.all(np.abs(camera.mean(axis=0)) < 0.2)
+    assert not same_actions(taken[:20], rollout(RandomPolicy(seed=5), 20)[0])
+
+
 def run_lengths(values) -> list[int]:
     """Lengths of the runs of 1s in a 0/1 sequence."""
     runs, current = [], 0

@@ -51,6 +51,24 @@ def test_n_env_rollouts_equal_n_single_env_rollouts(world):
         assert np.abs(batched[i].astype(int) - np.stack(frames)).max() <= 1  # batched matmuls may round apart
 
 
+def test_random_policies_act_as_one_random_policy_per_env():
+    """The batched random policy (make_batch_policy("random")) gives, step after step, the very actions of one
+    RandomPolicy per sub-env seeded seed + i, stacked: each generator draws what its own act would."""
+    from worldsim.data.policies import PolicyConfig, RandomPolicies
+    from worldsim.rollout import PerEnvPolicies
+    n, seed = 5, 7
+    config = PolicyConfig(random_camera_std=30.0)  # wide: some draws clip at the camera's limit
+    batched = make_batch_policy("random", n, seed, config)
+    singles = PerEnvPolicies([make_policy("random", config, seed + i) for i in range(n)])
+    assert isinstance(batched, RandomPolicies)
+    obs, infos = np.zeros((n, 8, 8, 3), np.uint8), {}
+    for _ in range(4):
+        got, want = batched(obs, infos), singles(obs, infos)
+        assert sorted(got) == sorted(want)
+        for key in want:
+            assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]), key
+
+
 def test_rollout_writes_one_trajectory_per_episode(world, tmp_path):
     vec = WorldModelVectorEnv(2, checkpoint=world, max_episode_steps=4)
     writers = EpisodeWriters(tmp_path, "model", 20, {"world": "model"})

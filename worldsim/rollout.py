@@ -109,8 +109,10 @@ class BatchPolicy:
 
 def make_batch_policy(name: str, num_envs: int, seed: int, config=None):
     """The policy `name` names, as a callable (obs (N, H, W, 3), infos) -> batched action dict."""
-    from worldsim.data.policies import POLICIES, PolicyConfig, make_policy
+    from worldsim.data.policies import POLICIES, PolicyConfig, RandomPolicies, make_policy
     config = config or PolicyConfig()
+    if name == "random":
+        return RandomPolicies(config, [seed + i for i in range(num_envs)])
     if name in POLICIES:
         return PerEnvPolicies([make_policy(name, config, seed + i) for i in range(num_envs)])
     target = resolve(name)
