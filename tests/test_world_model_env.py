@@ -158,6 +158,22 @@ def test_compiled_vector_env_equals_the_plain_one(world):
         assert np.abs(made - want).max() <= 1
 
 
+def test_a_compile_that_fails_is_named(world, monkeypatch):
+    """world.compile=true where torch.compile cannot compile (no C compiler, say): a clear error at the reset
+    that compiles, naming the setting to turn off."""
+    import worldsim.sampling
+
+    def failing_backend(graph, inputs):
+        raise OSError("no C compiler here")
+
+    real = torch.compile
+    monkeypatch.setattr(worldsim.sampling.torch, "compile",
+                        lambda fn, **kw: real(fn, **{**kw, "backend": failing_backend}))
+    env = make(world, compile=True, timing=False)
+    with pytest.raises(RuntimeError, match=r"world.compile=true: .*no C compiler here.*world.compile=false"):
+        env.reset(seed=0)
+
+
 def test_vector_infos_are_batched_as_gymnasium_batches_them(world):
     vec = WorldModelVectorEnv(3, checkpoint=world, engine=None)  # timing on: ms_per_frame is None, then a float
     for infos in (vec.reset(seed=0)[1], vec.step(vec.action_space.sample())[4]):

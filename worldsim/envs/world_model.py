@@ -418,8 +418,14 @@ class Imagination:
         from the state just reset that are then undone (`snapshot`/`restore`: exact), so that play does not stall
         on its first frames. A step count not used yet compiles at its first step."""
         state = self.snapshot()
-        for _ in range(2 * self.chunk_frames):  # the first chunk after a reset is a plain step; the second compiled
-            self.step(np.zeros((self.sampler.batch_size, action_dim), np.float32))
+        try:
+            for _ in range(2 * self.chunk_frames):  # the first chunk after a reset is a plain step; the second compiled
+                self.step(np.zeros((self.sampler.batch_size, action_dim), np.float32))
+        except Exception as error:  # no C compiler for inductor, a torch without it, ...
+            cause = getattr(error, "inner_exception", None) or error.__cause__ or error  # a backend's own error
+            first = (str(cause).strip().splitlines() or [""])[0]
+            raise RuntimeError(f"world.compile=true: torch.compile could not compile the sampler's step "
+                               f"({type(cause).__name__}: {first}); play without it (world.compile=false)") from error
         self.restore(state)
         self.last_ms = self.last_step_ms = None
         self.compiled = True
