@@ -170,7 +170,8 @@ def cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, *, scale: floa
 
 @torch.library.custom_op("worldsim::cache_attention", mutates_args=())
 def _cache_attention_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, valid_len: torch.Tensor,
-                        k_new: torch.Tensor, v_new: torch.Tensor, scale: float | None, backend: str | None) -> torch.Tensor:
+                        k_new: torch.Tensor, v_new: torch.Tensor, scale: float | None,
+                        backend: str | None) -> torch.Tensor:
     """`cache_attention` as one op that torch.compile keeps whole: traced, the call is this op, and at run time it
     is the eager call (the Triton kernel on CUDA, the SDPA path on the CPU)."""
     return cache_attention(q, k_cache, v_cache, valid_len, k_new, v_new, scale=scale, backend=backend)

@@ -38,6 +38,7 @@ import copy
 import dataclasses
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -417,6 +418,8 @@ class Imagination:
         """world.compile: compile the step (and on CUDA capture its graphs) during the first reset, by two steps
         from the state just reset that are then undone (`snapshot`/`restore`: exact), so that play does not stall
         on its first frames. A step count not used yet compiles at its first step."""
+        print("world.compile=true: compiling the sampler's step and the decoder (on a 2-core CPU 40-100 s the first "
+              "time, about 10 s once inductor's cache holds them)", file=sys.stderr, flush=True)
         state = self.snapshot()
         try:
             for _ in range(2 * self.chunk_frames):  # the first chunk after a reset is a plain step; the second compiled

@@ -208,7 +208,8 @@ def main(argv=None) -> None:
 
     def finished(rows):  # each case as it ends: a stage stopped at its time limit keeps what it measured
         r = rows[-1]
-        print(f"batch {r['batch']}, graphs {'yes' if r['graphs'] else 'no'}, compiled {'yes' if r['compile'] else 'no'}: "
+        print(f"batch {r['batch']}, graphs {'yes' if r['graphs'] else 'no'}, "
+              f"compiled {'yes' if r['compile'] else 'no'}: "
               f"{r['ms_per_frame_total']:.2f} ms a frame "
               f"({r['ms_per_frame_dynamics']:.2f} dynamics, {r['ms_per_frame_decode']:.2f} decode), "
               f"{r['frames_per_s']:.1f} frames/s", flush=True)
@@ -225,7 +226,8 @@ def main(argv=None) -> None:
     table = Table(title=f"dynamics sampler, {args.config} (window {args.context_frames or window}), "
                         f"{args.steps} Euler steps per chunk (commit fused), {args.dtype}, "
                         f"decode: {args.autoencoder}, {args.device}, {torch.get_num_threads()} threads")
-    for col in ("batch", "CUDA graph", "compiled", "ms/frame dynamics", "ms/frame decode", "ms/frame total", "frames/s", "p90 ms/step"):
+    for col in ("batch", "CUDA graph", "compiled", "ms/frame dynamics", "ms/frame decode", "ms/frame total",
+                "frames/s", "p90 ms/step"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["batch"]), "yes" if r["graphs"] else "no", "yes" if r["compile"] else "no",
