@@ -150,7 +150,10 @@ def run(args, on_row=None) -> list[dict]:
     decode = make_decoder(args.autoencoder, device)
     rows = []
     modes = {"off": [False], "on": [True], "both": [False, True]}
-    cases = [(b, g, c) for b in args.batches for g in modes[args.graphs] for c in modes[args.compile]]
+    cases = []  # compiled, a step is always the buffered one (graphs): (b, False, True) is (b, True, True)
+    for case in ((b, g or c, c) for b in args.batches for g in modes[args.graphs] for c in modes[args.compile]):
+        if case not in cases:
+            cases.append(case)
     for batch, graphs, compile in cases:
         chunks = max(5, math.ceil(args.frames / (batch * config.chunk_frames)))
         warmup = max(2, math.ceil(args.warmup / batch))
