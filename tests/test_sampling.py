@@ -625,8 +625,8 @@ COMPILED = {"commit-last-step": dict(chunk_frames=1, context_frames=4, **VARIANT
 
 
 def compiled_and_eager(model, compile, prompt_frames=2, chunks=6, steps=(2, 2, 2)):
-    """Frames of the graphed sampler stepped through ring wraps, a snapshot and its restore (and `steps` after the
-    snapshot), eagerly and under `compile` (Sampler(compile=...))."""
+    """Frames of the graphed sampler stepped through ring wraps, a commit ahead, a snapshot and its restore (and
+    `steps` after the snapshot), eagerly and under `compile` (Sampler(compile=...))."""
     c = model.config
     g = torch.Generator().manual_seed(3)
     prompt = torch.randn(latent_shape(c, 2, prompt_frames), generator=g)
@@ -638,6 +638,7 @@ def compiled_and_eager(model, compile, prompt_frames=2, chunks=6, steps=(2, 2, 2
         sampler = Sampler(model, batch_size=2, steps=2, seed=5, graphs=True, compile=compiled)
         sampler.reset(prompt, prompt_actions)
         frames = [sampler.step(a) for a in actions[:3]]
+        sampler.commit()  # the commit body now, the denoise body at the next step (play's order)
         state = sampler.snapshot()
         frames += [sampler.step(a, steps=s) for a, s in zip(actions[3:], steps)]
         sampler.restore(state)
@@ -660,6 +661,45 @@ def test_compiled_step_equals_the_eager_one(variant):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     else:
         assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("variant", ["camera-warp", "view-memory", "keep-view", "K2"])
+def test_graphed_commit_ahead_equals_the_plain_sampler(variant):
+    """`commit` between buffered steps (play: the commit body while a frame is shown, the denoise body after the
+    input, one CUDA graph each) gives the plain sampler's frames with the same commits, through ring wraps; a
+    snapshot taken after a commit replays exactly, and a commit with none pending is refused."""
+    changes = {"camera-warp": dict(chunk_frames=1, context_frames=4, **VARIANTS[3]),
+               "view-memory": dict(chunk_frames=1, context_frames=4, **VARIANTS[4]), **COMPILED}[variant]
+    model = small_model(**changes)
+    c = model.config
+    g = torch.Generator().manual_seed(8)
+    prompt = torch.randn(latent_shape(c, 2, 2), generator=g)
+    prompt_actions = torch.rand(2, 1, ACTION_DIM, generator=g)
+    actions = [torch.rand(2, c.chunk_frames, ACTION_DIM, generator=g) for _ in range(7)]
+    outputs = []
+    for graphs in (False, True):
+        sampler = Sampler(model, batch_size=2, steps=2, seed=5, graphs=graphs)
+        sampler.reset(prompt, prompt_actions)
+        def run(first):
+            made, done = [], []
+            for i, a in enumerate(actions[first:], first):
+                made.append(sampler.step(a))
+                if i % 3 != 1:  # mostly ahead, sometimes fused into the next step
+                    done.append(sampler.commit())
+                if i == 3 and first == 0:
+                    states.append(sampler.snapshot())
+            return made, done
+
+        states = []
+        frames, commits = run(0)
+        assert sampler.commit() is False  # the last step's chunk was committed just now
+        sampler.restore(states[0])
+        for x, y in zip(run(4)[0], frames[4:]):
+            assert torch.equal(x, y)
+        outputs.append((torch.cat(frames, 1), commits))
+    (plain, plain_commits), (graphed, graphed_commits) = outputs
+    assert graphed_commits[1:] == plain_commits[1:] and all(graphed_commits[2:])
+    torch.testing.assert_close(graphed, plain, rtol=1e-5, atol=1e-5)
 
 
 def test_compile_needs_the_buffered_step():

@@ -360,14 +360,17 @@ class Sampler:
             raise ValueError(f"compile must be true, false or a torch.compile backend's name, got {compile!r}")
         self.compile = compile
         self.capture = True  # on CUDA, capture and replay the buffered step as graphs (False: run it as on the CPU)
-        # the buffered step's body, under torch.compile (one graph, no breaks: fullgraph) where asked
-        self._body = self._graph_body
+        # the buffered step's bodies (fused, commit, denoise), under torch.compile where asked: one graph each, no
+        # breaks (fullgraph)
+        self._bodies = {"fused": self._graph_body, "commit": self._commit_body, "denoise": self._denoise_body}
         if compile:
             backend = "inductor" if compile is True else compile
-            self._body = torch.compile(self._graph_body, fullgraph=True, dynamic=False, backend=backend)
+            self._bodies = {kind: torch.compile(body, fullgraph=True, dynamic=False, backend=backend)
+                            for kind, body in self._bodies.items()}
         self._buffers = None  # the graphed step's fixed inputs and outputs, made on first use
         self._buffered = False  # whether pending/last live in the buffers (else in self.pending / self.last)
-        self._graphs: dict = {}  # steps -> torch.cuda.CUDAGraph
+        self._committed = False  # buffered: whether `commit` ran the pending chunk's commit pass (the step denoises)
+        self._graphs: dict = {}  # (body, steps) -> torch.cuda.CUDAGraph
         self.memory = ViewMemory(self.config, batch_size, self.device, model.head.weight.dtype) \
             if self.config.view_memory else None
         self._unpainted = None  # (latents, commit noise, views, only_new): the last chunk, until painted
@@ -399,6 +402,7 @@ class Sampler:
         for cache in self.caches:
             cache.reset()
         self.pending, self._buffered, self._unpainted, self._pending_inputs = None, False, None, None
+        self._committed = False
         noise, prompt_latents = self._noise(P), prompt_latents.to(self.device)
         fill = None
         if self.memory is not None:  # the prompt's frames fill one another, and stay in the panorama
@@ -482,10 +486,15 @@ class Sampler:
         of the next `step` that does not depend on its actions. The next step then only denoises (S passes of
         one chunk instead of a pass of two chunks and S - 1 of one), and returns what it would have returned
         (the same as `fuse_commit=False`). Play calls it while the last frame is shown, so that the step after
-        the next input is shorter. False when there was no commit to run (nothing pending, or `graphs`: the
-        graphed step fuses the commit)."""
+        the next input is shorter. With `graphs` the buffered step splits the same way: the commit body now (a graph
+        of its own on CUDA), the denoise body in the next step. False when there was no commit to run."""
         if self.graphs:
-            return False
+            if not self._buffered or self._committed or self.config.commit_last_step:
+                return False  # before the first buffered step the plain path commits at its next step
+            with torch.no_grad() if self.compile else torch.inference_mode():
+                self._run(("commit", None))
+            self._committed = True
+            return True
         self._paint()
         if self.pending is None:
             return False
@@ -537,28 +546,64 @@ class Sampler:
         x = commit_and_denoise(self.model, self.caches, b["prev"], b["prev_actions"], b["prev_noise"], b["actions"],
                                b["frame"], b["noise"], steps, before=(b["before"], b["before_levels"]),
                                prev_fill=prev_fill, fill=fill)
+        last, last_levels = last_frame(self.model, b["prev"], b["prev_noise"])
+        b["before"].copy_(last)
+        b["before_levels"].copy_(last_levels)
+        self._after_denoise(x, views, fill)
+
+    def _commit_body(self, steps=None) -> None:
+        """The pending chunk's commit pass alone (`commit`): its keys and values enter the caches, and it becomes
+        the next chunk's previous frame."""
+        b, K = self._buffers, self.config.chunk_frames
+        prev_fill = (b["prev_fill"], b["prev_valid"]) if self.memory is not None else None
+        commit_chunk(self.model, self.caches, b["prev"], b["prev_actions"], b["frame"] - K, b["prev_noise"],
+                     (b["before"], b["before_levels"]), prev_fill)
+        last, last_levels = last_frame(self.model, b["prev"], b["prev_noise"])
+        b["before"].copy_(last)
+        b["before_levels"].copy_(last_levels)
+
+    def _denoise_body(self, steps: int) -> None:
+        """The step after `commit`: denoise the next chunk against the caches, which hold every frame before it,
+        and move it to `prev`, as the fused body does."""
+        b, K = self._buffers, self.config.chunk_frames
+        views = fill = None
+        if self.memory is not None:
+            views = self.memory.views(b["actions"])
+            fill = self.memory.render(views)
+        x = denoise_chunk(self.model, self.caches, b["actions"], b["frame"], b["noise"], steps,
+                          (b["before"], b["before_levels"]), fill)
+        self._after_denoise(x, views, fill)
+
+    def _after_denoise(self, x, views, fill) -> None:
+        """The made chunk painted into the view memory and moved to `prev` (pending) and `out`."""
+        b, K = self._buffers, self.config.chunk_frames
         if self.memory is not None:
             self.memory.write(context_noised(self.model, x, b["commit_noise"])[0], views,
                               only_new=self._only_new(b["actions"]))
             b["prev_fill"].copy_(fill[0])
             b["prev_valid"].copy_(fill[1])
-        last, last_levels = last_frame(self.model, b["prev"], b["prev_noise"])
-        b["before"].copy_(last)
-        b["before_levels"].copy_(last_levels)
         b["prev"].copy_(x)
         b["prev_actions"].copy_(b["actions"])
         b["prev_noise"].copy_(b["commit_noise"])
         b["out"].copy_(x)
         b["frame"].add_(K)
 
-    def _run_body(self, steps: int) -> None:
+    def _run(self, key: tuple) -> None:
+        """Run body `key` = (fused | commit | denoise, steps): replayed as a CUDA graph on CUDA, else called."""
+        if self.device.type == "cuda" and self.capture:
+            self._replay(key)
+        else:
+            self._run_body(key)
+
+    def _run_body(self, key: tuple) -> None:
+        kind, steps = key
         if not self.compile:
-            return self._graph_body(steps)
-        # one compiled graph per model config and step count: more than dynamo's default 8 in one process (the
-        # tests, a player trying step counts) would fall back to eager
+            return self._bodies[kind](steps)
+        # one compiled graph per body, model config and step count: more than dynamo's default 8 in one process
+        # (the tests, a player trying step counts) would fall back to eager
         limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
         with torch._dynamo.config.patch(**{limit: 64}):
-            return self._body(steps)
+            return self._bodies[kind](steps)
 
     def _graphed_step(self, actions, steps: int):
         # Compiled, the step runs under no_grad on normal tensors: torch.compile cannot trace in-place writes to
@@ -591,28 +636,26 @@ class Sampler:
         b["actions"].copy_(actions)
         b["noise"].copy_(self._noise(K))  # drawn in the order of the plain step: the chunk's, then its commit's
         b["commit_noise"].copy_(self._noise(K))
-        if self.device.type == "cuda" and self.capture:
-            self._replay(steps)
-        else:
-            self._run_body(steps)
+        self._run(("denoise" if self._committed else "fused", steps))
+        self._committed = False
         self.frame += K
         return b["out"].clone()
 
-    def _replay(self, steps: int) -> None:
-        graph = self._graphs.get(steps)
+    def _replay(self, key: tuple) -> None:
+        graph = self._graphs.get(key)
         if graph is None:
             # warm up (compiles and tunes the kernels) on a side stream, then put the state back and capture
             saved = self._capture_state()
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._run_body(steps)
+                self._run_body(key)
             torch.cuda.current_stream().wait_stream(stream)
             self._put_state(saved)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._run_body(steps)
-            self._graphs[steps] = graph
+                self._run_body(key)
+            self._graphs[key] = graph
         graph.replay()
 
     def _capture_state(self) -> dict:
@@ -643,7 +686,7 @@ class Sampler:
         if self._buffered:
             b = self._buffers
             last = (b["before"].clone(), b["before_levels"].clone())
-            if not self.config.commit_last_step:
+            if not self.config.commit_last_step and not self._committed:  # committed: the caches hold it
                 fill = (b["prev_fill"].clone(), b["prev_valid"].clone()) if self.memory is not None else None
                 pending = (b["prev"].clone(), b["prev_actions"].clone(), b["prev_noise"].clone(), fill)
         return SamplerState(self._cache_copies(), self.frame, self.generator.get_state(), self.steps, pending, last,
@@ -657,5 +700,5 @@ class Sampler:
         self._pending_inputs = None  # the commit makes them again from the restored state
         if self.memory is not None:
             self.memory.load(state.memory)
-        self._buffered, self._unpainted = False, None
+        self._buffered, self._unpainted, self._committed = False, None, False
         self.generator.set_state(state.rng)

@@ -364,7 +364,7 @@ class Imagination:
     """B imagined worlds stepped together: prompts encoded, the sampler's chunks decoded to uint8 frames."""
 
     def __init__(self, dynamics, autoencoder, batch: int, steps: int | None = None, cuda_graphs: bool = True,
-                 decode_dtype: torch.dtype = torch.float32, compile: bool = False):
+                 decode_dtype: torch.dtype = torch.float32, compile: bool = False, prepares: bool = False):
         self.autoencoder = autoencoder.eval()
         graphs = cuda_graphs and dynamics.head.weight.device.type == "cuda"
         # compiled, the sampler runs its buffered step (graphs=True), replayed as a CUDA graph only on CUDA
@@ -383,6 +383,8 @@ class Imagination:
         self.last_step_ms: float | None = None  # the same without what `prepare` did before the step
         self.prepared_ms = 0.0              # ms of the `prepare` since the last step
         self.compiled = False               # world.compile: whether the first reset compiled the step
+        self.prepares = prepares            # whether `prepare` is called between steps (play): compiled, its
+                                            # commit and the denoise after it are compiled at the first reset too
 
     @property
     def steps(self) -> int:
@@ -422,8 +424,13 @@ class Imagination:
               "time, about 10 s once inductor's cache holds them)", file=sys.stderr, flush=True)
         state = self.snapshot()
         try:
+            still = np.zeros((self.sampler.batch_size, action_dim), np.float32)
             for _ in range(2 * self.chunk_frames):  # the first chunk after a reset is a plain step; the second compiled
-                self.step(np.zeros((self.sampler.batch_size, action_dim), np.float32))
+                self.step(still)
+            if self.prepares:  # the commit ahead and the denoise-only step after it, as play runs them
+                self.prepare()
+                for _ in range(self.chunk_frames):
+                    self.step(still)
         except Exception as error:  # no C compiler for inductor, a torch without it, ...
             cause = getattr(error, "inner_exception", None) or error.__cause__ or error  # a backend's own error
             first = (str(cause).strip().splitlines() or [""])[0]
@@ -541,7 +548,7 @@ class WorldModelEnv(_ModelWorld, gymnasium.Env):
         self.observation_space = spaces.Box(0, 255, shape=(*self.size, 3), dtype=np.uint8)
         self.action_space = actions.action_space()
         self.imagination = Imagination(dynamics, autoencoder, 1, self.config.steps, self.config.cuda_graphs,
-                                       self.config.decode_dtype(self.device), self.config.compile)
+                                       self.config.decode_dtype(self.device), self.config.compile, prepares=True)
         self.twin: VoxelEnv | None = None
         self._frame: np.ndarray | None = None
         self._twin_info: dict = {}
