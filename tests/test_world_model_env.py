@@ -158,6 +158,26 @@ def test_compiled_vector_env_equals_the_plain_one(world):
         assert np.abs(made - want).max() <= 1
 
 
+def test_a_compiled_env_compiles_everything_play_runs_at_its_reset(world):
+    """world.compile in the env play drives: the first reset compiles the fused step, the commit ahead (`prepare`)
+    and the step after it, so that play's steps and prepares then compile nothing (a compile mid-play is a stall
+    of seconds). Traced with aot_eager here, as in the sampler's tests."""
+    from torch._dynamo.utils import counters
+    env = make(world, compile=True, timing=False)
+    sampler = env.imagination.sampler
+    sampler._bodies = {kind: torch.compile(body, fullgraph=True, dynamic=False, backend="aot_eager")
+                       for kind, body in {"fused": sampler._graph_body, "commit": sampler._commit_body,
+                                          "denoise": sampler._denoise_body}.items()}
+    decode = env.imagination.decode._torchdynamo_orig_callable  # (the decoder too: inductor runs in the test above)
+    env.imagination.decode = torch.compile(decode, fullgraph=True, dynamic=False, backend="aot_eager")
+    env.reset(seed=0)
+    graphs = counters["stats"]["unique_graphs"]
+    for a in walk(4):
+        env.step(a)
+        env.prepare()
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_a_compile_that_fails_is_named(world, monkeypatch):
     """world.compile=true where torch.compile cannot compile (no C compiler, say): a clear error at the reset
     that compiles, naming the setting to turn off."""

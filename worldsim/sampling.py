@@ -322,6 +322,8 @@ class Sampler:
     counter as a device tensor, the noise drawn into a buffer) and, on CUDA, replay as one CUDA graph per step
     count, captured on first use: a step is then one launch instead of hundreds. Elsewhere the same buffered
     step runs eagerly (the tests check it against the plain one). The results equal the plain sampler's.
+    `commit` splits the buffered step as it splits the plain one: a commit body now, a denoise body at the next
+    step (one graph each on CUDA).
 
     With `compile` (and `graphs`) that buffered step runs under torch.compile as one graph (fullgraph; the attention
     is one opaque op, `kernels.cache_attention`), compiled at the first step of each step count and, on CUDA, then
