@@ -82,9 +82,9 @@ class WorldModelConfig:
     max_episode_steps: int | None = None
     torch_threads: int | None = 2     # torch's CPU threads, at most the cores (pin_torch_threads); None: left alone
     cuda_graphs: bool = True          # on CUDA, replay each sampler step as a CUDA graph (Sampler(graphs=True))
-    compile: bool = False             # run each sampler step under torch.compile (Sampler(compile=True)): its small
-                                      # ops fused; the first step of each step count compiles (on a 2-core CPU 40-100
-                                      # s, 10 s with inductor's cache warm), then a step is a third faster there
+    compile: bool = False             # the sampler's step and the decoder under torch.compile (Sampler(compile=True)):
+                                      # small ops fused; the first reset compiles (on a 2-core CPU 40-100 s, 10 s with
+                                      # inductor's cache warm), a step count not used yet at its first step
     precision: str = "fp32"           # fp32 | bf16: the dynamics model's weights, KV cache and sampling (the
                                       # decoder's is decode_precision); bf16 halves the cache's bytes and runs the
                                       # attention kernels' tensor-core path on CUDA
