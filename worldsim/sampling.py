@@ -23,6 +23,7 @@ context_noise_max) cover.
 Each cache holds the last `context_frames - chunk_frames` frames; time positions keep growing (the rotary
 angles are computed in float64), so nothing is rewritten when the ring wraps.
 """
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -493,7 +494,7 @@ class Sampler:
         if self.graphs:
             if not self._buffered or self._committed or self.config.commit_last_step:
                 return False  # before the first buffered step the plain path commits at its next step
-            with torch.no_grad() if self.compile else torch.inference_mode():
+            with self._mode():
                 self._run(("commit", None))
             self._committed = True
             return True
@@ -567,7 +568,7 @@ class Sampler:
     def _denoise_body(self, steps: int) -> None:
         """The step after `commit`: denoise the next chunk against the caches, which hold every frame before it,
         and move it to `prev`, as the fused body does."""
-        b, K = self._buffers, self.config.chunk_frames
+        b = self._buffers
         views = fill = None
         if self.memory is not None:
             views = self.memory.views(b["actions"])
@@ -607,10 +608,20 @@ class Sampler:
         with torch._dynamo.config.patch(**{limit: 64}):
             return self._bodies[kind](steps)
 
+    def _mode(self):
+        """The grad mode of the buffered step: inference_mode, as everywhere in sampling; compiled, no_grad outside
+        inference_mode whatever the caller's mode. Compiled code cannot write in place to tensors made under
+        inference_mode (the buffers are made here, as normal tensors), and a compiled body's guards hold the mode:
+        one mode for every caller (a reset, a step, play's commit ahead) is what keeps it from compiling again."""
+        if not self.compile:
+            return torch.inference_mode()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.no_grad())
+        return stack
+
     def _graphed_step(self, actions, steps: int):
-        # Compiled, the step runs under no_grad on normal tensors: torch.compile cannot trace in-place writes to
-        # tensors made under inference_mode. Else inference_mode, as everywhere in sampling.
-        with torch.no_grad() if self.compile else torch.inference_mode():
+        with self._mode():
             return self._buffered_step(actions, steps)
 
     def _buffered_step(self, actions, steps: int):

@@ -461,7 +461,6 @@ class Imagination:
             self.prepared_ms = 0.0
         return self.queue.pop(0)
 
-    @torch.inference_mode()  # as in `step` and `reset`: a compiled body's guards see one grad mode everywhere
     def prepare(self) -> None:
         """The next step's work that does not depend on its action (`Sampler.commit`: the last frame's commit pass,
         where it has one, and its painting into the view memory), done now; its ms are counted into the next
