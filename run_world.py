@@ -246,8 +246,8 @@ MODES = {"play": run_play, "bench": run_bench, "generate": run_generate, "conver
          "rollout": run_rollout, "eval": run_eval, "train_idm": run_train_idm, "ship": run_ship}
 
 
-@hydra.main(config_path="configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def dispatch(cfg: DictConfig) -> None:
+    """Run cfg.mode; bad input exits with one line naming it (the tests call this with hydra's compose)."""
     from worldsim.play.game import NoDisplayError
     if cfg.mode not in MODES:
         sys.exit(f"error: unknown mode {cfg.mode!r}; known modes: {', '.join(MODES)}")
@@ -262,6 +262,8 @@ def main(cfg: DictConfig) -> None:
     except (ValueError, TypeError, OSError) as e:  # bad input: the message names it (a path, a key, a value)
         sys.exit(f"error: {e}")
 
+
+main = hydra.main(config_path="configs", config_name="config", version_base="1.3")(dispatch)
 
 if __name__ == "__main__":
     main()

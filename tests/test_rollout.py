@@ -17,6 +17,8 @@ from worldsim.rollout import EpisodeWriters, is_factory, make_batch_policy, roll
 from test_dynamics import one_thread  # noqa: F401  (autouse: one torch thread)
 from test_world_model_env import tiny_configs
 
+from cli import run_world
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -132,10 +134,8 @@ def test_every_source_names_its_view_in_the_options_it_records(world, tmp_path):
         options = env_options(env)
         assert (options["fov"], options["view_distance"]) == (60.0, 32), type(env)
     assert env_options(envs[2])["checkpoint"] == world  # and the model's own settings
-    done = subprocess.run([sys.executable, "run_world.py", "mode=rollout", "world=engine", "rollout.num_envs=1",
-                           "rollout.steps=3", "rollout.progress=false", f"rollout.out_dir={tmp_path}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert run_world("mode=rollout", "world=engine", "rollout.num_envs=1", "rollout.steps=3", "rollout.progress=false",
+                     f"rollout.out_dir={tmp_path}") is None
     options = read_trajectory(list_trajectories(tmp_path)[0]).options
     assert (options["fov"], options["view_distance"], options["world"]) == (70.0, 48, "engine")
 
@@ -145,24 +145,19 @@ def test_mode_rollout_takes_the_issue_s_shorthand_and_other_modes_refuse_it(tmp_
     done = subprocess.run([sys.executable, "run_world.py", "mode=rollout", "world=engine", "policy=random",
                            "num_envs=2", "steps=3", "rollout.progress=false", "rollout.fmt=cache",
                            f"rollout.out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]  # the real command line, once
     trajectories = [read_trajectory(path) for path in list_trajectories(tmp_path)]
     assert len(trajectories) == 2 and all(len(t.actions) == 3 for t in trajectories)
     cache = Cache(tmp_path / "cache")  # rollout.fmt=cache: the training cache of those trajectories
     assert cache.num_frames == 6 and len(cache.episodes) == 2
     assert np.allclose(cache.actions[:3], trajectories[0].vectors) or np.allclose(cache.actions[:3], trajectories[1].vectors)
-    refused = subprocess.run([sys.executable, "run_world.py", "mode=generate", "steps=3",
-                              f"generate.out_dir={tmp_path / 'gen'}"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=120)
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert "rollout.steps" in refused.stderr and not (tmp_path / "gen").exists()
+    refused = run_world("mode=generate", "steps=3", f"generate.out_dir={tmp_path / 'gen'}")
+    assert "rollout.steps" in refused and not (tmp_path / "gen").exists()
 
 
 def test_mode_rollout_with_a_bad_policy_fails_before_writing(tmp_path):
-    result = subprocess.run([sys.executable, "run_world.py", "mode=rollout", "world=engine", "policy=nope.mod:act",
-                             f"rollout.out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "policy 'nope.mod:act' does not resolve" in result.stderr
+    said = run_world("mode=rollout", "world=engine", "policy=nope.mod:act", f"rollout.out_dir={tmp_path}")
+    assert "policy 'nope.mod:act' does not resolve" in said
     assert not any(tmp_path.iterdir())
 
 

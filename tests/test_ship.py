@@ -200,7 +200,8 @@ def test_mode_eval_without_a_checkpoint_evaluates_the_shipped_world(tmp_path):
         pytest.skip("no world ships in assets/")
     command = [sys.executable, "run_world.py", "mode=eval", "eval.episodes=1", "eval.prompts_per_world=1",
                "eval.horizons=[1,4]", "eval.turn_ticks=2", "eval.walk_ticks=2", "eval.look_away_ticks=2",
-               "eval.break_max_ticks=2", "eval.stability_frames=20", "eval.progress=false", "eval.sheet=false",
+               "eval.break_max_ticks=2", "eval.still_ticks=4", "eval.warmup_frames=10", "eval.stability_frames=20",
+               "eval.stability_runs=1", "eval.progress=false", "eval.sheet=false",
                f"eval.out_dir={tmp_path}"]
     done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
                           timeout=300)

@@ -25,8 +25,8 @@ ENGINE = {"view_distance": 16}
 
 
 def tiny_configs(**dynamics_changes):
-    dynamics = DynamicsConfig(latent_channels=8, latent_height=4, latent_width=4, n_layer=2, n_head=2, n_embd=64,
-                              **{"context_frames": 6, **dynamics_changes})
+    dynamics = DynamicsConfig(latent_channels=8, latent_height=4, latent_width=4, n_head=2, n_embd=64,
+                              **{"n_layer": 2, "context_frames": 6, **dynamics_changes})
     autoencoder = AutoencoderConfig(height=32, width=32, latent_channels=8, enc_channels=(16, 32, 32),
                                     dec_channels=(32, 32, 16))
     return dynamics, autoencoder
@@ -141,12 +141,14 @@ def test_vector_env_equals_single_envs_with_autoreset(world):
     assert vec_info["seed"][0] != 11  # restarted in a new world
 
 
-def test_compiled_vector_env_equals_the_plain_one(world):
+def test_compiled_vector_env_equals_the_plain_one(tmp_path):
     """world.compile=true runs the sampler's buffered step and the decode under torch.compile with inductor, which
     generates and runs fused CPU kernels here: the same frames as the plain env's to a level of 255 (fusion reorders
-    the float arithmetic), through an autoreset. (The sampler's tests trace every variant with aot_eager.)"""
-    plain = WorldModelVectorEnv(2, checkpoint=world, max_episode_steps=3, timing=False, engine=None)
-    compiled = WorldModelVectorEnv(2, checkpoint=world, max_episode_steps=3, timing=False, engine=None, compile=True)
+    the float arithmetic), through an autoreset. (The sampler's tests trace every variant with aot_eager.)
+    One layer and one Euler step: inductor's C++ compiles on two cores are most of this test's time."""
+    world = random_world(tmp_path, *tiny_configs(n_layer=1))
+    kw = dict(checkpoint=world, max_episode_steps=3, timing=False, engine=None, steps=1)
+    plain, compiled = WorldModelVectorEnv(2, **kw), WorldModelVectorEnv(2, **kw, compile=True)
     sampler = compiled.imagination.sampler
     assert sampler.compile is True and sampler.graphs and not sampler.capture  # buffered, not captured off CUDA
     for a, b in zip(plain.reset(seed=3)[0], compiled.reset(seed=3)[0]):

@@ -52,9 +52,9 @@ def parse(argv=None):
     if unknown:
         p.error(f"unknown stages {unknown}; known: {', '.join(STAGES)}")
     if args.dry:
-        args.episodes, args.frames, args.workers = 2, 48, 2
-        args.autoencoder_args += " train.batch_size=4 train.steps=20"
-        args.dynamics_args += " train.batch_size=2 train.steps=10"
+        args.episodes, args.frames, args.workers = 2, 48, 1
+        args.autoencoder_args += " train.batch_size=4 train.steps=10 train.num_workers=1"
+        args.dynamics_args += " train.batch_size=2 train.steps=10 train.num_workers=1"
     return args
 
 
