@@ -54,7 +54,7 @@ def parse(argv=None):
     if args.dry:
         args.episodes, args.frames, args.workers = 2, 48, 1
         args.autoencoder_args += " train.batch_size=4 train.steps=10 train.num_workers=1"
-        args.dynamics_args += " train.batch_size=2 train.steps=10 train.num_workers=1"
+        args.dynamics_args += " train.batch_size=2 train.steps=4 train.num_workers=1"
     return args
 
 
