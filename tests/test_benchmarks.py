@@ -155,3 +155,28 @@ def test_every_stage_command_line_parses(stage, monkeypatch, tmp_path):
     module, *args = [a.replace("{out}", str(tmp_path / "out.json")) for a in stage.args]
     with pytest.raises(_Parsed):
         importlib.import_module(module).main(args)
+
+
+def test_step_traffic_counts_the_ops_a_step_runs():
+    """The GPU floor of a sampler step, counted on the CPU: each layer's keys and values enter the ring once per
+    step (two index_copy_ of a chunk's rows each), the attention reads every cache frame at every pass, and a
+    batch of 2 moves and computes twice what a batch of 1 does."""
+    from test_sampling import small_model
+    from worldsim.models.step_traffic import step_ops, summarize
+    model = small_model(n_layer=2, context_frames=4)
+    c = model.config
+    one, two = (step_ops(model, batch, steps=2) for batch in (1, 2))
+    copies = [o for o in one if o["op"] == "index_copy_"]
+    rows = c.chunk_frames * c.tokens_per_frame * c.n_embd * 4  # one chunk's keys, fp32
+    assert len(copies) == 2 * c.n_layer and all(o["written"] == rows for o in copies)
+    attention = [o for o in one if o["op"] in ("scaled_dot_product_attention", "cache_attention")]
+    assert len(attention) == 3 * c.n_layer  # the commit pass and two Euler steps
+    assert [o["op"] for o in one] == [o["op"] for o in two]
+    a, b = (summarize(ops, 2, 3e12, 6e14) for ops in (one, two))
+    assert b["total"]["flops"] == 2 * a["total"]["flops"] > 0
+    for name, group in a["ops"].items():
+        if name in ("scaled_dot_product_attention", "cache_attention", "index_copy_"):  # per-row data only
+            assert b["ops"][name]["written"] == 2 * group["written"]
+            assert abs(b["ops"][name]["read"] / group["read"] - 2) < 0.01
+    assert a["total"]["read"] < b["total"]["read"] < 2 * a["total"]["read"]  # the weights are read once
+    assert 0 < a["total"]["floor_ms"] < b["total"]["floor_ms"]
