@@ -276,8 +276,13 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
     B, K = noise.shape[:2]
     ts = chunk_levels(model, actions, steps)
     context, context_levels = context_noised(model, prev, prev_noise)
-    known, turned = _known(model, noise, context[:, -1:], actions, fill)
-    x = keep_known(start_point(model, noise, context[:, -1:], actions, ts[0], fill, turned), ts[0], known)
+    last = (context[:, -1:], context_levels[:, -1:])
+    inputs = None  # K = 1: the chunk's inputs made once for the Euler steps after the fused pass, as denoise_chunk
+    if model.config.chunk_frames == 1:
+        inputs = model.frame_inputs(actions, _positions(frame, 1, noise.device), last, fill)
+    turned = inputs.prev if inputs is not None and model.config.camera_warp else None
+    known, turned = _known(model, noise, last[0], actions, fill, turned)
+    x = keep_known(start_point(model, noise, last[0], actions, ts[0], fill, turned), ts[0], known)
     if _whole_view_known(known, x):  # the commit alone: the steps would change nothing
         commit_chunk(model, caches, prev, prev_actions, frame - K, prev_noise, before, prev_fill)
         return model.guard(keep_known(x, ts[-1], known))
@@ -287,8 +292,8 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
     v = model(torch.cat([context, x], dim=1), torch.cat([prev_actions, actions], dim=1), levels,
               _positions(frame - K, 2 * K, noise.device), caches, mode="commit_read", prev_frame=before,
               fill=both)[:, K:]
-    return _euler(model, caches, actions, frame, x + per_frame(ts[1] - ts[0], x.dtype) * v, ts[1:],
-                  (context[:, -1:], context_levels[:, -1:]), fill, known)[0]
+    return _euler(model, caches, actions, frame, x + per_frame(ts[1] - ts[0], x.dtype) * v, ts[1:], last, fill,
+                  known, inputs)[0]
 
 
 @_no_grad

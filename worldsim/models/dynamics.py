@@ -619,9 +619,24 @@ class DynamicsModel(nn.Module):
                              f"got {tuple(noise_levels.shape)}")
 
 
+_RAYS: dict = {}  # screen_rays' tables by (h, w, fov, device): constants that each warp would otherwise remake
+
+
 def screen_rays(h: int, w: int, fov: float, device=None):
     """tan of the half field of view across and up, and each pixel centre's screen coordinates (sx, sy), (h, w)
-    each, y up, of frames h x w with vertical field of view `fov` degrees: pixel (i, j)'s ray is (sx, sy, 1)."""
+    each, y up, of frames h x w with vertical field of view `fov` degrees: pixel (i, j)'s ray is (sx, sy, 1).
+    Made once per size, field of view and device (13 ops that every camera warp of every step made again), except
+    while torch.compile traces (constants that inductor folds) or a CUDA graph is captured."""
+    if torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        return _screen_rays(h, w, fov, device)  # (made in a graph's memory pool, they must not outlive it)
+    key = (h, w, float(fov), torch.device(device or "cpu"))
+    if key not in _RAYS:
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors: usable in and out of inference mode
+            _RAYS[key] = _screen_rays(h, w, fov, device)
+    return _RAYS[key]
+
+
+def _screen_rays(h: int, w: int, fov: float, device=None):
     tan_y = math.tan(math.radians(fov) / 2)
     tan_x = tan_y * w / h
     u = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 - 1  # grid_sample's x in [-1, 1]
