@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import kernels
 from worldsim.models.dynamics import (ACTION_DIM, DynamicsModel, check_actions, check_latents,  # noqa: F401
                                       keeps_view, known_view, per_frame, sample_levels, start_levels,
-                                      step_levels, warp_previous)  # sample_levels: re-exported
+                                      step_levels, turn_previous, warp_previous)  # sample_levels: re-exported
 from worldsim.view_memory import ViewMemory
 
 
@@ -171,17 +171,19 @@ def keep_known(x, level, known):
     return torch.where(where, (1 - s) * view + s * noise, x)
 
 
-def _known(model, noise, last, actions, fill, turned=None):
+def _known(model, noise, last, actions, fill, turned=None, inside=None):
     """With `keep_view`, what is known of the chunk's view (`keep_known`'s triple) and the frame before the chunk
-    turned (the start's guess, made once for both; `turned` where the caller has it); else (None, turned)."""
+    turned (the start's guess, made once for both; `turned`, and the turn's `inside`, where the caller has them);
+    else (None, turned)."""
     c = model.config
     if not c.keep_view:
         return None, turned
     if last is None:
         raise ValueError("keep_view keeps the view of the frame before the chunk: give prev_frame")
     if turned is None:
-        turned = warp_previous(last, actions, c.camera_warp, c.warp_keep_rows, fill)
-    view, where = known_view(last, actions, c.camera_warp, c.warp_keep_rows, fill, turned, keeps_view(c, actions))
+        turned, inside = turn_previous(last, actions, c.camera_warp, c.warp_keep_rows, fill)
+    view, where = known_view(last, actions, c.camera_warp, c.warp_keep_rows, fill, turned, keeps_view(c, actions),
+                             inside)
     return (view, where, noise), turned
 
 
@@ -257,8 +259,9 @@ def denoise_chunk(model, caches, actions, frame: int, noise, steps: int, prev_fr
     last = None if prev_frame is None else prev_frame[0]
     if inputs is None and model.config.chunk_frames == 1:
         inputs = model.frame_inputs(actions, _positions(frame, 1, noise.device), prev_frame, fill)
-    turned = inputs.prev if inputs is not None and model.config.camera_warp and last is not None else None
-    known, turned = _known(model, noise, last, actions, fill, turned)
+    warped = inputs is not None and model.config.camera_warp and last is not None
+    turned, inside = (inputs.prev, inputs.inside) if warped else (None, None)
+    known, turned = _known(model, noise, last, actions, fill, turned, inside)
     x = start_point(model, noise, last, actions, ts[0], fill, turned)
     x, wrote = _euler(model, caches, actions, frame, x, ts, prev_frame, fill, known, inputs,
                       write_last=commit_noise is not None and last_step_commits(model.config, steps))
@@ -280,8 +283,8 @@ def commit_and_denoise(model, caches, prev, prev_actions, prev_noise, actions, f
     inputs = None  # K = 1: the chunk's inputs made once for the Euler steps after the fused pass, as denoise_chunk
     if model.config.chunk_frames == 1:
         inputs = model.frame_inputs(actions, _positions(frame, 1, noise.device), last, fill)
-    turned = inputs.prev if inputs is not None and model.config.camera_warp else None
-    known, turned = _known(model, noise, last[0], actions, fill, turned)
+    turned, inside = (inputs.prev, inputs.inside) if inputs is not None and model.config.camera_warp else (None, None)
+    known, turned = _known(model, noise, last[0], actions, fill, turned, inside)
     x = keep_known(start_point(model, noise, last[0], actions, ts[0], fill, turned), ts[0], known)
     if _whole_view_known(known, x):  # the commit alone: the steps would change nothing
         commit_chunk(model, caches, prev, prev_actions, frame - K, prev_noise, before, prev_fill)

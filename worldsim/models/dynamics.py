@@ -445,6 +445,7 @@ class FrameInputs:
     prev_cond: torch.Tensor | None = None
     prev: torch.Tensor | None = None
     prev_levels: torch.Tensor | None = None
+    inside: torch.Tensor | None = None  # where prev's turn found the old view (`turn_previous`), where it was made
 
 
 class DynamicsModel(nn.Module):
@@ -538,14 +539,18 @@ class DynamicsModel(nn.Module):
                                      f"{tuple(prev_levels.shape)}")
             else:
                 prev, prev_levels = self.previous(latents, noise_levels, prev_frame)
+            inside = None
             if self.config.camera_warp:
-                prev = turned if turned is not None else warp_previous(
-                    prev, actions, self.config.camera_warp, self.config.warp_keep_rows, fill)
+                if turned is None:
+                    prev, inside = turn_previous(prev, actions, self.config.camera_warp, self.config.warp_keep_rows,
+                                                 fill)
+                else:
+                    prev = turned
             elif fill is not None:
                 raise ValueError("fill is what the camera warp reveals: the model needs camera_warp > 0")
             inputs.prev_tokens = self.prev_embed(self.patchify(prev).to(dtype))
             inputs.prev_cond = self.prev_time_embed(prev_levels)
-            inputs.prev, inputs.prev_levels = prev, prev_levels
+            inputs.prev, inputs.prev_levels, inputs.inside = prev, prev_levels, inside
         return inputs
 
     def forward(self, latents, actions, noise_levels, frame_pos=None, caches=None, mode="train", prev_frame=None,
@@ -684,7 +689,7 @@ def keeps_view(config: "DynamicsConfig", actions):
     return ~holds_button(actions) & ((turn == 0) | (turn > config.idle_turn))
 
 
-def known_view(prev, actions, fov: float, keep_rows: int = 0, fill=None, turned=None, keep=None):
+def known_view(prev, actions, fov: float, keep_rows: int = 0, fill=None, turned=None, keep=None, inside=None):
     """What a frame that only turns the camera (or stands) knows of its view before the model makes it: the
     previous frame prev (B, F, C, h, w) turned by the actions (B, F, 25), model order, where the old view holds
     the pixel (a pure rotation is exact; standing, it is the previous frame itself), the HUD rows kept; and in a
@@ -693,10 +698,15 @@ def known_view(prev, actions, fov: float, keep_rows: int = 0, fill=None, turned=
     (B, F, C, h, w) and where it is known, (B, F, 1, h, w) bool: nowhere in a frame that does not keep its view,
     keep (B, F) bool (`keeps_view`; default: those whose action holds no button, for walking, jumping or breaking
     changes what the view shows). turned: `warp_previous(prev, actions, fov, keep_rows, fill)` where the caller
-    has it already (the sampler's start), else it is made here."""
+    has it already (the sampler's start), else it is made here; inside: the turn's `inside` (`turn_previous`)
+    where the caller has it."""
     B, Fr, C, h, w = prev.shape
-    view = warp_previous(prev, actions, fov, keep_rows, fill) if turned is None else turned  # fill where it left
-    _, inside = _turn_grid(actions, fov, keep_rows, h, w, prev.device)
+    if turned is None:
+        view, inside = turn_previous(prev, actions, fov, keep_rows, fill)  # filled where it left the old view
+    else:
+        view = turned
+        if inside is None:
+            inside = _turn_grid(actions, fov, keep_rows, h, w, prev.device)[1]
     hud = (torch.arange(h, device=prev.device) >= h - keep_rows)[:, None]  # (h, 1): kept as they were
     known = inside[:, :, None] | hud
     if fill is not None:
@@ -710,6 +720,11 @@ def known_view(prev, actions, fov: float, keep_rows: int = 0, fill=None, turned=
 
 
 def warp_previous(prev, actions, fov: float, keep_rows: int = 0, fill=None):
+    """`turn_previous`'s turned frames."""
+    return turn_previous(prev, actions, fov, keep_rows, fill)[0]
+
+
+def turn_previous(prev, actions, fov: float, keep_rows: int = 0, fill=None):
     """Each previous frame prev (B, F, C, h, w) as seen after the camera move of actions (B, F, 25), model order
     (row i turned the view from frame i - 1 to frame i): a pixel's ray in the new view, rotated by the turn into
     the old view, is projected there and the old frame sampled (bilinear, the edge repeated where the turn
@@ -719,7 +734,8 @@ def warp_previous(prev, actions, fov: float, keep_rows: int = 0, fill=None):
     `keep_rows` rows stay put (the HUD). Works on any channels: latents or RGB frames.
 
     fill = (frames (B, F, C, h, w), valid (B, F, 1, h, w) bool) in the new views: where a new pixel's ray leaves
-    the old frame (or meets its HUD rows) and valid holds, the pixel is fill's instead of the repeated edge."""
+    the old frame (or meets its HUD rows) and valid holds, the pixel is fill's instead of the repeated edge.
+    Returns the turned frames and inside (B, F, h, w) bool: where a new pixel's ray lies in the old frame's scene."""
     B, Fr, C, h, w = prev.shape
     grid, inside = _turn_grid(actions, fov, keep_rows, h, w, prev.device)
     turned = F.grid_sample(prev.reshape(B * Fr, C, h, w).float(), grid.reshape(B * Fr, h, w, 2), mode="bilinear",
@@ -732,7 +748,7 @@ def warp_previous(prev, actions, fov: float, keep_rows: int = 0, fill=None):
         turned = torch.where(inside[:, :, None] | ~valid, turned, frames.to(turned.dtype))
     if keep_rows:
         turned = torch.cat([turned[..., :h - keep_rows, :], prev[..., h - keep_rows:, :]], dim=-2)
-    return turned
+    return turned, inside
 
 
 RESIDUAL_MIN_LEVEL = 0.05  # velocities divide by the level; below it (clean context frames only) by this
