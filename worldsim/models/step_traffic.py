@@ -122,7 +122,12 @@ def main(argv=None) -> None:
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--out", default=None, help="JSON of every batch's summary")
     args = p.parse_args(argv)
-    dynamics, _ = load_world(args.checkpoint, None, "cpu")
+    if any(b < 1 for b in args.batch):
+        p.error(f"--batch sizes must be positive, got {args.batch}")
+    try:
+        dynamics, _ = load_world(args.checkpoint, None, "cpu")
+    except (OSError, ValueError) as e:  # a missing or corrupt world: one line naming it
+        p.error(str(e))
     dynamics = dynamics.float().eval()
     results = {}
     for batch in args.batch:
