@@ -172,7 +172,7 @@ def test_step_traffic_counts_the_ops_a_step_runs():
     attention = [o for o in one if o["op"] in ("scaled_dot_product_attention", "cache_attention")]
     assert len(attention) == 3 * c.n_layer  # the commit pass and two Euler steps
     assert [o["op"] for o in one] == [o["op"] for o in two]
-    a, b = (summarize(ops, 2, 3e12, 6e14) for ops in (one, two))
+    a, b = (summarize(ops, 3e12, 6e14) for ops in (one, two))
     assert b["total"]["flops"] == 2 * a["total"]["flops"] > 0
     for name, group in a["ops"].items():
         if name in ("scaled_dot_product_attention", "cache_attention", "index_copy_"):  # per-row data only

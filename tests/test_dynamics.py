@@ -125,12 +125,24 @@ def test_rotary_splits_head_dim_into_time_row_and_column():
     rotary = dynamics.Rotary3D(head_dim=32, grid_h=2, grid_w=3)
     assert (rotary.n_time, rotary.n_row, rotary.n_col) == (8, 4, 4)
     cos, sin = rotary(torch.tensor([0, 5]))
-    assert cos.shape == (2 * 6, 1, 1, 16)
-    cos = cos[:, 0, 0].reshape(2, 2, 3, 16)  # (frame, row, col, pair)
+    assert cos.shape == sin.shape == (2 * 6, 1, 1, 32)
+    assert torch.equal(cos[..., :16], cos[..., 16:]) and torch.equal(sin[..., :16], -sin[..., 16:])
+    cos = cos[:, 0, 0, :16].reshape(2, 2, 3, 16)  # (frame, row, col, pair)
     assert torch.equal(cos[0, :, :, :8], torch.ones(2, 3, 8))  # frame 0: no time rotation
     assert not torch.equal(cos[1, 0, 0, :8], cos[0, 0, 0, :8])
     assert torch.equal(cos[:, :, 0, 8:12], cos[:, :, 2, 8:12])  # row part ignores the column
     assert torch.equal(cos[:, 0, :, 12:], cos[:, 1, :, 12:])  # column part ignores the row
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_apply_rotary_is_the_pairwise_rotation_bit_for_bit(dtype):
+    """The four-op rotary equals rotating each pair (i, i + hs/2) by its angle, written out, in every dtype."""
+    rotary = dynamics.Rotary3D(head_dim=32, grid_h=2, grid_w=3).to(dtype)
+    cos, sin = rotary(torch.tensor([3, 1_000_007]))
+    x = torch.randn(1, 12, 2, 4, 32, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    c, s = cos[..., 16:], sin[..., 16:]
+    assert torch.equal(dynamics.apply_rotary(x, cos, sin), torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1))
 
 
 def test_shift_actions_conditions_each_frame_on_the_action_that_produced_it():

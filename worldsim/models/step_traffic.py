@@ -4,9 +4,10 @@ FLOPs, and from them a floor on the step's time on a GPU of a given bandwidth an
     python -m worldsim.models.step_traffic --checkpoint assets/world --batch 1 256 --out step_traffic.json
 
 It runs the graphed sampler's buffered step (commit + Euler steps: the ops a CUDA graph replays) once at each
-batch size under a dispatch mode that sees every aten op. Bytes count each distinct input once and each output
-once, in the dtype given (the ops run in fp32 here; a bf16 world moves half); an in-place write counts what it
-writes (index_copy_: the rows copied). Views move nothing. The floor sums, op by op, the larger of bytes over
+batch size, in the world's precision (bf16: the weights, the caches and the sampling, as rollouts run), under a
+dispatch mode that sees every aten op. Bytes count each distinct input once and each output once; an in-place
+write counts what it writes (index_copy_: the rows copied). Views move nothing, nor does an op that hands back
+its input (a `.to` to the dtype a tensor already has). The floor sums, op by op, the larger of bytes over
 bandwidth and FLOPs over throughput: what a step costs with every op at the hardware's limit and no launch gaps.
 A measured step far above it is waiting on something else (launches, a poorly shaped kernel, the host).
 """
@@ -20,7 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from worldsim.envs.world_model import RowSeededSampler, load_world
+from worldsim.envs.world_model import PRECISIONS, RowSeededSampler, load_world
 from worldsim.models.dynamics import ACTION_DIM
 
 VIEWS = {"view", "_unsafe_view", "as_strided", "slice", "select", "expand", "unsqueeze", "squeeze", "transpose", "t",
@@ -54,7 +55,7 @@ class Traffic(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = func.__name__.split(".")[0]
-        if name in VIEWS:
+        if name in VIEWS or (not name.endswith("_") and args and out is args[0]):  # a view, or its input back
             return out
         ins = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
         outs = [a for a in tree_flatten(out)[0] if isinstance(a, torch.Tensor)]
@@ -77,16 +78,17 @@ class Traffic(TorchDispatchMode):
 
 
 def step_ops(dynamics, batch: int, steps: int | None = None, warm: int | None = None) -> list[dict]:
-    """Every non-view op of one buffered step at `batch`, after `warm` steps."""
+    """Every op of one buffered step at `batch` that moves data, after `warm` steps, in the model's dtype."""
     c = dynamics.config
     warm = c.cache_frames if warm is None else warm
     sampler = RowSeededSampler(dynamics, batch, steps, graphs=True, compile=False)
     sampler.seed_rows(list(range(batch)))
     g = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        sampler.reset(torch.randn(batch, 2, c.latent_channels, c.latent_height, c.latent_width, generator=g),
-                      torch.rand(batch, 1, ACTION_DIM, generator=g))
-        moving = lambda: (torch.rand(batch, c.chunk_frames, ACTION_DIM, generator=g) > 0.5).float()  # noqa: E731
+        dtype = dynamics.head.weight.dtype  # as `Imagination` hands them over
+        sampler.reset(torch.randn(batch, 2, c.latent_channels, c.latent_height, c.latent_width, generator=g).to(dtype),
+                      torch.rand(batch, 1, ACTION_DIM, generator=g).to(dtype))
+        moving = lambda: (torch.rand(batch, c.chunk_frames, ACTION_DIM, generator=g) > 0.5).to(dtype)  # noqa: E731
         for _ in range(warm):  # the ring full, as in a long play
             sampler.step(moving())
         mode = Traffic()
@@ -95,16 +97,15 @@ def step_ops(dynamics, batch: int, steps: int | None = None, warm: int | None = 
     return mode.ops
 
 
-def summarize(ops: list[dict], bytes_per_value: float, bandwidth: float, throughput: float) -> dict:
-    scale = bytes_per_value / 4  # the ops ran in fp32
+def summarize(ops: list[dict], bandwidth: float, throughput: float) -> dict:
     groups = collections.defaultdict(lambda: {"count": 0, "read": 0, "written": 0, "flops": 0, "floor_ms": 0.0})
     for o in ops:
         g = groups[o["op"]]
         g["count"] += 1
-        g["read"] += o["read"] * scale
-        g["written"] += o["written"] * scale
+        g["read"] += o["read"]
+        g["written"] += o["written"]
         g["flops"] += o["flops"]
-        g["floor_ms"] += 1e3 * max((o["read"] + o["written"]) * scale / bandwidth, o["flops"] / throughput)
+        g["floor_ms"] += 1e3 * max((o["read"] + o["written"]) / bandwidth, o["flops"] / throughput)
     total = {k: sum(g[k] for g in groups.values()) for k in ("count", "read", "written", "flops", "floor_ms")}
     return {"total": total, "ops": dict(sorted(groups.items(), key=lambda kv: -kv[1]["floor_ms"]))}
 
@@ -114,7 +115,8 @@ def main(argv=None) -> None:
     p.add_argument("--checkpoint", default="assets/world")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 256])
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the world's)")
-    p.add_argument("--bytes-per-value", type=float, default=2.0, help="2: a bf16 world (rollouts), 4: fp32")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default="bf16",
+                   help="the world's weights, caches and sampling (world.precision; rollouts on a GPU: bf16)")
     p.add_argument("--bandwidth", type=float, default=3.0e12, help="bytes/s (H100 SXM HBM3: about 3e12 reached)")
     p.add_argument("--throughput", type=float, default=6.0e14, help="FLOP/s of the matrix ops (H100 bf16 dense)")
     p.add_argument("--warm", type=int, default=None, help="steps before the counted one (default: the cache's "
@@ -128,12 +130,11 @@ def main(argv=None) -> None:
         dynamics, _ = load_world(args.checkpoint, None, "cpu")
     except (OSError, ValueError) as e:  # a missing or corrupt world: one line naming it
         p.error(str(e))
-    dynamics = dynamics.float().eval()
+    dynamics = dynamics.to(PRECISIONS[args.precision]).eval()
     results = {}
     for batch in args.batch:
         start = time.time()
-        summary = summarize(step_ops(dynamics, batch, args.steps, args.warm), args.bytes_per_value,
-                            args.bandwidth, args.throughput)
+        summary = summarize(step_ops(dynamics, batch, args.steps, args.warm), args.bandwidth, args.throughput)
         t = summary["total"]
         print(f"\nbatch {batch}: {t['count']} ops, {(t['read'] + t['written']) / 2**20:.0f} MiB moved, "
               f"{t['flops'] / 1e9:.1f} GFLOP; floor {t['floor_ms']:.3f} ms a step "
