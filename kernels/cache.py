@@ -20,7 +20,8 @@ import triton.language as tl
 from kernels.block_causal import INTERPRET, LOG2E, LN2, MASKED_SCORE, _alloc, _last_dim_contiguous, _precision
 
 # Fewest cache keys a split is given: one or two key tiles. Below this a program's fixed cost (loading
-# Q, writing a D-float partial row per query for the merge to read back) outweighs its share of the cache.
+# Q, writing a D-float partial row per query for the merge to read back) outweighs its share of the cache;
+# half of it where the GPU would otherwise hold one short program an SM (`default_splits`).
 MIN_KEYS_PER_SPLIT = 128
 # Partial-output floats one merge program holds: 8k is 64 registers a thread at 4 warps.
 MERGE_TILE_FLOATS = 8192
@@ -173,9 +174,15 @@ def _sm_count(device) -> int:
 
 def default_splits(B: int, H: int, Tq: int, S_max: int, device, block_m: int | None = None) -> int:
     """As many splits as fit one wave of programs on the GPU (every partial costs a write and a read of
-    B*H*Tq*D floats, so more than one wave buys nothing), within what the cache length allows."""
+    B*H*Tq*D floats, so more than one wave buys nothing), within what the cache length allows; two programs
+    an SM where one wave would leave each split a key tile or two, so that its time is latency that a second
+    program on the SM hides. The H100 sweep of 2026-11-26 at B=1 H=8 Tq=64 S=2048 D=64: 32 splits of 64 keys
+    8.3 µs, 16 of 128 keys 8.7; at H=16 Tq=256 S=8192 D=128 (long splits) 2 splits 55 µs, 4 splits 58."""
     programs = B * H * triton.cdiv(Tq, block_m or _block_m(Tq))
-    return max(1, min(_sm_count(device) // programs, triton.cdiv(S_max, MIN_KEYS_PER_SPLIT)))
+    one_wave = max(1, min(_sm_count(device) // programs, triton.cdiv(S_max, MIN_KEYS_PER_SPLIT)))
+    if one_wave > 1 and triton.cdiv(S_max, one_wave) <= MIN_KEYS_PER_SPLIT:
+        return max(one_wave, min(2 * _sm_count(device) // programs, triton.cdiv(S_max, MIN_KEYS_PER_SPLIT // 2)))
+    return one_wave
 
 
 def default_tiles(Tq: int, keys_per_split: int) -> CacheTiles:

@@ -299,6 +299,10 @@ def test_default_splits_fill_the_device_and_respect_short_caches():
     assert cache.default_splits(1, 8, 64, 2048, cpu) > 1
     assert cache.default_splits(1, 8, 64, 100, cpu) == 1
     assert cache.default_splits(64, 8, 64, 2048, cpu) == 1
+    # the interpreter splits as an H100 (132 SMs) would: short splits run two programs an SM, long ones one
+    assert cache.default_splits(1, 8, 64, 2048, cpu) == 32         # 8 programs: 32 splits of 64 keys, not 16 of 128
+    assert cache.default_splits(1, 16, 256, 8192, cpu, 64) == 2     # 64 programs: splits of 4,096 keys stay one wave
+    assert cache.default_splits(1, 16, 64, 2048, cpu) == 8          # 16 programs: splits of 256 keys stay one wave
 
 
 @pytest.mark.parametrize("T, C, window", [(17, 7, None), (113, 64, 1), (64, 100, None), (259, 7, 3)])
