@@ -162,10 +162,10 @@ def test_step_traffic_counts_the_ops_a_step_runs():
     step (two index_copy_ of a chunk's rows each), the attention reads every cache frame at every pass, and a
     batch of 2 moves and computes twice what a batch of 1 does."""
     from test_sampling import small_model
-    from worldsim.models.step_traffic import step_ops, summarize
+    from worldsim.models.step_traffic import by_line, step_ops, summarize
     model = small_model(n_layer=2, context_frames=4)
     c = model.config
-    one, two = (step_ops(model, batch, steps=2) for batch in (1, 2))
+    one, two = (step_ops(model, batch, steps=2, lines=batch == 1) for batch in (1, 2))
     copies = [o for o in one if o["op"] == "index_copy_"]
     rows = c.chunk_frames * c.tokens_per_frame * c.n_embd * 4  # one chunk's keys, fp32
     assert len(copies) == 2 * c.n_layer and all(o["written"] == rows for o in copies)
@@ -180,3 +180,9 @@ def test_step_traffic_counts_the_ops_a_step_runs():
             assert abs(b["ops"][name]["read"] / group["read"] - 2) < 0.01
     assert a["total"]["read"] < b["total"]["read"] < 2 * a["total"]["read"]  # the weights are read once
     assert 0 < a["total"]["floor_ms"] < b["total"]["floor_ms"]
+    # every op is put on the project's line that made it: the rotary's four ops a layer in each of the two passes
+    lines = by_line(one)
+    assert sum(g["count"] for g in lines) == len(one) and all(g["line"].startswith(("worldsim/", "kernels/"))
+                                                             for g in lines)
+    rotary = [g for g in lines if "torch.cat([x2, x1]" in g["line"]]
+    assert len(rotary) == 1 and rotary[0]["count"] == 4 * 2 * c.n_layer

@@ -14,6 +14,7 @@ A measured step far above it is waiting on something else (launches, a poorly sh
 import argparse
 import collections
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -46,10 +47,26 @@ def flops(name: str, args) -> int:
     return 0
 
 
+ROOT = Path(__file__).resolve().parents[2]  # the project: its own lines are what an op is attributed to
+
+
+def calling_line() -> str:
+    """The innermost line of the project's code (outside this file) on the stack: 'path:line code'."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = Path(frame.f_code.co_filename)
+        if path != Path(__file__).resolve() and ROOT in path.parents and "tests" not in path.parts:
+            import linecache
+            return f"{path.relative_to(ROOT)}:{frame.f_lineno} {linecache.getline(str(path), frame.f_lineno).strip()}"
+        frame = frame.f_back
+    return "?"
+
+
 class Traffic(TorchDispatchMode):
-    def __init__(self):
+    def __init__(self, lines: bool = False):
         super().__init__()
         self.ops = []
+        self.lines = lines  # also record the project's line each op comes from (slower)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -74,11 +91,14 @@ class Traffic(TorchDispatchMode):
             written = nbytes(ins[0])
         self.ops.append({"op": name, "read": read, "written": written, "flops": flops(name, args),
                          "shapes": [list(a.shape) for a in ins[:3]]})
+        if self.lines:
+            self.ops[-1]["line"] = calling_line()
         return out
 
 
-def step_ops(dynamics, batch: int, steps: int | None = None, warm: int | None = None) -> list[dict]:
-    """Every op of one buffered step at `batch` that moves data, after `warm` steps, in the model's dtype."""
+def step_ops(dynamics, batch: int, steps: int | None = None, warm: int | None = None, lines: bool = False) -> list[dict]:
+    """Every op of one buffered step at `batch` that moves data, after `warm` steps, in the model's dtype; with
+    `lines`, each with the project's source line it comes from."""
     c = dynamics.config
     warm = c.cache_frames if warm is None else warm
     sampler = RowSeededSampler(dynamics, batch, steps, graphs=True, compile=False)
@@ -91,9 +111,9 @@ def step_ops(dynamics, batch: int, steps: int | None = None, warm: int | None = 
         moving = lambda: (torch.rand(batch, c.chunk_frames, ACTION_DIM, generator=g) > 0.5).to(dtype)  # noqa: E731
         for _ in range(warm):  # the ring full, as in a long play
             sampler.step(moving())
-        mode = Traffic()
+        mode, actions = Traffic(lines), moving()  # the actions drawn outside: not the step's ops
         with mode:
-            sampler.step(moving())
+            sampler.step(actions)
     return mode.ops
 
 
@@ -110,6 +130,17 @@ def summarize(ops: list[dict], bandwidth: float, throughput: float) -> dict:
     return {"total": total, "ops": dict(sorted(groups.items(), key=lambda kv: -kv[1]["floor_ms"]))}
 
 
+def by_line(ops: list[dict]) -> list[dict]:
+    """Ops grouped by the source line they come from (`step_ops(lines=True)`), the most ops first."""
+    groups = {}
+    for o in ops:
+        g = groups.setdefault(o["line"], {"line": o["line"], "count": 0, "bytes": 0, "ops": collections.Counter()})
+        g["count"] += 1
+        g["bytes"] += o["read"] + o["written"]
+        g["ops"][o["op"]] += 1
+    return sorted(groups.values(), key=lambda g: (-g["count"], -g["bytes"]))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="assets/world")
@@ -122,6 +153,8 @@ def main(argv=None) -> None:
     p.add_argument("--warm", type=int, default=None, help="steps before the counted one (default: the cache's "
                    "frames, so that the ring is full, as in a long play)")
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--lines", type=int, default=0, metavar="N",
+                   help="also list the N source lines that make the most ops (where to cut)")
     p.add_argument("--out", default=None, help="JSON of every batch's summary")
     args = p.parse_args(argv)
     if any(b < 1 for b in args.batch):
@@ -134,7 +167,8 @@ def main(argv=None) -> None:
     results = {}
     for batch in args.batch:
         start = time.time()
-        summary = summarize(step_ops(dynamics, batch, args.steps, args.warm), args.bandwidth, args.throughput)
+        ops = step_ops(dynamics, batch, args.steps, args.warm, lines=args.lines > 0)
+        summary = summarize(ops, args.bandwidth, args.throughput)
         t = summary["total"]
         print(f"\nbatch {batch}: {t['count']} ops, {(t['read'] + t['written']) / 2**20:.0f} MiB moved, "
               f"{t['flops'] / 1e9:.1f} GFLOP; floor {t['floor_ms']:.3f} ms a step "
@@ -143,6 +177,13 @@ def main(argv=None) -> None:
         for name, g in list(summary["ops"].items())[:args.top]:
             print(f"{name:32s} {g['count']:5d} {g['read'] / 2**20:10.1f} {g['written'] / 2**20:12.1f} "
                   f"{g['flops'] / 1e9:8.2f} {g['floor_ms']:9.3f}")
+        if args.lines:
+            lines = by_line(ops)
+            print(f"\n{'ops':>4s} {'MiB':>8s}  source line (the ops it makes)")
+            for g in lines[:args.lines]:
+                made = ", ".join(f"{n} {op}" for op, n in g["ops"].most_common(4))
+                print(f"{g['count']:4d} {g['bytes'] / 2**20:8.1f}  {g['line'][:90]}  ({made})")
+            summary["lines"] = [{**g, "ops": dict(g["ops"])} for g in lines]
         results[batch] = summary
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "batches": results}, indent=1))
