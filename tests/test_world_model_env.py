@@ -1,5 +1,6 @@
 """The world model behind the engine's interface: check_env, seeded determinism, info keys, the twin,
 snapshot/restore, the vector env against single envs, prompts from seeds, trajectories and images, bad input."""
+import dataclasses
 import os
 import warnings
 
@@ -145,8 +146,9 @@ def test_compiled_vector_env_equals_the_plain_one(tmp_path):
     """world.compile=true runs the sampler's buffered step and the decode under torch.compile with inductor, which
     generates and runs fused CPU kernels here: the same frames as the plain env's to a level of 255 (fusion reorders
     the float arithmetic), through an autoreset. (The sampler's tests trace every variant with aot_eager.)
-    One layer and one Euler step: inductor's C++ compiles on two cores are most of this test's time."""
-    world = random_world(tmp_path, *tiny_configs(n_layer=1))
+    One layer, one Euler step and one decoder block a level (the shipped decoder's): inductor's C++ compiles on two cores are most of this test's time."""
+    dynamics, autoencoder = tiny_configs(n_layer=1)
+    world = random_world(tmp_path, dynamics, dataclasses.replace(autoencoder, dec_blocks=1))  # as shipped
     kw = dict(checkpoint=world, max_episode_steps=3, timing=False, engine=None, steps=1)
     plain, compiled = WorldModelVectorEnv(2, **kw), WorldModelVectorEnv(2, **kw, compile=True)
     sampler = compiled.imagination.sampler
