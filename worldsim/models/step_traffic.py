@@ -14,6 +14,7 @@ A measured step far above it is waiting on something else (launches, a poorly sh
 import argparse
 import collections
 import json
+import linecache
 import sys
 import time
 from pathlib import Path
@@ -47,16 +48,16 @@ def flops(name: str, args) -> int:
     return 0
 
 
-ROOT = Path(__file__).resolve().parents[2]  # the project: its own lines are what an op is attributed to
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[2]  # the project: its own lines are what an op is attributed to
 
 
 def calling_line() -> str:
-    """The innermost line of the project's code (outside this file) on the stack: 'path:line code'."""
+    """The innermost line of the project's code (not this file, not the tests) on the stack: 'path:line code'."""
     frame = sys._getframe(2)
     while frame is not None:
         path = Path(frame.f_code.co_filename)
-        if path != Path(__file__).resolve() and ROOT in path.parents and "tests" not in path.parts:
-            import linecache
+        if path != HERE and ROOT in path.parents and "tests" not in path.relative_to(ROOT).parts:
             return f"{path.relative_to(ROOT)}:{frame.f_lineno} {linecache.getline(str(path), frame.f_lineno).strip()}"
         frame = frame.f_back
     return "?"
