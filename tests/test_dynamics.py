@@ -9,9 +9,9 @@ import torch
 import yaml
 
 import kernels
-from worldsim.models import dynamics
-from worldsim.models.dynamics import (ACTION_DIM, DynamicsConfig, DynamicsModel, flow_matching_loss,
-                                      load_dynamics, sample_noise_levels, shift_actions)
+from worldsim.models import camera, dynamics, objective
+from worldsim.models.dynamics import ACTION_DIM, DynamicsConfig, DynamicsModel, load_dynamics, shift_actions
+from worldsim.models.objective import flow_matching_loss, sample_noise_levels
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "dynamics"
 
@@ -66,7 +66,7 @@ def test_adaln_zero_blocks_are_identity_at_init():
     assert torch.equal(velocity(latents, actions, t), torch.zeros_like(latents))
     # the residual model's velocity is then that of its linear guess alone, from the turned previous frame
     prev, prev_t = model.previous(latents, t)
-    prev = dynamics.warp_previous(prev, actions, config.camera_warp, config.warp_keep_rows)
+    prev = camera.warp_previous(prev, actions, config.camera_warp, config.warp_keep_rows)
     expected = dynamics.residual_velocity(torch.zeros_like(latents), latents, t, prev, prev_t, config.change_var)
     torch.testing.assert_close(model(latents, actions, t), expected, rtol=0, atol=0)
 
@@ -239,7 +239,7 @@ def test_rollout_context_is_the_samplers_own_rollout():
     model = randomized(DynamicsModel(config), seed=2).eval()
     latents, actions, _ = inputs(config, B=2, T=8, seed=3)
     starts = torch.tensor([3, 5])
-    made = dynamics.own_rollout(model, config, latents, actions, starts, torch.Generator().manual_seed(4))
+    made = objective.own_rollout(model, config, latents, actions, starts, torch.Generator().manual_seed(4))
     g = torch.Generator().manual_seed(4)  # own_rollout's draws: per frame, the context noise and the frame's
     noise = []
     for _ in range(2):
@@ -288,7 +288,7 @@ def test_rollout_context_feeds_the_loss_and_gets_none():
     own = context & (torch.arange(8)[None] >= starts[:, None])
     rows = own.any(dim=1).nonzero().squeeze(1)
     assert 0 < len(rows) and bool((n[rows] >= 2).all())
-    made = dynamics.own_rollout(net, config, latents[rows], actions[rows], starts[rows], g)
+    made = objective.own_rollout(net, config, latents[rows], actions[rows], starts[rows], g)
     clean = latents.clone()
     clean[rows] = torch.where(own[rows, :, None, None, None], made, latents[rows])
     tb = t[:, :, None, None, None]
@@ -360,12 +360,12 @@ def test_worn_clips_are_flatter_blurred_and_shifted_within_strength():
     the channel means move by the drawn shift alone."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, 4, 8, 8, generator=g) * 2 + 1
-    torch.testing.assert_close(dynamics.worn(x, 0.0, torch.Generator().manual_seed(1)), x, rtol=0, atol=1e-5)
+    torch.testing.assert_close(objective.worn(x, 0.0, torch.Generator().manual_seed(1)), x, rtol=0, atol=1e-5)
     a = 0.6
-    y = dynamics.worn(x, a, torch.Generator().manual_seed(1))
+    y = objective.worn(x, a, torch.Generator().manual_seed(1))
     assert y.shape == x.shape and y.dtype == x.dtype
-    assert torch.equal(y, dynamics.worn(x, a, torch.Generator().manual_seed(1)))
-    assert not torch.equal(y, dynamics.worn(x, a, torch.Generator().manual_seed(2)))
+    assert torch.equal(y, objective.worn(x, a, torch.Generator().manual_seed(1)))
+    assert not torch.equal(y, objective.worn(x, a, torch.Generator().manual_seed(2)))
     ratio = y.std(dim=(3, 4)) / x.std(dim=(3, 4))  # (B, T, C)
     assert bool((ratio <= 1 + 1e-5).all())
     assert float(ratio.min()) > (1 - a) * 0.3  # a 3x3 blend keeps well over 0.3 of white noise's spread
@@ -376,9 +376,9 @@ def test_worn_clips_are_flatter_blurred_and_shifted_within_strength():
     assert float((shift - shift[:, :1]).abs().max()) < 1e-4
     spread = x.std(dim=(3, 4)).mean(dim=1)
     assert abs(float((shift[:, 0] / spread).std()) - a / 2) < 0.06  # N(0, (a/2 spread)^2)
-    half = dynamics.worn(x.half(), a, torch.Generator().manual_seed(1))
+    half = objective.worn(x.half(), a, torch.Generator().manual_seed(1))
     assert half.dtype == torch.float16
-    still = dynamics.worn(x, a, torch.Generator().manual_seed(1), shift=0.0)  # the colours stay
+    still = objective.worn(x, a, torch.Generator().manual_seed(1), shift=0.0)  # the colours stay
     torch.testing.assert_close(still.mean(dim=(3, 4)), x.mean(dim=(3, 4)), rtol=0, atol=1e-4)
 
 
@@ -406,7 +406,7 @@ def test_context_wear_feeds_the_loss_worn_context_and_gets_no_loss_there():
     t, context = sample_noise_levels(config, 6, 8, g, with_context=True)
     eps = torch.randn(latents.shape, generator=g)
     torch.rand(6, 1, generator=g)
-    clean = torch.where(context[:, :, None, None, None], dynamics.worn(latents, 0.5, g, shift=0.1), latents)
+    clean = torch.where(context[:, :, None, None, None], objective.worn(latents, 0.5, g, shift=0.1), latents)
     tb = t[:, :, None, None, None]
     x_t, levels = calls[0]
     torch.testing.assert_close(levels, t)
@@ -453,7 +453,7 @@ def test_start_bridge_trains_the_path_the_sampler_takes_from_the_last_frame():
     torch.testing.assert_close(levels, t)
     tb = t[:, :, None, None, None]
     cached = (1 - tb.clamp(max=0.1)) * latents + tb.clamp(max=0.1) * eps  # a frame as the sampler caches it
-    turned = dynamics.warp_previous(cached[:, :-1], shift_actions(actions)[:, 1:], 70.0, 2)
+    turned = camera.warp_previous(cached[:, :-1], shift_actions(actions)[:, 1:], 70.0, 2)
     x_s = (1 - s) * turned + s * noise
     pick = chosen[:, 1:]
     r = (t[:, 1:] / s)[:, :, None, None, None]
@@ -518,7 +518,7 @@ def test_start_bridge_starts_idle_frames_at_idle_start():
     assert bool((still & (t > idle) & (t <= s))[:, 1:].any())  # idle frames a start of s would have bridged
     tb = t[:, :, None, None, None]
     cached = (1 - tb.clamp(max=0.1)) * latents + tb.clamp(max=0.1) * eps
-    turned = dynamics.warp_previous(cached[:, :-1], shift_actions(actions)[:, 1:], 70.0, 2)
+    turned = camera.warp_previous(cached[:, :-1], shift_actions(actions)[:, 1:], 70.0, 2)
     sv = starts[:, 1:, None, None, None]
     x_s = (1 - sv) * turned + sv * noise
     r = t[:, 1:, None, None, None] / sv
@@ -609,9 +609,9 @@ def test_untrained_residual_model_continues_from_the_last_frame():
 
 def test_camera_vector_entries_are_the_action_schemas():
     from worldsim.engine import actions
-    assert dynamics.ACTION_DIM == actions.ACTION_DIM and dynamics.CAMERA_MAX_DEGREES == actions.CAMERA_MAX_DEGREES
-    assert actions.VECTOR_ORDER[dynamics._CAMERA_PITCH] == "camera_pitch"
-    assert actions.VECTOR_ORDER[dynamics._CAMERA_YAW] == "camera_yaw"
+    assert dynamics.ACTION_DIM == actions.ACTION_DIM and camera.CAMERA_MAX_DEGREES == actions.CAMERA_MAX_DEGREES
+    assert actions.VECTOR_ORDER[camera._CAMERA_PITCH] == "camera_pitch"
+    assert actions.VECTOR_ORDER[camera._CAMERA_YAW] == "camera_yaw"
 
 
 def test_warp_previous_turns_the_view_as_the_engine_does():
@@ -624,20 +624,20 @@ def test_warp_previous_turns_the_view_as_the_engine_does():
     env = VoxelEnv(EngineConfig())
     old, _ = env.reset(seed=3)
     inner = (slice(16, -24), slice(16, -16))  # away from the revealed edges and the hotbar
-    for camera in ([0.0, 6.0], [0.0, -9.0], [5.0, 0.0], [-7.0, 4.0]):
-        action = {**actions.noop(), "camera": np.array(camera, np.float32)}
+    for move in ([0.0, 6.0], [0.0, -9.0], [5.0, 0.0], [-7.0, 4.0]):
+        action = {**actions.noop(), "camera": np.array(move, np.float32)}
         new, *_ = env.step(action)
         vector = torch.from_numpy(actions.to_vector(action))[None, None]
         frame = torch.from_numpy(old).permute(2, 0, 1)[None, None].float()
 
         def warped(scale):
-            out = dynamics.warp_previous(frame, vector * scale, env.config.fov, keep_rows=16)
+            out = camera.warp_previous(frame, vector * scale, env.config.fov, keep_rows=16)
             return out[0, 0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
 
         score = lambda image: float(psnr(image[None][:, inner[0], inner[1]], new[None][:, inner[0], inner[1]])[0])
         turned = warped(1.0)
-        assert score(turned) > score(old) + 3, camera
-        assert score(turned) > max(score(warped(-1.0)), score(warped(0.5))) + 1.5, camera
+        assert score(turned) > score(old) + 3, move
+        assert score(turned) > max(score(warped(-1.0)), score(warped(0.5))) + 1.5, move
         assert np.array_equal(turned[-16:], old[-16:])
         assert np.abs(warped(0.0).astype(int) - old).max() <= 1
         old = new
@@ -653,12 +653,12 @@ def test_camera_warp_model_starts_from_the_turned_last_frame():
     g = torch.Generator().manual_seed(0)
     prompt = torch.randn(2, 3, config.latent_channels, 8, 8, generator=g)
     action = torch.zeros(2, ACTION_DIM)
-    action[:, dynamics._CAMERA_YAW], action[:, dynamics._CAMERA_PITCH] = torch.tensor([0.4, -0.8]), 0.3
+    action[:, camera._CAMERA_YAW], action[:, camera._CAMERA_PITCH] = torch.tensor([0.4, -0.8]), 0.3
     for warp in (70.0, 0.0):
         sampler = Sampler(DynamicsModel(dataclasses.replace(config, camera_warp=warp)).eval(), batch_size=2, steps=2)
         sampler.reset(prompt, torch.zeros(2, 2, ACTION_DIM))
         frame = sampler.step(action)
-        want = dynamics.warp_previous(prompt[:, -1:], action[:, None], 70.0, 1) if warp else prompt[:, -1:]
+        want = camera.warp_previous(prompt[:, -1:], action[:, None], 70.0, 1) if warp else prompt[:, -1:]
         torch.testing.assert_close(frame, want, rtol=1e-4, atol=1e-4)
         assert (float((want - prompt[:, -1:]).abs().mean()) > 0.1) == bool(warp)  # the turn moved it
 

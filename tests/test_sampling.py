@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, known_view, step_levels, warp_previous
+from worldsim.models.camera import known_view, warp_previous
+from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, step_levels
 from worldsim.sampling import (KVCache, Sampler, commit_chunk, denoise_chunk, last_step_commits, make_caches, prefill,
                                sample_levels)
 from worldsim.view_memory import ViewMemory
@@ -432,7 +433,7 @@ def test_spread_floor_sampling_equals_recomputing_everything(fuse_commit, graphs
 
 
 def test_spread_floor_is_the_data_floor_and_is_checked():
-    from worldsim.models.dynamics import frame_spread_floor
+    from worldsim.models.guards import frame_spread_floor
     g = torch.Generator().manual_seed(0)
     frames = torch.randn(1000, 4, 3, 3, generator=g) * torch.arange(1.0, 5.0).view(1, 4, 1, 1)  # channel c: std c+1
     floor = frame_spread_floor(frames.numpy(), 10.0)
@@ -459,7 +460,7 @@ def test_spread_floor_is_the_data_floor_and_is_checked():
 
 
 def test_guard_range_is_the_data_range_and_is_checked():
-    from worldsim.models.dynamics import frame_mean_range
+    from worldsim.models.guards import frame_mean_range
     g = torch.Generator().manual_seed(0)
     frames = torch.randn(1000, 4, 2, 2, generator=g) + torch.arange(4.0).view(1, 4, 1, 1)  # channel c about c
     bounds = frame_mean_range(frames.numpy(), 5.0)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from worldsim.models import dynamics
+from worldsim.models import camera as warp
+from worldsim.models import dynamics, objective
 from worldsim.models.dynamics import ACTION_DIM, DynamicsConfig, DynamicsModel
 from worldsim.view_memory import ViewMemory
 
@@ -16,8 +17,8 @@ from test_dynamics import one_thread, tiny_config  # noqa: F401  (one_thread: au
 def camera(pitch: float, yaw: float, batch: int = 1):
     """Model-order action vectors (B, 1, 25) of a pure camera move in degrees."""
     a = torch.zeros(batch, 1, ACTION_DIM)
-    a[..., dynamics._CAMERA_PITCH] = pitch / dynamics.CAMERA_MAX_DEGREES
-    a[..., dynamics._CAMERA_YAW] = yaw / dynamics.CAMERA_MAX_DEGREES
+    a[..., warp._CAMERA_PITCH] = pitch / warp.CAMERA_MAX_DEGREES
+    a[..., warp._CAMERA_YAW] = yaw / warp.CAMERA_MAX_DEGREES
     return a
 
 
@@ -60,16 +61,16 @@ def test_warp_fills_only_what_the_turn_reveals():
     prev = torch.randn(2, 1, 3, 8, 8, generator=g)
     fill = torch.randn(2, 1, 3, 8, 8, generator=g)
     turn = camera(0, 20, batch=2)
-    plain = dynamics.warp_previous(prev, turn, 70.0, keep_rows=1)
+    plain = warp.warp_previous(prev, turn, 70.0, keep_rows=1)
     none = torch.zeros(2, 1, 1, 8, 8, dtype=torch.bool)
-    assert torch.equal(dynamics.warp_previous(prev, turn, 70.0, 1, (fill, none)), plain)
-    filled = dynamics.warp_previous(prev, turn, 70.0, 1, (fill, ~none))
+    assert torch.equal(warp.warp_previous(prev, turn, 70.0, 1, (fill, none)), plain)
+    filled = warp.warp_previous(prev, turn, 70.0, 1, (fill, ~none))
     changed = (filled != plain).any(2)[:, 0]  # (B, h, w)
     # a turn right reveals the right-hand columns; the HUD row stays the old frame's
     assert changed[:, :-1, -1].all() and not changed[:, :, :4].any() and not changed[:, -1].any()
     torch.testing.assert_close(filled[..., :-1, -1], fill[..., :-1, -1])
     with pytest.raises(ValueError, match="fill"):
-        dynamics.warp_previous(prev, turn, 70.0, 1, (fill[:, :, :2], ~none))
+        warp.warp_previous(prev, turn, 70.0, 1, (fill[:, :, :2], ~none))
     model = DynamicsModel(tiny_config(latent_height=8, latent_width=8, camera_warp=0.0))
     with pytest.raises(ValueError, match="camera_warp"):
         model(torch.zeros(2, 1, 16, 8, 8), turn, torch.ones(2, 1), fill=(torch.zeros(2, 1, 16, 8, 8), ~none))
@@ -120,12 +121,12 @@ def test_training_clips_paint_only_their_context_frames():
     moves = torch.cat([camera(0, 0, 2)] + [camera(0, 20, 2)] * 3 + [camera(0, -20, 2)] * 3, dim=1)  # (2, 7, 25)
     levels = torch.full((2, 7), 0.1)
     levels[1, 0] = 0.9  # the second clip's first frame is a target
-    fill, valid = dynamics.clip_view_fill(config, x, levels, moves)
+    fill, valid = objective.clip_view_fill(config, x, levels, moves)
     assert fill.shape == x.shape and valid.shape == (2, 7, 1, 16, 16)
     left = valid[:, -1, 0, 1:-3, 1:4]  # the last frame, back at the first view: its left columns only frame 0 saw
     assert left[0].all() and not left[1].any()
     model = DynamicsModel(config)
-    loss, _ = dynamics.flow_matching_loss(model, config, x, torch.rand(2, 7, ACTION_DIM, generator=g), g)
+    loss, _ = objective.flow_matching_loss(model, config, x, torch.rand(2, 7, ACTION_DIM, generator=g), g)
     loss.backward()
     assert torch.isfinite(loss) and model.prev_embed.weight.grad is not None
 
@@ -161,7 +162,7 @@ def test_frames_keep_their_view_standing_or_turning_fast():
     actions[0, 3, 16] = 1.0    # 10° right: fast
     actions[0, 4, 11] = 1.0    # walking
     actions[0, 5, 15:17] = torch.tensor([0.1, 0.5])  # 5° right and 1° down: fast
-    assert dynamics.keeps_view(c, actions).tolist() == [[True, False, False, True, False, True]]
+    assert warp.keeps_view(c, actions).tolist() == [[True, False, False, True, False, True]]
 
 
 def test_known_view_is_what_a_turn_keeps():
@@ -172,24 +173,24 @@ def test_known_view_is_what_a_turn_keeps():
     fill = torch.randn(2, 1, 3, 8, 8, generator=g)
     valid = torch.zeros(2, 1, 1, 8, 8, dtype=torch.bool)
     valid[..., :, -4:] = True  # the memory holds the right half
-    view, known = dynamics.known_view(prev, camera(0, 0, 2), 70.0, 1)
+    view, known = warp.known_view(prev, camera(0, 0, 2), 70.0, 1)
     torch.testing.assert_close(view, prev)
     assert known.all()
-    view, known = dynamics.known_view(prev, camera(0, 0, 2), 70.0, 1, (fill, valid))
+    view, known = warp.known_view(prev, camera(0, 0, 2), 70.0, 1, (fill, valid))
     torch.testing.assert_close(view, prev)  # standing: the frame as it is, not the panorama's resampling
     assert known.all()
     turn = camera(0, 20, 2)
-    view, known = dynamics.known_view(prev, turn, 70.0, 1)
-    torch.testing.assert_close(view, dynamics.warp_previous(prev, turn, 70.0, 1))
+    view, known = warp.known_view(prev, turn, 70.0, 1)
+    torch.testing.assert_close(view, warp.warp_previous(prev, turn, 70.0, 1))
     assert not known[..., :-1, -1].any() and known[..., :, :4].all() and known[..., -1, :].all()  # HUD row kept
-    view, known = dynamics.known_view(prev, turn, 70.0, 1, (fill, valid))
+    view, known = warp.known_view(prev, turn, 70.0, 1, (fill, valid))
     assert known.all() and torch.equal(view[..., :-1, -4:], fill[..., :-1, -4:])
     torch.testing.assert_close(view[..., -1, :], prev[..., -1, :])  # the HUD row is the frame's, not the memory's
     walk = turn.clone()
     walk[..., 11] = 1.0
-    assert not dynamics.known_view(prev, walk, 70.0, 1, (fill, valid))[1].any()
+    assert not warp.known_view(prev, walk, 70.0, 1, (fill, valid))[1].any()
     slow = torch.zeros(2, 1, dtype=torch.bool)  # keeps_view says which frames keep
-    assert not dynamics.known_view(prev, turn, 70.0, 1, (fill, valid), keep=slow)[1].any()
+    assert not warp.known_view(prev, turn, 70.0, 1, (fill, valid), keep=slow)[1].any()
     with pytest.raises(ValueError, match="keep_view"):
         tiny_config(camera_warp=0.0, keep_view=True)
     with pytest.raises(ValueError, match="keep_view"):

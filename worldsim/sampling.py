@@ -32,9 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
+from worldsim.models.camera import keeps_view, known_view, turn_previous, warp_previous
 from worldsim.models.dynamics import (ACTION_DIM, DynamicsModel, check_actions, check_latents,  # noqa: F401
-                                      keeps_view, known_view, per_frame, sample_levels, start_levels,
-                                      step_levels, turn_previous, warp_previous)  # sample_levels: re-exported
+                                      per_frame, sample_levels, start_levels, step_levels)  # sample_levels: re-exported
 from worldsim.view_memory import ViewMemory
 
 

@@ -20,7 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from worldsim.models.dynamics import _CAMERA_PITCH, _CAMERA_YAW, CAMERA_MAX_DEGREES, DynamicsConfig, screen_rays
+from worldsim.models.camera import _CAMERA_PITCH, _CAMERA_YAW, CAMERA_MAX_DEGREES, screen_rays
+from worldsim.models.dynamics import DynamicsConfig
 
 NEVER = 1e9  # the age of a panorama cell no frame has painted
 

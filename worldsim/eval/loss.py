@@ -6,7 +6,7 @@
 The clips (every `--stride` frames, then a fixed draw of `--clips` of them), their noise levels and their noise
 are the same for every checkpoint, so two checkpoints' numbers are paired: the way to tell whether a run fits
 held-out worlds better, or how far its training worlds are ahead of unseen ones (overfitting), in a minute.
-The loss is the training objective's, with the checkpoint's own settings (dynamics.flow_matching_loss).
+The loss is the training objective's, with the checkpoint's own settings (objective.flow_matching_loss).
 """
 import argparse
 import json
@@ -22,7 +22,7 @@ def clip_loss(model, cache, *, episodes: tuple[int, int] | None = None, clips: i
     """Mean loss over `repeats` draws of noise on `clips` clips of the cache's episodes [lo, hi), with its
     standard error over batches."""
     from worldsim.data.cache import ClipDataset
-    from worldsim.models.dynamics import flow_matching_loss
+    from worldsim.models.objective import flow_matching_loss
     config = model.config
     dataset = ClipDataset(cache, config.context_frames, stride=stride, latents=True)
     episode = dataset.clip_episodes

@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from worldsim.models.dynamics import ACTION_DIM, DynamicsConfig, flow_matching_loss
+from worldsim.models.dynamics import ACTION_DIM, DynamicsConfig
+from worldsim.models.objective import flow_matching_loss
 from worldsim.sampling import Sampler, sample_levels
 from worldsim.training.checkpoint import CheckpointError, read_tensors, write_tensors
 from worldsim.training.wrap import unwrap

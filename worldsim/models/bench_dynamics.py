@@ -110,7 +110,7 @@ def time_training(config: DynamicsConfig, batch: int, device, steps: int = 20, w
     """Training throughput of flow_matching_loss + backward + AdamW on random clips of context_frames frames:
     bf16 autocast on CUDA (fp32 on the CPU), tokens/s and model FLOPs utilisation; `compile`: the model under
     torch.compile, as train.compile=true runs it (its compile happens in the untimed warm-up steps)."""
-    from worldsim.models.dynamics import flow_matching_loss
+    from worldsim.models.objective import flow_matching_loss
     torch.manual_seed(0)
     model = DynamicsModel(config).to(device)
     net = torch.compile(model) if compile else model

@@ -15,11 +15,37 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from worldsim.data.cache import Cache
-from worldsim.models.dynamics import DynamicsConfig, frame_mean_range, frame_spread_floor
+from worldsim.models.dynamics import DynamicsConfig
 from worldsim.training.checkpoint import config_from_dict, read_json, write_json
 
 NAMES = ("model", "ema")
+
+
+def _spaced_frames(latents, max_frames: int) -> np.ndarray:
+    """At most max_frames evenly spaced frames of `latents` (memory-mapped is fine), as float32."""
+    return np.asarray(latents[::max(1, -(-len(latents) // max_frames))], dtype=np.float32)
+
+
+def frame_mean_range(latents, percentile: float, max_frames: int = 20000) -> tuple:
+    """guard_range of frames (N, C, h, w) (a cache's latents, memory-mapped is fine): the `percentile` and
+    100 - `percentile` percentiles of each channel's spatial mean, over at most max_frames evenly spaced frames."""
+    if len(latents) == 0:
+        raise ValueError("frame_mean_range needs at least one frame")
+    means = _spaced_frames(latents, max_frames).mean(axis=(2, 3))
+    low, high = np.percentile(means, [percentile, 100 - percentile], axis=0)  # (C,) each
+    return tuple(float(v) for v in np.concatenate([low, high]))
+
+
+def frame_spread_floor(latents, percentile: float, max_frames: int = 20000) -> tuple:
+    """spread_floor of frames (N, C, h, w) (memory-mapped is fine): the `percentile` percentile of each channel's
+    spatial std, over at most max_frames evenly spaced frames."""
+    if len(latents) == 0:
+        raise ValueError("frame_spread_floor needs at least one frame")
+    stds = _spaced_frames(latents, max_frames).std(axis=(2, 3))
+    return tuple(float(v) for v in np.percentile(stds, percentile, axis=0))
 
 
 def with_guards(run, data, out, latent_guard: float | None = None, spread_guard: float | None = None) -> dict:

@@ -15,8 +15,9 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from worldsim.data.cache import Cache, ClipDataset
-from worldsim.models.dynamics import (DynamicsConfig, DynamicsModel, check_trainable, flow_matching_loss,
-                                      frame_mean_range, frame_spread_floor, grow_from)
+from worldsim.models.dynamics import DynamicsConfig, DynamicsModel, grow_from
+from worldsim.models.guards import frame_mean_range, frame_spread_floor
+from worldsim.models.objective import check_trainable, flow_matching_loss
 from worldsim.sampling import Sampler
 from worldsim.training import TrainConfig, train, unwrap
 
