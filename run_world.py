@@ -79,8 +79,11 @@ def run_play(cfg: DictConfig) -> None:
         print(f"{no_display}: playing a scripted {play_config.headless_seconds:g}-second walk headless instead",
               file=sys.stderr)
         return run_headless(cfg, kind, play_config)
-    ticks = play(lambda: make_env(cfg, kind), play_config, seed=cfg.seed)  # made where its frames will be
-    print(f"played {ticks} ticks")
+    game = play(lambda: make_env(cfg, kind), play_config, seed=cfg.seed)  # made where its frames will be
+    print(f"played {game.ticks} ticks")
+    hint = game.slow_play_hint()
+    if hint is not None:
+        print(f"note: {hint}")
 
 
 def run_headless(cfg: DictConfig, kind: str, play_config) -> None:

@@ -218,6 +218,38 @@ def test_steps_twin_screenshot_and_new_world_keys(model_game):
     assert game.info["seed"] != seed and game.info["tick"] == 1
 
 
+def test_frames_slower_than_the_pace_end_with_a_hint_naming_what_to_try(model_world):
+    """`slow_play_hint` (printed when play ends): None while the model's frames keep the game's pace or too few were
+    made to tell; else their median against the frame's budget, and what makes them faster on this CPU. The engine,
+    which reports no model time, never gets one."""
+    import torch
+    from worldsim.envs.world_model import WorldModelEnv
+    from worldsim.play.game import SLOW_MIN_FRAMES
+    threads = torch.get_num_threads()
+    env = WorldModelEnv(checkpoint=model_world, engine=None)
+    for fps in (1, 1000):  # a frame's budget: 1,000 ms, which the tiny world keeps; 1 ms, which it cannot
+        played = Game(env, PlayConfig(scale=1, generation="inline", fps=fps), seed=0)
+        for _ in range(SLOW_MIN_FRAMES - 1):
+            played.tick([])
+        assert played.slow_play_hint() is None
+        played.tick([])
+        hint = played.slow_play_hint()
+        if fps == 1:
+            assert hint is None
+        else:
+            median = np.median(played.frame_ms)
+            assert hint.startswith(f"the model's frames took {median:.0f} ms (median) against the 1 ms a frame of "
+                                   "1000 frames/s")
+            assert "world.compile=true" in hint and "[ takes a denoising step off" in hint
+        played.close()
+    torch.set_num_threads(threads)
+    engine = Game(VoxelEnv(width=32, height=24, view_distance=16), PlayConfig(scale=1, fps=1000), seed=0)
+    for _ in range(SLOW_MIN_FRAMES):
+        engine.tick([])
+    assert engine.slow_play_hint() is None
+    engine.close()
+
+
 def test_threaded_generation_keeps_the_loop_responsive_and_the_env_on_one_thread(model_world, tmp_path):
     """The worker makes the env and makes every call on it, so one thread computes (worker.py says why)."""
     import threading

@@ -83,7 +83,7 @@ class WorldModelConfig:
     torch_threads: int | None = 2     # torch's CPU threads, at most the cores (pin_torch_threads); None: left alone
     cuda_graphs: bool = True          # on CUDA, replay each sampler step as a CUDA graph (Sampler(graphs=True))
     compile: bool = False             # the sampler's step and the decoder under torch.compile (Sampler(compile=True)):
-                                      # small ops fused; the first reset compiles (on a 2-core CPU 40-100 s, 10 s with
+                                      # small ops fused; the first reset compiles (on a 2-core CPU 1-4 min, 10 s with
                                       # inductor's cache warm), a step count not used yet at its first step
     precision: str = "fp32"           # fp32 | bf16: the dynamics model's weights, KV cache and sampling (the
                                       # decoder's is decode_precision); bf16 halves the cache's bytes and runs the
@@ -420,7 +420,7 @@ class Imagination:
         """world.compile: compile the step (and on CUDA capture its graphs) during the first reset, by two steps
         from the state just reset that are then undone (`snapshot`/`restore`: exact), so that play does not stall
         on its first frames. A step count not used yet compiles at its first step."""
-        print("world.compile=true: compiling the sampler's step and the decoder (on a 2-core CPU 40-100 s the first "
+        print("world.compile=true: compiling the sampler's step and the decoder (on a 2-core CPU 1-4 minutes the first "
               "time, about 10 s once inductor's cache holds them)", file=sys.stderr, flush=True)
         state = self.snapshot()
         try:

@@ -7,6 +7,7 @@ import collections
 import datetime
 import math
 import os
+import statistics
 import sys
 import threading
 import time
@@ -23,6 +24,8 @@ from worldsim.play.keymap import ARROW_KEYS, GAME_KEYS, HELD_KEYS, HOTBAR_KEYS, 
 from worldsim.play.worker import FrameWorker, StepResult, step_env  # noqa: E402
 
 GENERATION_MODES = ("auto", "thread", "inline")
+SLOW_WINDOW_FRAMES = 1200  # the model's frame times kept for `slow_play_hint`: a minute at 20 frames/s
+SLOW_MIN_FRAMES = 20       # fewer frames than this say too little to judge the pace by
 
 
 @dataclass
@@ -258,6 +261,7 @@ class Game:
         self.draws = 0  # window redraws
         self.tick_times: list[float] = []  # wall-clock time of recent frames, for the measured fps
         self.shown: list[tuple[int, float]] = []  # (input events a new frame reflects, when it was first drawn)
+        self.frame_ms: collections.deque[float] = collections.deque(maxlen=SLOW_WINDOW_FRAMES)  # the model's ms
 
     def _first_reset(self, seed):
         obs, info = self.env.reset(seed=seed)
@@ -338,6 +342,8 @@ class Game:
             self.twin = result.extra
         self.ticks += 1
         self.tick_times = (self.tick_times + [time.perf_counter()])[-self.config.fps:]
+        if result.info.get("ms_per_frame") is not None:
+            self.frame_ms.append(result.info["ms_per_frame"])
         self.shown.append((result.events_seen, math.nan))
 
     def _after_step(self, obs, info, reset: bool):
@@ -536,6 +542,22 @@ class Game:
             parts.append(f"PSNR {psnr(self.obs, twin):.1f} dB")
         return "  ".join(parts)
 
+    def slow_play_hint(self) -> str | None:
+        """What to try when the model's frames took longer than the game's pace over the last minute of play (the
+        world then runs slower than real time), as one line for the console; None when they kept pace."""
+        if len(self.frame_ms) < SLOW_MIN_FRAMES:
+            return None
+        median, budget = statistics.median(self.frame_ms), 1000.0 / self.config.fps
+        if median <= budget:
+            return None
+        env = getattr(self.env, "unwrapped", self.env)
+        tips = ["[ takes a denoising step off each frame"]
+        if getattr(env, "device", None) == "cpu" and not getattr(getattr(env, "config", None), "compile", True):
+            tips.insert(0, "world.compile=true makes them about a fifth faster on a 2-core CPU (compiled when the "
+                           "world starts: 1-4 minutes the first time, about 10 s once inductor's cache holds it)")
+        return (f"the model's frames took {median:.0f} ms (median) against the {budget:.0f} ms a frame of "
+                f"{self.config.fps} frames/s, so the world ran slower than real time: " + "; ".join(tips))
+
     def overlay_lines(self) -> list[str]:
         """The F3 debug text: measured fps, position, facing, tick, target."""
         info = self.info
@@ -550,8 +572,9 @@ class Game:
         ]
 
 
-def play(env, config: PlayConfig, seed: int | None = None) -> int:
-    """Open the window and play `env` (or the env a function makes); returns the number of ticks played."""
+def play(env, config: PlayConfig, seed: int | None = None) -> Game:
+    """Open the window and play `env` (or the env a function makes) until the player quits; returns the game
+    (`ticks` played, `slow_play_hint`, recordings `saved`)."""
     game = Game(env, config, seed=seed)
     game.run()
-    return game.ticks
+    return game
