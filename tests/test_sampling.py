@@ -197,7 +197,8 @@ def test_cached_sampling_equals_recomputing_everything(chunk_frames, context_fra
 def test_committing_before_the_actions_come_equals_recomputing_everything(chunk_frames, context_frames,
                                                                            prompt_frames, chunks):
     """`Sampler.commit` (what play runs while a frame is shown) after some steps and not others: the frames of
-    recomputing everything, and snapshots taken after a commit and before one replay them exactly."""
+    recomputing everything, and snapshots taken after a commit and before one replay them exactly. The buffered
+    (graphed) step commits the same way, from its first chunk on, which the plain path makes."""
     from_last = dict(sample_start=0.6, keep_view=True, idle_start=0.2) if chunk_frames == 1 else {}  # needs K = 1
     model = small_model(chunk_frames=chunk_frames, context_frames=context_frames, **from_last,
                         **VARIANTS[VARIANT_IDS.index("view-memory")])
@@ -231,8 +232,13 @@ def test_committing_before_the_actions_come_equals_recomputing_everything(chunk_
                 sampler.commit()
     graphed = Sampler(model, batch_size=2, steps=3, seed=7, graphs=True)
     graphed.reset(prompt, prompt_actions)
-    graphed.step(step_actions[0])
-    assert not graphed.commit()  # the graphed step fuses the commit: commit leaves it to it
+    assert not graphed.commit()
+    made = []
+    for i, a in enumerate(step_actions):
+        made.append(graphed.step(a))
+        if committed(i):  # the first chunk too, which the plain path made: it moves into the buffered step's buffers
+            assert graphed.commit() and not graphed.commit()
+    torch.testing.assert_close(torch.cat(made, 1), torch.cat(out, 1), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS[2:], ids=VARIANT_IDS[2:])
@@ -700,7 +706,7 @@ def test_graphed_commit_ahead_equals_the_plain_sampler(variant):
             assert torch.equal(x, y)
         outputs.append((torch.cat(frames, 1), commits))
     (plain, plain_commits), (graphed, graphed_commits) = outputs
-    assert graphed_commits[1:] == plain_commits[1:] and all(graphed_commits[2:])
+    assert graphed_commits == plain_commits and all(graphed_commits[1:])
     torch.testing.assert_close(graphed, plain, rtol=1e-5, atol=1e-5)
 
 

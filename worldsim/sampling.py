@@ -498,11 +498,16 @@ class Sampler:
         one chunk instead of a pass of two chunks and S - 1 of one), and returns what it would have returned
         (the same as `fuse_commit=False`). Play calls it while the last frame is shown, so that the step after
         the next input is shorter. With `graphs` the buffered step splits the same way: the commit body now (a graph
-        of its own on CUDA), the denoise body in the next step. False when there was no commit to run."""
+        of its own on CUDA), the denoise body in the next step; a chunk the plain path made (the first after a reset or
+        a restore) moves into the buffers first, so that play, which commits after every step, never runs the fused
+        body (one graph fewer to compile or capture). False when there was no commit to run."""
         if self.graphs:
-            if not self._buffered or self._committed or self.config.commit_last_step:
-                return False  # before the first buffered step the plain path commits at its next step
+            if self._committed or self.config.commit_last_step or (not self._buffered and self.pending is None):
+                return False
             with self._mode():
+                if not self._buffered:
+                    self._paint()  # the plain step left its chunk unpainted
+                    self._enter_buffers()
                 self._run(("commit", None))
             self._committed = True
             return True
@@ -633,27 +638,11 @@ class Sampler:
             return self._buffered_step(actions, steps)
 
     def _buffered_step(self, actions, steps: int):
-        K, b = self.config.chunk_frames, self._buffers
+        K = self.config.chunk_frames
         self._paint()  # the plain step before left its chunk unpainted
-        if b is None:
-            b = self._buffers = self._make_buffers()
-        if not self._buffered and self.config.commit_last_step:  # last moves into the buffers (nothing pends)
-            b["before"].copy_(self.last[0])
-            b["before_levels"].copy_(self.last[1])
-            b["frame"].fill_(self.frame)
-            self.last = None
-            self._buffered = True
-        if not self._buffered:  # pending and last move into the buffers
-            prev, prev_actions, prev_noise, prev_fill = self.pending
-            for name, value in zip(("prev", "prev_actions", "prev_noise", "before", "before_levels"),
-                                   (prev, prev_actions, prev_noise, *self.last)):
-                b[name].copy_(value)
-            if prev_fill is not None:
-                b["prev_fill"].copy_(prev_fill[0])
-                b["prev_valid"].copy_(prev_fill[1])
-            b["frame"].fill_(self.frame)
-            self.pending = self.last = self._pending_inputs = None
-            self._buffered = True
+        if not self._buffered:
+            self._enter_buffers()
+        b = self._buffers
         b["actions"].copy_(actions)
         b["noise"].copy_(self._noise(K))  # drawn in the order of the plain step: the chunk's, then its commit's
         b["commit_noise"].copy_(self._noise(K))
@@ -661,6 +650,27 @@ class Sampler:
         self._committed = False
         self.frame += K
         return b["out"].clone()
+
+    def _enter_buffers(self) -> None:
+        """Move the plain path's state into the buffers: the last frame, and the chunk pending its commit (with
+        `commit_last_step` nothing pends)."""
+        if self._buffers is None:
+            self._buffers = self._make_buffers()
+        b = self._buffers
+        if self.config.commit_last_step:
+            b["before"].copy_(self.last[0])
+            b["before_levels"].copy_(self.last[1])
+        else:
+            prev, prev_actions, prev_noise, prev_fill = self.pending
+            for name, value in zip(("prev", "prev_actions", "prev_noise", "before", "before_levels"),
+                                   (prev, prev_actions, prev_noise, *self.last)):
+                b[name].copy_(value)
+            if prev_fill is not None:
+                b["prev_fill"].copy_(prev_fill[0])
+                b["prev_valid"].copy_(prev_fill[1])
+        b["frame"].fill_(self.frame)
+        self.pending = self.last = self._pending_inputs = None
+        self._buffered = True
 
     def _replay(self, key: tuple) -> None:
         graph = self._graphs.get(key)

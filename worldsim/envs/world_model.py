@@ -419,18 +419,19 @@ class Imagination:
     def _compile_now(self, action_dim: int) -> None:
         """world.compile: compile the step (and on CUDA capture its graphs) during the first reset, by two steps
         from the state just reset that are then undone (`snapshot`/`restore`: exact), so that play does not stall
-        on its first frames. A step count not used yet compiles at its first step."""
+        on its first frames: with `prepares`, play's commit ahead and the step after it, else the fused step. A step
+        count not used yet compiles at its first step."""
         print("world.compile=true: compiling the sampler's step and the decoder (on a 2-core CPU 1-4 minutes the first "
               "time, about 10 s once inductor's cache holds them)", file=sys.stderr, flush=True)
         state = self.snapshot()
         try:
             still = np.zeros((self.sampler.batch_size, action_dim), np.float32)
-            for _ in range(2 * self.chunk_frames):  # the first chunk after a reset is a plain step; the second compiled
+            for _ in range(self.chunk_frames):  # the first chunk after a reset is a plain step
                 self.step(still)
-            if self.prepares:  # the commit ahead and the denoise-only step after it, as play runs them
+            if self.prepares:  # play: the commit ahead, then the denoise-only step (the fused step never runs there)
                 self.prepare()
-                for _ in range(self.chunk_frames):
-                    self.step(still)
+            for _ in range(self.chunk_frames):  # compiled: the denoise body after a commit, else the fused body
+                self.step(still)
         except Exception as error:  # no C compiler for inductor, a torch without it, ...
             cause = getattr(error, "inner_exception", None) or error.__cause__ or error  # a backend's own error
             first = (str(cause).strip().splitlines() or [""])[0]
