@@ -163,9 +163,9 @@ def test_compiled_vector_env_equals_the_plain_one(tmp_path):
 
 
 def test_a_compiled_env_compiles_everything_play_runs_at_its_reset(world):
-    """world.compile in the env play drives: the first reset compiles the fused step, the commit ahead (`prepare`)
-    and the step after it, so that play's steps and prepares then compile nothing (a compile mid-play is a stall
-    of seconds). Traced with aot_eager here, as in the sampler's tests."""
+    """world.compile in the env play drives: the first reset compiles the commit ahead (`prepare`) and the step
+    after it, so that play's steps and prepares then compile nothing (a compile mid-play is a stall of seconds),
+    nor do steps without a prepare, which commit first. Traced with aot_eager here, as in the sampler's tests."""
     from torch._dynamo.utils import counters
     env = make(world, compile=True, timing=False)
     sampler = env.imagination.sampler
@@ -179,6 +179,8 @@ def test_a_compiled_env_compiles_everything_play_runs_at_its_reset(world):
     for a in walk(4):
         env.step(a)
         env.prepare()
+    for a in walk(3):  # a caller that never prepares (a gymnasium loop, the headless walk): the step commits first
+        env.step(a)
     assert counters["stats"]["unique_graphs"] == graphs
 
 

@@ -419,8 +419,8 @@ class Imagination:
     def _compile_now(self, action_dim: int) -> None:
         """world.compile: compile the step (and on CUDA capture its graphs) during the first reset, by two steps
         from the state just reset that are then undone (`snapshot`/`restore`: exact), so that play does not stall
-        on its first frames: with `prepares`, play's commit ahead and the step after it, else the fused step. A step
-        count not used yet compiles at its first step."""
+        on its first frames: with `prepares` (the single env, whose steps commit first where `prepare` did not) the
+        commit body and the denoise body, else the fused step. A step count not used yet compiles at its first step."""
         print("world.compile=true: compiling the sampler's step and the decoder (on a 2-core CPU 1-4 minutes the first "
               "time, about 10 s once inductor's cache holds them)", file=sys.stderr, flush=True)
         state = self.snapshot()
@@ -447,6 +447,8 @@ class Imagination:
         if not self.queue:
             from worldsim.models.autoencoder import to_uint8
             start = time.perf_counter()
+            if self.prepares and self.sampler.graphs:  # not prepared: commit now, so that the buffered step only
+                self.sampler.commit()                   # denoises and the fused body is never needed (nor compiled)
             B, K = vectors.shape[0], self.chunk_frames
             dtype = self.sampler.model.head.weight.dtype
             # on the host: the sampler checks the actions there (on a GPU, a read of them would be a device sync)
