@@ -888,8 +888,8 @@ def test_graphed_step_reads_nothing_on_the_host(variant):
 def test_graphed_decode_reads_nothing_on_the_host(decode_dtype):
     """The shipped decoder and the uint8 conversion, what CUDA replays as the decode's graph (`GraphedDecode`),
     read no value on the host either: a GPU step's one read is then the frames' copy to the host."""
-    from worldsim.envs.world_model import ChannelsLastDecode, load_world
-    from worldsim.models.autoencoder import to_uint8
+    from worldsim.envs.world_model import load_world
+    from worldsim.models.autoencoder import ChannelsLastDecode, to_uint8
     autoencoder = load_world(SHIPPED)[1].to("meta")
     decode = autoencoder.decode if decode_dtype == torch.float32 else ChannelsLastDecode(autoencoder, decode_dtype)
     c = autoencoder.config

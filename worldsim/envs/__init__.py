@@ -1,5 +1,6 @@
 """Environments besides the engine's: the world model behind the engine's gymnasium interface
-(worldsim.envs.world_model). Importing this package is cheap; the models load with world_model."""
+(worldsim.envs.world_model), where its episodes start (prompts) and what steps its worlds (imagination).
+Importing this package is cheap; the models load with world_model."""
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"

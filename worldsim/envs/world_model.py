@@ -36,10 +36,7 @@ twin and the hotbar slot). The CPU and GPU interactive configs have K = 1.
 """
 import copy
 import dataclasses
-import math
 import os
-import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,18 +47,14 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector.utils import batch_space
 
-from kernels.noise import row_normal, seed_keys
 from worldsim.engine import actions
 from worldsim.engine.env import SEED_BOUND, EngineConfig, VoxelEnv, config_with_overrides
 from worldsim.engine.player import TICKS_PER_SECOND
-from worldsim.models.autoencoder import ChannelsLastDecode, GraphedDecode, compiled_decode, native_bf16
-from worldsim.sampling import Sampler
+from worldsim.envs.imagination import Imagination
+from worldsim.envs.prompts import PROMPT_MOTIONS, Prompt, engine_prompt, file_prompt, prompt_length
+from worldsim.models.autoencoder import native_bf16
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-PROMPT_FRAMES = 8           # default prompt length (capped by the cache's window, rounded to whole chunks)
-LOOK_DEGREES = 3.0          # yaw per frame of the "look" prompt motion
 TWIN_KEYS = ("pos", "yaw", "pitch", "target_block", "crack_stage", "on_ground", "in_water", "edits")
-PROMPT_MOTIONS = ("still", "look")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DECODE_PRECISIONS = ("auto", *PRECISIONS)
 
@@ -229,260 +222,7 @@ def random_world(directory, dynamics_config, autoencoder_config, seed: int = 0, 
     return save_world(directory, dynamics, autoencoder)
 
 
-# ---------------------------------------------------------------------------------------------- prompts
-
-@dataclass
-class Prompt:
-    """Where an episode starts: frames (P, H, W, 3) uint8 and the P - 1 actions between them."""
-    frames: np.ndarray
-    actions: list
-    twin: VoxelEnv | None = None    # the engine after the prompt (seed prompts with a twin)
-
-    @property
-    def vectors(self) -> np.ndarray:
-        rows = [actions.to_vector(a) for a in self.actions]
-        return np.stack(rows) if rows else np.zeros((0, actions.ACTION_DIM), np.float32)
-
-
-def prompt_length(requested: int | None, dynamics_config) -> int:
-    """P: whole chunks, at least one, at most the cache's window (or `requested`, which must be whole chunks)."""
-    K, window = dynamics_config.chunk_frames, dynamics_config.cache_frames
-    if requested is None:
-        return max(K, min(PROMPT_FRAMES, window) // K * K)
-    if requested % K:
-        raise ValueError(f"prompt_frames={requested} must be a multiple of the model's chunk_frames={K}")
-    return requested
-
-
-def engine_prompt(engine: EngineConfig, seed: int, frames: int, motion: str, keep_twin: bool) -> Prompt:
-    """P frames rendered by the engine at the spawn point of `seed`."""
-    env = VoxelEnv(engine, render_mode="rgb_array")
-    obs, _ = env.reset(seed=seed)
-    shown, taken = [obs], []
-    for i in range(frames - 1):
-        action = actions.noop()
-        if motion == "look":  # half the frames turning right, then back
-            action["camera"] = np.array([0.0, LOOK_DEGREES if i < (frames - 1) / 2 else -LOOK_DEGREES], np.float32)
-        obs, *_ = env.step(action)
-        shown.append(obs)
-        taken.append(action)
-    return Prompt(np.stack(shown), taken, env if keep_twin else None)
-
-
-def _resized(frame: np.ndarray, size: tuple[int, int], source) -> np.ndarray:
-    """`frame` at (height, width) `size`; another size is resized with a warning naming `source`."""
-    if frame.shape[:2] == size:
-        return frame
-    from PIL import Image
-    stretched = frame.shape[1] * size[0] != frame.shape[0] * size[1]
-    warnings.warn(f"{source}: {frame.shape[1]}×{frame.shape[0]} frames resized to the model's {size[1]}×{size[0]}"
-                  + (" (stretched: the aspect ratio differs)" if stretched else ""), stacklevel=3)
-    return np.asarray(Image.fromarray(frame).resize((size[1], size[0]), Image.BILINEAR))
-
-
-def image_prompt(path, size: tuple[int, int], frames: int) -> Prompt:
-    """An image file held for P frames with no-op actions."""
-    from PIL import Image, UnidentifiedImageError
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as image:
-            frame = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
-    frame = _resized(frame, size, path)
-    return Prompt(np.repeat(frame[None], frames, axis=0), [actions.noop() for _ in range(frames - 1)])
-
-
-def trajectory_prompt(stem, size: tuple[int, int], frames: int) -> Prompt:
-    """The first P frames of an interchange trajectory and the actions between them."""
-    from worldsim.data.interchange import read_trajectory
-    trajectory = read_trajectory(stem)  # TrajectoryError / TrajectoryNotFoundError name the file
-    if len(trajectory) < frames:
-        raise ValueError(f"{stem}: {len(trajectory)} frames, too short for a prompt of {frames}")
-    shown = np.stack([_resized(f, size, stem) for f in trajectory.frames[:frames]])
-    return Prompt(shown, list(trajectory.actions[:frames - 1]))
-
-
-def file_prompt(prompt: str, size: tuple[int, int], frames: int) -> Prompt:
-    """A trajectory or image prompt, by the file's name."""
-    if Path(prompt).suffix.lower() in IMAGE_SUFFIXES:
-        return image_prompt(prompt, size, frames)
-    return trajectory_prompt(prompt, size, frames)
-
-
-# ---------------------------------------------------------------------------------------------- the model
-
-class RowSeededSampler(Sampler):
-    """A Sampler whose noise comes from one counter-based stream per batch row (kernels.noise), so that row i
-    of a batch replays a batch-1 sampler seeded alike (Sampler's one generator ties each row's noise to the
-    batch size), and a batch's noise is one launch whatever its size. The rows' keys and draw counters are
-    device tensors: `noise_state` and `set_noise_state` save and restore them for rewinds."""
-
-    def __init__(self, model, batch_size: int, steps: int | None = None, graphs: bool = False,
-                 compile: bool | str = False):
-        super().__init__(model, batch_size=batch_size, steps=steps, graphs=graphs, compile=compile)
-        self.noise_keys = torch.zeros(batch_size, 2, dtype=torch.int64, device=self.device)
-        self.noise_draws = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
-
-    def seed_rows(self, seeds) -> None:
-        seeds = list(seeds)
-        if len(seeds) != self.batch_size:
-            raise ValueError(f"seed_rows needs one seed per row ({self.batch_size}), got {len(seeds)}")
-        self.noise_keys.copy_(seed_keys(seeds))
-        self.noise_draws.zero_()
-
-    def noise_state(self) -> dict:
-        return {"keys": self.noise_keys.clone(), "draws": self.noise_draws.clone()}
-
-    def set_noise_state(self, state: dict) -> None:
-        self.noise_keys.copy_(state["keys"])
-        self.noise_draws.copy_(state["draws"])
-
-    def _noise(self, frames: int):
-        c = self.config
-        shape = (frames, c.latent_channels, c.latent_height, c.latent_width)
-        noise = row_normal(self.noise_keys, self.noise_draws, math.prod(shape), self.model.head.weight.dtype)
-        self.noise_draws.add_(1)
-        return noise.view(self.batch_size, *shape)  # (B, K, C, h, w)
-
-
-def host_frames(frames: torch.Tensor) -> np.ndarray:
-    """uint8 frames as a numpy array. From the GPU into page-locked memory, which the copy engine writes directly,
-    where a plain .cpu() goes through a pageable staging buffer (at batch 256 the frames are 12.6 MB a step; the
-    gain on the H100 waits for a lent one to measure). torch's caching host allocator hands the block out again
-    once the array is let go."""
-    if frames.device.type != "cuda":
-        return frames.cpu().numpy()
-    host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
-    host.copy_(frames)
-    return host.numpy()
-
-
-class Imagination:
-    """B imagined worlds stepped together: prompts encoded, the sampler's chunks decoded to uint8 frames."""
-
-    def __init__(self, dynamics, autoencoder, batch: int, steps: int | None = None, cuda_graphs: bool = True,
-                 decode_dtype: torch.dtype = torch.float32, compile: bool = False, prepares: bool = False):
-        self.autoencoder = autoencoder.eval()
-        graphs = cuda_graphs and dynamics.head.weight.device.type == "cuda"
-        # compiled, the sampler runs its buffered step (graphs=True), replayed as a CUDA graph only on CUDA
-        self.sampler = RowSeededSampler(dynamics, batch, steps, graphs=graphs or compile, compile=compile)
-        self.sampler.capture = graphs
-        device = self.autoencoder.latent_std.device.type
-        decode = ChannelsLastDecode(self.autoencoder, decode_dtype) \
-            if device == "cpu" or decode_dtype != torch.float32 else self.autoencoder.decode
-        if compile:
-            decode = compiled_decode(decode)
-        self.decode = GraphedDecode(self.autoencoder, decode) if graphs and device == "cuda" else decode
-        self.chunk_frames = dynamics.config.chunk_frames
-        self.window = dynamics.config.cache_frames
-        self.queue: list[np.ndarray] = []   # decoded frames of the current chunk not shown yet (K > 1)
-        self.last_ms: float | None = None   # wall-clock ms per frame of the last chunk, `prepare` included
-        self.last_step_ms: float | None = None  # the same without what `prepare` did before the step
-        self.prepared_ms = 0.0              # ms of the `prepare` since the last step
-        self.compiled = False               # world.compile: whether the first reset compiled the step
-        self.prepares = prepares            # whether `prepare` is called between steps (play): compiled, its
-                                            # commit and the denoise after it are compiled at the first reset too
-
-    @property
-    def steps(self) -> int:
-        return self.sampler.steps
-
-    def set_steps(self, steps: int) -> None:
-        if int(steps) != steps or steps < 1:
-            raise ValueError(f"denoising steps must be a positive whole number, got {steps!r}")
-        self.sampler.steps = int(steps)
-
-    @property
-    def context_frames(self) -> int:
-        return min(self.sampler.frame, self.window)
-
-    @torch.inference_mode()
-    def reset(self, frames: np.ndarray, vectors: np.ndarray, seeds) -> None:
-        """Prompt frames (B, P, H, W, 3) uint8 and vectors (B, P - 1, 25); `seeds` seed each row's noise."""
-        B, P = frames.shape[:2]
-        self.sampler.seed_rows(seeds)
-        device = self.autoencoder.latent_std.device
-        flat = np.ascontiguousarray(frames.reshape(B * P, *frames.shape[2:]))  # (B·P, H, W, 3)
-        latents = self.autoencoder.encode(torch.from_numpy(flat).to(device))     # (B·P, C, h, w)
-        dtype = self.sampler.model.head.weight.dtype
-        self.sampler.reset(latents.reshape(B, P, *latents.shape[1:]).to(self.sampler.device, dtype),
-                           torch.from_numpy(np.ascontiguousarray(vectors)).to(self.sampler.device, dtype))
-        self.queue = []
-        self.last_ms = self.last_step_ms = None
-        self.prepared_ms = 0.0
-        if self.sampler.compile and not self.compiled:
-            self._compile_now(vectors.shape[-1])
-
-    def _compile_now(self, action_dim: int) -> None:
-        """world.compile: compile the step (and on CUDA capture its graphs) during the first reset, by two steps
-        from the state just reset that are then undone (`snapshot`/`restore`: exact), so that play does not stall
-        on its first frames: with `prepares` (the single env, whose steps commit first where `prepare` did not) the
-        commit body and the denoise body, else the fused step. A step count not used yet compiles at its first step."""
-        print("world.compile=true: compiling the sampler's step and the decoder (on a 2-core CPU 1-4 minutes the first "
-              "time, about 10 s once inductor's cache holds them)", file=sys.stderr, flush=True)
-        state = self.snapshot()
-        try:
-            still = np.zeros((self.sampler.batch_size, action_dim), np.float32)
-            for _ in range(self.chunk_frames):  # the first chunk after a reset is a plain step
-                self.step(still)
-            if self.prepares:  # play: the commit ahead, then the denoise-only step (the fused step never runs there)
-                self.prepare()
-            for _ in range(self.chunk_frames):  # compiled: the denoise body after a commit, else the fused body
-                self.step(still)
-        except Exception as error:  # no C compiler for inductor, a torch without it, ...
-            cause = getattr(error, "inner_exception", None) or error.__cause__ or error  # a backend's own error
-            first = (str(cause).strip().splitlines() or [""])[0]
-            raise RuntimeError(f"world.compile=true: torch.compile could not compile the sampler's step "
-                               f"({type(cause).__name__}: {first}); play without it (world.compile=false)") from error
-        self.restore(state)
-        self.last_ms = self.last_step_ms = None
-        self.compiled = True
-
-    @torch.inference_mode()
-    def step(self, vectors: np.ndarray) -> np.ndarray:
-        """The next frames (B, H, W, 3) uint8 under actions (B, 25)."""
-        if not self.queue:
-            from worldsim.models.autoencoder import to_uint8
-            start = time.perf_counter()
-            if self.prepares and self.sampler.graphs:  # not prepared: commit now, so that the buffered step only
-                self.sampler.commit()                   # denoises and the fused body is never needed (nor compiled)
-            B, K = vectors.shape[0], self.chunk_frames
-            dtype = self.sampler.model.head.weight.dtype
-            # on the host: the sampler checks the actions there (on a GPU, a read of them would be a device sync)
-            held = torch.from_numpy(vectors).to(dtype)[:, None].expand(B, K, -1)                      # (B, K, 25)
-            latents = self.sampler.step(held.contiguous())                                            # (B, K, C, h, w)
-            device = self.autoencoder.latent_std.device
-            decoded = self.decode(latents.flatten(0, 1).to(device, self.autoencoder.latent_std.dtype))
-            frames = host_frames(to_uint8(decoded))                                                   # (B·K, H, W, 3)
-            frames = frames.reshape(B, K, *frames.shape[1:])
-            self.queue = [frames[:, k] for k in range(K)]
-            self.last_step_ms = (time.perf_counter() - start) * 1000.0 / K
-            self.last_ms = self.last_step_ms + self.prepared_ms / K
-            self.prepared_ms = 0.0
-        return self.queue.pop(0)
-
-    def prepare(self) -> None:
-        """The next step's work that does not depend on its action (`Sampler.commit`: the last frame's commit pass,
-        where it has one, and its painting into the view memory), done now; its ms are counted into the next
-        frame's `last_ms`, and the step's own in `last_step_ms`."""
-        if self.queue:  # the chunk still has frames to show: the next step makes none
-            return
-        start = time.perf_counter()
-        self.sampler.commit()
-        self.prepared_ms += (time.perf_counter() - start) * 1000.0
-
-    def snapshot(self) -> dict:
-        return {"sampler": self.sampler.snapshot(), "noise": self.sampler.noise_state(), "queue": list(self.queue)}
-
-    def restore(self, state: dict) -> None:
-        self.sampler.restore(state["sampler"])
-        self.prepared_ms = 0.0
-        self.sampler.set_noise_state(state["noise"])
-        self.queue = list(state["queue"])
-
+# ---------------------------------------------------------------------------------------------- the envs
 
 def _draw_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(SEED_BOUND))

@@ -23,7 +23,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from worldsim.envs.world_model import PRECISIONS, RowSeededSampler, load_world
+from worldsim.envs.imagination import RowSeededSampler
+from worldsim.envs.world_model import PRECISIONS, load_world
 from worldsim.models.dynamics import ACTION_DIM
 
 VIEWS = {"view", "_unsafe_view", "as_strided", "slice", "select", "expand", "unsqueeze", "squeeze", "transpose", "t",
