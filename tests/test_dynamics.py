@@ -233,7 +233,8 @@ def test_context_loss_weighs_context_frames(target_prob):
 def test_rollout_context_is_the_samplers_own_rollout():
     """own_rollout makes, frame after frame, exactly what the KV-cache sampler makes from the same clean past,
     actions and noise; frames before and after it stay the clip's own."""
-    from worldsim.sampling import commit_chunk, denoise_chunk, last_frame, make_caches, prefill
+    from worldsim.kv_cache import make_caches
+    from worldsim.sampling import commit_chunk, denoise_chunk, last_frame, prefill
     config = tiny_config(latent_height=8, latent_width=8, context_frames=8, context_noise=0.0, sample_steps=2,
                          rollout_context=1.0, rollout_frames=2)
     model = randomized(DynamicsModel(config), seed=2).eval()

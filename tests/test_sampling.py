@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
+from worldsim.kv_cache import KVCache, make_caches
 from worldsim.models.camera import known_view, warp_previous
 from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, step_levels
-from worldsim.sampling import (KVCache, Sampler, commit_chunk, denoise_chunk, last_step_commits, make_caches, prefill,
-                               sample_levels)
+from worldsim.sampling import Sampler, commit_chunk, denoise_chunk, last_step_commits, prefill, sample_levels
 from worldsim.view_memory import ViewMemory
 
 from host_reads import HostReads

@@ -107,7 +107,7 @@ def apply_rotary(x, cos, sin):
 
 def attend_cache(cache, q, k, v):
     """A chunk's q, k, v (B, nh, T, hs) against a KV cache and the chunk's own keys: the cache's `attend` where
-    it has one (worldsim.sampling.KVCache), else the kernels' dispatch on its k, v and valid_len."""
+    it has one (worldsim.kv_cache.KVCache), else the kernels' dispatch on its k, v and valid_len."""
     if hasattr(cache, "attend"):
         return cache.attend(q, k, v)
     return kernels.cache_attention(q, cache.k, cache.v, cache.valid_len, k, v)
