@@ -10,9 +10,10 @@ import torch
 from worldsim.data.policies import PolicyConfig
 from worldsim.engine.env import EngineConfig, VoxelEnv
 from worldsim.eval import AutoencoderReconstruction, CopyLastFrame, EnginePredictor, EvalConfig, evaluate
-from worldsim.eval.harness import WORLDS, record_episode, record_prompts
+from worldsim.eval.harness import record_episode, record_prompts
 from worldsim.eval.idm import (GROUPS, HEADS, IDMConfig, IDMTrainConfig, action_labels, load_idm, print_idm_table,
                                train_idm)
+from worldsim.eval.worlds import WORLDS
 from worldsim.eval.metrics import PSNR_CAP_DB, STAT_NAMES, collapse, frame_stats, paired_difference, psnr, ssim
 from worldsim.eval.report import print_report, write_report, write_sheet
 
@@ -329,7 +330,7 @@ def test_world_model_predictor_runs_the_sampler():
     """An untrained tiny model through the harness's adapter: frames of the right shape, the same for a rerun."""
     pytest.importorskip("worldsim.sampling")
     from worldsim.eval import WorldModelPredictor
-    from worldsim.eval.harness import Timed
+    from worldsim.eval.worlds import Timed
     from worldsim.models.autoencoder import Autoencoder, AutoencoderConfig
     from worldsim.models.dynamics import DynamicsConfig, DynamicsModel
     torch.manual_seed(0)

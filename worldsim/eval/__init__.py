@@ -1,13 +1,17 @@
 """Evaluation against the ground-truth engine: fidelity, action following, consistency, stability, speed.
 
-The names below load worldsim.eval.harness on first use, so `python -m worldsim.eval.idm` runs cleanly.
+The names below load worldsim.eval.harness or worldsim.eval.worlds on first use, so `python -m worldsim.eval.idm`
+runs cleanly.
 """
-__all__ = ["EvalConfig", "Predictor", "EnginePredictor", "CopyLastFrame", "AutoencoderReconstruction",
-           "WorldModelPredictor", "evaluate", "make_world", "run_eval"]
+import importlib
+
+_HOMES = {"EvalConfig": "harness", "evaluate": "harness", "run_eval": "harness", "Predictor": "worlds",
+          "EnginePredictor": "worlds", "CopyLastFrame": "worlds", "AutoencoderReconstruction": "worlds",
+          "WorldModelPredictor": "worlds", "make_world": "worlds"}
+__all__ = list(_HOMES)
 
 
 def __getattr__(name):
-    if name in __all__:
-        from worldsim.eval import harness
-        return getattr(harness, name)
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"worldsim.eval.{_HOMES[name]}"), name)
     raise AttributeError(f"module 'worldsim.eval' has no attribute {name!r}")
