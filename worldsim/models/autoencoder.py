@@ -140,7 +140,7 @@ class Autoencoder(nn.Module):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, h, w) → float frames (B, 3, H, W) in [-1, 1]."""
-        self._check_latents(latents)
+        self.check_latents(latents)
         return self.decode_unclamped(latents).clamp(-1.0, 1.0)
 
     def decode_unclamped(self, latents: torch.Tensor) -> torch.Tensor:
@@ -162,7 +162,8 @@ class Autoencoder(nn.Module):
         self.latent_mean.copy_(raw_means.mean(dim=(0, 2, 3)))
         self.latent_std.copy_(raw_means.std(dim=(0, 2, 3)).clamp_min(1e-6))
 
-    def _check_latents(self, latents: torch.Tensor) -> None:
+    def check_latents(self, latents: torch.Tensor) -> None:
+        """Raise ValueError naming the shape unless `latents` is (B, latent_channels, h, w)."""
         if latents.ndim != 4 or latents.shape[1] != self.config.latent_channels:
             raise ValueError(f"expected latents (B, {self.config.latent_channels}, h, w), got {tuple(latents.shape)}")
 
@@ -186,7 +187,7 @@ class ChannelsLastDecode:
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """The decode without entering inference_mode: what torch.compile traces (`compiled_decode`)."""
-        self.autoencoder._check_latents(latents)
+        self.autoencoder.check_latents(latents)
         raw = self.autoencoder.unnormalise(latents).to(self.dtype).contiguous(memory_format=torch.channels_last)
         return self.decoder(raw).float().clamp(-1.0, 1.0)
 
