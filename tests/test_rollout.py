@@ -184,13 +184,16 @@ def test_play_bench_latency_takes_the_first_drawn_frame_that_reflects_each_probe
 
 
 def test_soak_reports_memory_and_time_along_the_run(world):
-    """The soak's JSON carries the resident-memory series (to tell growth that levels off from a leak) and the
-    time per frame in twentieths, besides the totals; the table leaves the series out."""
+    """The soak's JSON carries the resident-memory series (to tell growth that levels off from a leak), Python's
+    memory blocks at the same frames (to tell Python objects kept from native growth) and the time per frame in
+    twentieths, besides the totals; the table leaves the series out."""
     from worldsim.play.bench import WARMUP_FRAMES, print_table, soak
     frames = WARMUP_FRAMES + 10
     result = soak(world, frames, fps=20)
     series = result["rss_mb_series"]
     assert [f for f, _ in series] == list(range(0, frames, frames // 20)) and all(mb > 0 for _, mb in series)
+    assert [f for f, _ in result["python_blocks_series"]] == [f for f, _ in series]
+    assert all(isinstance(n, int) and n > 0 for _, n in result["python_blocks_series"])
     assert len(result["ms_per_frame_by_twentieth"]) == 20 and min(result["ms_per_frame_by_twentieth"]) > 0
     assert result["rss_growth_mb"] == pytest.approx(result["rss_mb_end"] - result["rss_mb_after_warmup"])
     print_table({"soak": result})  # lists are not rows

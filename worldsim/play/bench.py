@@ -27,6 +27,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -146,12 +147,13 @@ def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring:
     script = scripted_walk(20 * fps, fps)  # 20 s of walking and turning, repeated
     snapshots = collections.deque(maxlen=ring)
     times = np.empty(frames)
-    baseline, every, series = None, max(1, frames // 20), []
+    baseline, every, series, blocks = None, max(1, frames // 20), [], []
     for t in range(frames):
         if t == WARMUP_FRAMES:
             baseline = rss_mb()
         if t % every == 0:
             series.append([t, rss_mb()])
+            blocks.append([t, sys.getallocatedblocks()])
         start = time.perf_counter()
         env.step(script[t % len(script)])
         env.prepare()  # as the play worker does after each frame
@@ -167,6 +169,8 @@ def soak(checkpoint: str, frames: int, fps: int, snapshot_every: int = 10, ring:
             "ms_per_frame_last_tenth": float(times[-tenth:].mean() * 1000.0),
             "trend_ms_per_1000_frames": float(slope),
             "rss_mb_series": series,  # [frame, resident MB] 20 times along the soak: growth that levels off or not
+            "python_blocks_series": blocks,  # [frame, Python's allocated memory blocks] at the same frames: growth
+                                             # here is Python objects kept, growth of the memory alone is native
             "ms_per_frame_by_twentieth": [float(c.mean() * 1000.0) for c in np.array_split(times, min(20, frames))]}
 
 
