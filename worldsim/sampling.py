@@ -231,6 +231,17 @@ def commit_chunk(model, caches, latents, actions, frame: int, noise, prev_frame=
           prev_frame=prev_frame, fill=fill, inputs=inputs)
 
 
+
+@functools.cache
+def _recompile_limit():
+    """The config patch every compiled body runs under: one compiled graph per body, model config and step count is
+    more than dynamo's default 8 in one process (the tests, a player trying step counts), which would fall back to
+    eager. Built once and entered again each call: each `config.patch(...)` object owns a new ContextVar that stays
+    in the thread's context after its `with` ends, so one built per call kept one entry a call (about 0.4 KB a frame
+    in compiled play, 30 MB an hour)."""
+    config = torch._dynamo.config
+    return config.patch(**{"recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit": 64})
+
 @dataclass
 class SamplerState:
     """Everything a sampler needs to continue exactly: cache contents, frame counter, RNG, steps, the last
@@ -538,10 +549,7 @@ class Sampler:
         kind, steps = key
         if not self.compile:
             return self._bodies[kind](steps)
-        # one compiled graph per body, model config and step count: more than dynamo's default 8 in one process
-        # (the tests, a player trying step counts) would fall back to eager
-        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-        with torch._dynamo.config.patch(**{limit: 64}):
+        with _recompile_limit():
             return self._bodies[kind](steps)
 
     def _mode(self):
