@@ -7,7 +7,7 @@ import torch
 
 from worldsim.models import adversarial
 from worldsim.models.dynamics import DynamicsModel, shift_actions
-from worldsim.sampling import sample_levels
+from worldsim.models.dynamics_config import sample_levels
 
 from test_dynamics import inputs, moving_pattern_cache, randomized, tiny_config
 

@@ -9,8 +9,9 @@ import torch
 
 from worldsim.kv_cache import KVCache, make_caches
 from worldsim.models.camera import known_view, warp_previous
-from worldsim.models.dynamics import ACTION_DIM, DynamicsModel, step_levels
-from worldsim.sampling import Sampler, commit_chunk, denoise_chunk, last_step_commits, prefill, sample_levels
+from worldsim.models.dynamics import ACTION_DIM, DynamicsModel
+from worldsim.models.dynamics_config import sample_levels, step_levels
+from worldsim.sampling import Sampler, commit_chunk, denoise_chunk, last_step_commits, prefill
 from worldsim.view_memory import ViewMemory
 
 from host_reads import HostReads

@@ -33,7 +33,8 @@ import torch
 from worldsim.kv_cache import make_caches
 from worldsim.models.camera import keeps_view, known_view, turn_previous, warp_previous
 from worldsim.models.dynamics import (ACTION_DIM, DynamicsModel, check_actions, check_latents,  # noqa: F401
-                                      per_frame, sample_levels, start_levels, step_levels)  # sample_levels: re-exported
+                                      per_frame, start_levels)
+from worldsim.models.dynamics_config import sample_levels, step_levels
 from worldsim.view_memory import ViewMemory
 
 

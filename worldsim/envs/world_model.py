@@ -250,7 +250,7 @@ class _ModelWorld:
             dynamics = copy.deepcopy(dynamics).to(PRECISIONS[c.precision]) if models is not None else \
                 dynamics.to(PRECISIONS[c.precision])
         if c.commit_last_step is not None and c.commit_last_step != dynamics.config.commit_last_step:
-            from worldsim.models.dynamics import with_sampling
+            from worldsim.models.dynamics_config import with_sampling
             if models is not None:  # a shallow copy shares the weights and leaves the given model's config alone
                 dynamics = copy.copy(dynamics)
             dynamics.config = with_sampling(dynamics.config, commit_last_step=c.commit_last_step)

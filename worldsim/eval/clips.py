@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
 
     from worldsim.data.cache import Cache
     from worldsim.envs.world_model import load_world
-    from worldsim.models.dynamics import with_sampling
+    from worldsim.models.dynamics_config import with_sampling
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="dynamics run directory (its EMA weights when saved), "
                                                             "or a world directory")

@@ -110,7 +110,8 @@ class WorldModelPredictor:
     def from_checkpoints(cls, dynamics_dir, autoencoder_dir, device="cpu", sample_steps=None, seed=0,
                          context_noise=None, sample_shift=None, view_memory=None, sample_start=None,
                          idle_start=None, idle_turn=None, keep_view=None, commit_last_step=None):
-        from worldsim.models.dynamics import DynamicsConfig, DynamicsModel, with_sampling
+        from worldsim.models.dynamics import DynamicsModel
+        from worldsim.models.dynamics_config import DynamicsConfig, with_sampling
         from worldsim.models.train_autoencoder import load_autoencoder
         from worldsim.training.checkpoint import load_model
         if dynamics_dir is None or autoencoder_dir is None:

@@ -29,7 +29,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from worldsim.models.dynamics import ACTION_DIM, DynamicsConfig
 from worldsim.models.objective import flow_matching_loss
-from worldsim.sampling import Sampler, sample_levels
+from worldsim.models.dynamics_config import sample_levels
+from worldsim.sampling import Sampler
 from worldsim.training.checkpoint import CheckpointError, read_tensors, write_tensors
 from worldsim.training.wrap import unwrap
 

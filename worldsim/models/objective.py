@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.models.camera import warp_previous
-from worldsim.models.dynamics import (DynamicsConfig, per_frame, sample_levels, shift_actions, start_levels,
-                                      step_levels)
+from worldsim.models.dynamics import per_frame, shift_actions, start_levels
+from worldsim.models.dynamics_config import DynamicsConfig, sample_levels, step_levels
 from worldsim.view_memory import ViewMemory
 
 
