@@ -196,4 +196,6 @@ def test_soak_reports_memory_and_time_along_the_run(world):
     assert all(isinstance(n, int) and n > 0 for _, n in result["python_blocks_series"])
     assert len(result["ms_per_frame_by_twentieth"]) == 20 and min(result["ms_per_frame_by_twentieth"]) > 0
     assert result["rss_growth_mb"] == pytest.approx(result["rss_mb_end"] - result["rss_mb_after_warmup"])
+    assert isinstance(result["python_blocks_per_frame"], float)
+    assert soak(world, WARMUP_FRAMES - 1, fps=20)["python_blocks_per_frame"] is None  # no frame after the warm-up
     print_table({"soak": result})  # lists are not rows
