@@ -11,7 +11,8 @@ os.environ["SDL_VIDEODRIVER"] = "dummy"
 import pygame  # noqa: E402
 
 from worldsim.engine.env import VoxelEnv  # noqa: E402
-from worldsim.play.game import Game, InputState, PlayConfig, facing_name  # noqa: E402
+from worldsim.play.controls import InputState  # noqa: E402
+from worldsim.play.game import Game, PlayConfig, facing_name  # noqa: E402
 from worldsim.play.worker import StepResult  # noqa: E402
 
 from cli import run_world  # noqa: E402
