@@ -232,7 +232,6 @@ def commit_chunk(model, caches, latents, actions, frame: int, noise, prev_frame=
           prev_frame=prev_frame, fill=fill, inputs=inputs)
 
 
-
 @functools.cache
 def _recompile_limit():
     """The config patch every compiled body runs under: one compiled graph per body, model config and step count is
@@ -242,6 +241,7 @@ def _recompile_limit():
     in compiled play, 30 MB an hour)."""
     config = torch._dynamo.config
     return config.patch(**{"recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit": 64})
+
 
 @dataclass
 class SamplerState:
